@@ -1,0 +1,110 @@
+"""Each plot writes a PNG that opens; long class names grow the canvas instead of being clipped."""
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlcli.metrics import expected_calibration_error
+from tlcli.plots import plot_confusion_matrix, plot_reliability_diagram, plot_training_curves
+
+# Every figure is at least a few inches at the module's DPI; anything smaller means a broken plot.
+MIN_SIDE_PX = 300
+
+
+def assert_png(path: Path) -> tuple[int, int]:
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width >= MIN_SIDE_PX and height >= MIN_SIDE_PX
+    return width, height
+
+
+def random_confusion(num_classes: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 5, (num_classes, num_classes)) + np.diag(
+        rng.integers(20, 60, num_classes)
+    )
+
+
+def test_backend_is_headless() -> None:
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_confusion_matrix_png(tmp_path: Path, normalize: bool) -> None:
+    path = tmp_path / "sub" / "cm.png"
+    returned = plot_confusion_matrix(
+        random_confusion(3).tolist(), ["a", "b", "c"], path, normalize=normalize
+    )
+    assert returned == path
+    assert_png(path)
+
+
+def test_confusion_matrix_long_names_grow_canvas(tmp_path: Path) -> None:
+    cm = random_confusion(10)
+    short = assert_png(plot_confusion_matrix(cm, [f"c{i}" for i in range(10)], tmp_path / "s.png"))
+    long_names = [f"longsleeve-category-name-{i}" for i in range(10)]
+    long = assert_png(plot_confusion_matrix(cm, long_names, tmp_path / "l.png"))
+    # bbox_inches="tight" must widen (y labels) and heighten (rotated x labels) the image
+    assert long[0] > short[0] + 100 and long[1] > short[1] + 100
+
+
+def test_confusion_matrix_grows_with_classes(tmp_path: Path) -> None:
+    small = assert_png(
+        plot_confusion_matrix(random_confusion(10), list("abcdefghij"), tmp_path / "10.png")
+    )
+    names = [f"k{i}" for i in range(30)]
+    large = assert_png(plot_confusion_matrix(random_confusion(30), names, tmp_path / "30.png"))
+    assert large[0] > 1.5 * small[0]
+
+
+def test_confusion_matrix_rejects_wrong_shape(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="shape"):
+        plot_confusion_matrix(np.zeros((3, 3)), ["a", "b"], tmp_path / "cm.png")
+
+
+def test_reliability_diagram_png_with_empty_bins(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(4, 0.3), size=200)
+    labels = rng.integers(0, 4, 200)
+    ece, reliability = expected_calibration_error(probs, labels, n_bins=15)
+    assert any(b["count"] == 0 for b in reliability)  # first bins lie below 1/C
+    path = plot_reliability_diagram(reliability, ece, tmp_path / "rel.png")
+    assert_png(path)
+
+
+def history(epochs: int) -> list[dict]:
+    return [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "val_loss": 2.2 / e,
+            "train_acc": 1 - 0.5 / e,
+            "val_acc": 0.9 - 0.5 / e,
+            "lr": 1e-3 / e,
+            "ema_val_acc": None if e == 1 else 0.9 - 0.4 / e,
+            "update_ratio": None if e == 1 else 2e-3 / e,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    width, height = assert_png(plot_training_curves(history(8), tmp_path / "curves.png"))
+    assert width > 2 * height  # three panels side by side
+
+
+def test_training_curves_without_optional_keys(tmp_path: Path) -> None:
+    rows = [
+        {k: v for k, v in h.items() if k not in ("ema_val_acc", "update_ratio")} for h in history(1)
+    ]
+    assert_png(plot_training_curves(rows, tmp_path / "one.png"))
+
+
+def test_training_curves_reject_empty_history(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no epochs"):
+        plot_training_curves([], tmp_path / "empty.png")

@@ -1,0 +1,256 @@
+"""One dataclass tree for every setting, loaded from YAML and `--set section.key=value`.
+
+Defaults here are the single source of truth; `configs/default.yaml` documents them and a
+test checks the two agree. Validation turns every mistake into a one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlcli.errors import ConfigError
+
+STRATEGIES = ("auto", "head-only", "partial", "full")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "exponential", "none")
+AUGMENTS = ("none", "light", "standard", "strong")
+HEAD_FITS = ("lbfgs", "epochs")
+
+
+@dataclass
+class ModelConfig:
+    # tf_efficientnet_lite0: 4.7M params, 0.4 GFLOPs, ReLU6 + BN only: trains on a laptop CPU,
+    # exports cleanly, and is the model our benchmarks measure (docs/benchmarks.md).
+    name: str = "tf_efficientnet_lite0.in1k"
+    pretrained: bool = True
+    drop_rate: float = 0.0  # dropout before the new classifier
+    drop_path_rate: float = 0.0  # stochastic depth in the backbone (only matters when trained)
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"
+    trainable_stages: int = 2  # partial: how many of the last stages are retrained
+    head_warmup_epochs: int = 0  # two-phase recipe: this many head-only epochs first
+    head_fit: str = "lbfgs"  # head-only: full-batch L-BFGS on cached features, or epochs
+    head_views: int = 0  # head-only L-BFGS: augmented views per train image added to the fit
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3  # learning rate of the new head
+    # Pretrained layers get lr * backbone_lr_mult: a from-scratch LR wrecks their features.
+    backbone_lr_mult: float = 0.1
+    layer_decay: float = 1.0  # <1: each earlier stage gets this factor less LR again
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # for sgd/momentum/nesterov/rmsprop
+    label_smoothing: float = 0.1
+    clip_grad_norm: float = 0.0  # 0 disables
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    warmup_epochs: float = 1.0  # linear warmup protects the pretrained layers from the new head
+    min_lr_ratio: float = 0.01  # cosine ends at lr * this
+    step_epochs: int = 3  # step: decay every this many epochs
+    gamma: float = 0.1  # step/exponential decay factor (exponential: per epoch)
+
+
+@dataclass
+class DataConfig:
+    val_split: float = 0.2  # fraction held out when the folder has no val/ split
+    augment: str = "standard"
+    batch_size: int = 32
+    workers: int = -1  # -1: pick from the CPU count
+    image_size: int = 0  # 0: the model's own input size
+    max_pixels: int = 178_956_970  # larger images are refused (decompression bombs); PIL's limit
+    cache: bool = True  # decode each image once into a uint8 cache
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    patience: int = 0  # early stopping after this many epochs without val gain; 0 disables
+    ema: bool = False
+    ema_decay: float = 0.998
+    amp: bool = True  # bf16/fp16 autocast on CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    monitor_every: int = 10  # steps between update/weight ratio samples
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    ("strategy", "name"): STRATEGIES,
+    ("strategy", "head_fit"): HEAD_FITS,
+    ("optim", "name"): OPTIMIZERS,
+    ("schedule", "name"): SCHEDULES,
+    ("data", "augment"): AUGMENTS,
+}
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check a YAML value against a field type; ints are accepted for floats."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        for option in typing.get_args(kind):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} has the wrong type; see configs/default.yaml")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{where} must be a {name}, got {value!r}; see configs/default.yaml")
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Return a copy of cfg with a nested {section: {key: value}} mapping applied."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(overrides).__name__}")
+    cfg = dataclasses.replace(cfg, **{
+        f.name: dataclasses.replace(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+    })
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    for section_name, values in overrides.items():
+        if section_name not in sections:
+            raise ConfigError(
+                f"{source}: unknown section {section_name!r}; valid: {', '.join(sorted(sections))}"
+            )
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+        section = getattr(cfg, section_name)
+        kinds = _section_types(section)
+        for key, value in values.items():
+            if key not in kinds:
+                raise ConfigError(
+                    f"{source}: unknown key {section_name}.{key}; "
+                    f"valid: {', '.join(sorted(kinds))}"
+                )
+            setattr(section, key, _coerce(value, kinds[key], f"{section_name}.{key}"))
+    validate(cfg)
+    return cfg
+
+
+def parse_set_option(item: str) -> dict[str, dict[str, Any]]:
+    """`section.key=value` -> {section: {key: value}}, value parsed as YAML (1e-3, true, ...)."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=3e-4")
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return {section: {key: value}}
+
+
+def load_config(path: Path | None = None, sets: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then each --set in order."""
+    cfg = Config()
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file to --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            at = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{at}; fix it") from None
+        cfg = apply_overrides(cfg, data, str(path))
+    for item in sets or []:
+        cfg = apply_overrides(cfg, parse_set_option(item), f"--set {item}")
+    validate(cfg)
+    return cfg
+
+
+def _check_range(ok: bool, what: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{what}={value!r} is out of range: expected {expected}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot work, with the allowed range in the message."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key}={value!r} is not one of: {', '.join(choices)}")
+    o, s, d, t, st, m = cfg.optim, cfg.schedule, cfg.data, cfg.train, cfg.strategy, cfg.model
+    _check_range(0 < o.lr <= 10, "optim.lr", o.lr, "0 < lr <= 10")
+    _check_range(0 <= o.backbone_lr_mult <= 10, "optim.backbone_lr_mult", o.backbone_lr_mult, "0..10")
+    _check_range(0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "0 < x <= 1")
+    _check_range(0 <= o.weight_decay < 1, "optim.weight_decay", o.weight_decay, "0 <= x < 1")
+    _check_range(0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= x < 1")
+    _check_range(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "0..1")
+    _check_range(o.clip_grad_norm >= 0, "optim.clip_grad_norm", o.clip_grad_norm, ">= 0")
+    _check_range(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, ">= 0")
+    _check_range(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "0..1")
+    _check_range(s.step_epochs >= 1, "schedule.step_epochs", s.step_epochs, ">= 1")
+    _check_range(0 < s.gamma <= 1, "schedule.gamma", s.gamma, "0 < x <= 1")
+    _check_range(0 < d.val_split < 1, "data.val_split", d.val_split, "0 < x < 1")
+    _check_range(1 <= d.batch_size <= 65536, "data.batch_size", d.batch_size, "1..65536")
+    _check_range(-1 <= d.workers <= 256, "data.workers", d.workers, "-1 (auto) .. 256")
+    _check_range(d.image_size == 0 or 16 <= d.image_size <= 4096, "data.image_size",
+                 d.image_size, "0 (model default) or 16..4096")
+    _check_range(d.max_pixels > 0, "data.max_pixels", d.max_pixels, "> 0")
+    _check_range(1 <= t.epochs <= 100_000, "train.epochs", t.epochs, "1..100000")
+    _check_range(t.patience >= 0, "train.patience", t.patience, ">= 0 (0 disables)")
+    _check_range(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < x < 1")
+    _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
+    _check_range(t.seed >= 0, "train.seed", t.seed, ">= 0")
+    _check_range(st.trainable_stages >= 1, "strategy.trainable_stages", st.trainable_stages, ">= 1")
+    _check_range(st.head_warmup_epochs >= 0, "strategy.head_warmup_epochs",
+                 st.head_warmup_epochs, ">= 0")
+    _check_range(0 <= st.head_views <= 100, "strategy.head_views", st.head_views, "0..100")
+    _check_range(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "0 <= x < 1")
+    _check_range(0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate, "0..1")
+    if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
+        raise ConfigError(f"train.device={t.device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a run dir or checkpoint (unknown keys are errors)."""
+    return apply_overrides(Config(), data, "saved config")

@@ -1,0 +1,148 @@
+"""Decode every image once into a uint8 array at slightly above the training size.
+
+Transfer-learning sets are small: decoding and resizing the same JPEGs every epoch is most of
+an epoch's data cost. The array lives in RAM or, with the disk cache, in a memory-mapped
+`.npy` under the cache folder keyed by the files' paths, sizes and mtimes and the target
+size, so a changed folder gets a new cache and an unchanged one is reused across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
+from tlcli.data.scan import Sample, Skipped
+
+# Bump when the decoded pixels would differ (resize rule, colour conversion).
+DECODE_CACHE_VERSION = 1
+# Below this many images a process pool costs more than it saves.
+MIN_IMAGES_FOR_POOL = 64
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def cache_root() -> Path:
+    """TLCLI_CACHE_DIR, else $XDG_CACHE_HOME/tlcli, else ~/.cache/tlcli."""
+    if os.environ.get("TLCLI_CACHE_DIR"):
+        return Path(os.environ["TLCLI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tlcli"
+
+
+def files_fingerprint(paths: Sequence[Path]) -> str:
+    """Hash of paths, sizes and mtimes: any added, removed or edited file changes it."""
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class DecodedImages:
+    """Square uint8 images (N, S, S, 3) with their labels; failed files are left out."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    skipped: list[Skipped]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _decode_one(args: tuple[str, int, int, int]) -> np.ndarray | str:
+    path, size, resample, max_pixels = args
+    try:
+        img = load_rgb(Path(path), max_pixels, draft_size=size)
+        return resize_center_square(img, size, resample)
+    except ImageDecodeError as exc:
+        return str(exc)
+
+
+def _decode_all(
+    jobs: list[tuple[str, int, int, int]],
+    out: np.ndarray,
+    workers: int,
+    on_advance: Callable[[int], None] | None,
+) -> dict[int, str]:
+    failures: dict[int, str] = {}
+    if workers > 1 and len(jobs) >= MIN_IMAGES_FOR_POOL:
+        # spawn, not fork: forking a process that already runs torch threads can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=16)
+            for i, result in enumerate(results):
+                _store(i, result, out, failures, on_advance)
+    else:
+        for i, job in enumerate(jobs):
+            _store(i, _decode_one(job), out, failures, on_advance)
+    return failures
+
+
+def _store(i, result, out, failures, on_advance) -> None:
+    if isinstance(result, str):
+        failures[i] = result
+    else:
+        out[i] = result
+    if on_advance is not None:
+        on_advance(1)
+
+
+def decode_images(
+    samples: Sequence[Sample],
+    size: int,
+    interpolation: str = "bicubic",
+    max_pixels: int = 178_956_970,
+    workers: int = 1,
+    disk_cache: bool = True,
+    on_advance: Callable[[int], None] | None = None,
+) -> DecodedImages:
+    """Decode samples to (N, size, size, 3) uint8, reusing the disk cache when it matches."""
+    paths = [s.path for s in samples]
+    resample = RESAMPLE.get(interpolation, Image.BICUBIC)
+    key = hashlib.sha256(
+        f"{DECODE_CACHE_VERSION}:{size}:{resample}:{max_pixels}:{files_fingerprint(paths)}".encode()
+    ).hexdigest()[:32]
+    folder = cache_root() / "images"
+    array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if disk_cache and array_path.is_file() and meta_path.is_file():
+        failures = {int(k): v for k, v in json.loads(meta_path.read_text()).items()}
+        pixels = np.load(array_path, mmap_mode="r")
+        if on_advance is not None:
+            on_advance(len(paths))
+    else:
+        jobs = [(str(p), size, resample, max_pixels) for p in paths]
+        if disk_cache:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+            os.close(fd)
+            pixels = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(paths), size, size, 3))
+            failures = _decode_all(jobs, pixels, workers, on_advance)
+            pixels.flush()
+            del pixels
+            meta_path.write_text(json.dumps({str(k): v for k, v in failures.items()}))
+            os.replace(tmp, array_path)  # atomic: a half-written cache is never picked up
+            pixels = np.load(array_path, mmap_mode="r")
+        else:
+            pixels = np.zeros((len(paths), size, size, 3), np.uint8)
+            failures = _decode_all(jobs, pixels, workers, on_advance)
+    keep = np.array([i for i in range(len(paths)) if i not in failures], dtype=np.int64)
+    if failures:
+        pixels = pixels[keep]  # fancy indexing copies the kept rows into RAM
+    return DecodedImages(
+        pixels=pixels,
+        labels=np.array([samples[i].label for i in keep], dtype=np.int64),
+        paths=[paths[i] for i in keep],
+        skipped=[Skipped(str(paths[i]), reason) for i, reason in sorted(failures.items())],
+    )

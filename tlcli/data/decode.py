@@ -1,0 +1,91 @@
+"""Decode any image file people keep into an RGB PIL image, or say why not.
+
+Handles EXIF orientation, palette/RGBA/LA transparency (composited on white, the usual
+background of product photos), 1-bit, 16-bit and float images (rescaled, not clipped),
+CMYK, and animated files (first frame). Truncated files raise: a half-decoded image
+would silently train on grey.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# We check sizes ourselves (data.max_pixels) and want one error path, not PIL's warning.
+Image.MAX_IMAGE_PIXELS = None
+
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(Exception):
+    """Carries a one-line reason for the skipped-files report."""
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit/32-bit/float grayscale -> 8-bit, scaled by the type's range or the data's."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) <= 65535):
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = arr / top * 255.0
+    else:
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a loaded image of any mode to RGB."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_bit_depth_to_l(img)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_rgb(path: Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Open, fully decode and convert to RGB; raises ImageDecodeError with a reason."""
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(
+                    f"image too large ({img.width}x{img.height} > {max_pixels} pixels)"
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                # JPEG DCT scaling: decode at >= draft_size, up to 8x faster for big photos.
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        message = str(exc) or type(exc).__name__
+        if "truncated" in message:
+            message = "truncated or corrupt file (" + message + ")"
+        raise ImageDecodeError(message) from None
+    except Exception as exc:  # PIL plugins raise odd types on malformed data
+        raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarray:
+    """Resize the short side to `size` and center-crop a size x size square (uint8 HWC).
+
+    With size = input_size / crop_pct this is exactly timm's eval resize, so the center
+    crop of the cache equals timm's eval transform; training crops are taken from it.
+    """
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((new_w, new_h), resample=resample, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)

@@ -1,0 +1,63 @@
+"""User-facing errors: each names the problem and what to do, and carries an exit code.
+
+The CLI prints `error: <message>` on stderr and exits with `exit_code`; tracebacks only
+with `--debug`. Internal bugs are not TlcliErrors and crash loudly.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README. 1 is left to unexpected crashes, 2 to typer's
+# own usage errors, 130 to Ctrl-C (128 + SIGINT, the shell convention).
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_MODEL = 4
+EXIT_CHECKPOINT = 5
+EXIT_RUN_DIR = 6
+EXIT_RESOURCE = 7
+EXIT_INTERRUPTED = 130
+
+
+class TlcliError(Exception):
+    """A mistake the user can fix; the message is one line: problem, then what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(TlcliError):
+    """Bad option value, unknown config key, wrong type."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DataError(TlcliError):
+    """The image folder cannot be used: no images, one class, bad split layout."""
+
+    exit_code = EXIT_DATA
+
+
+class ModelError(TlcliError):
+    """The model cannot be created or its pretrained weights cannot be had."""
+
+    exit_code = EXIT_MODEL
+
+
+class CheckpointError(TlcliError):
+    """A file is not a tlcli checkpoint, is corrupt, or does not fit the data."""
+
+    exit_code = EXIT_CHECKPOINT
+
+
+class RunDirError(TlcliError):
+    """The run directory exists (and we never overwrite) or cannot be resumed."""
+
+    exit_code = EXIT_RUN_DIR
+
+
+class ResourceError(TlcliError):
+    """Out of disk or device memory."""
+
+    exit_code = EXIT_RESOURCE

@@ -1,0 +1,191 @@
+"""Create backbones (timm name, hf-hub:, local-dir:), replace the head, describe the data config.
+
+All weights come through timm; `local-dir:PATH` (a folder with config.json and
+model.safetensors) works offline. Failures to get weights become one-line ModelErrors
+that say what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from tlcli.errors import ModelError
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+OFFLINE_HELP = (
+    "point --model at a local folder (--model local-dir:PATH with config.json and "
+    "model.safetensors), or set HF_HUB_OFFLINE=1 with the weights already in the Hugging Face "
+    "cache, or use --no-pretrained"
+)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The preprocessing a model was pretrained with: what every transform must follow."""
+
+    input_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+    @property
+    def cache_size(self) -> int:
+        """Side of the decoded square: timm's eval resize (input_size / crop_pct)."""
+        return int(self.input_size / self.crop_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        return cls(
+            int(data["input_size"]), str(data["interpolation"]), tuple(data["mean"]),
+            tuple(data["std"]), float(data["crop_pct"]),
+        )
+
+
+def resolve_model_name(name: str) -> str:
+    """Make local-dir: paths absolute and check the folder before timm sees it."""
+    if not name.startswith(LOCAL_DIR):
+        return name
+    folder = Path(name[len(LOCAL_DIR) :]).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist; give local-dir:PATH to a folder")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder} has no config.json; it needs config.json and "
+                         "model.safetensors (timm's save_for_hf / hub layout)")
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise ModelError(f"model folder {folder} has no weights file ({', '.join(WEIGHT_FILES)})")
+    return LOCAL_DIR + str(folder.resolve())
+
+
+# Without this probe, an offline machine spends ~50 s in huggingface_hub's retries per file.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect within a few seconds."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_when_unreachable(name: str, pretrained: bool) -> Iterator[None]:
+    """Use the local HF cache only when the hub cannot be reached (fast, quiet failure)."""
+    if not pretrained or name.startswith(LOCAL_DIR):
+        yield
+        return
+    from huggingface_hub import constants
+
+    was_offline = constants.HF_HUB_OFFLINE
+    if not was_offline and not hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool = True,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """A timm model with a fresh `num_classes` head (num_classes=0: pooled features only)."""
+    resolved = resolve_model_name(name)
+    bare = resolved.split(":", 1)[1] if resolved.startswith((LOCAL_DIR, HF_HUB)) else resolved
+    if not resolved.startswith((LOCAL_DIR, HF_HUB)) and not timm.is_model(bare.split(".")[0]):
+        close = timm.list_models(f"*{bare.split('.')[0][:12]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ModelError(f"unknown model {name!r}{hint}; see timm.list_models() for names")
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate}
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        with _offline_when_unreachable(resolved, pretrained):
+            return timm.create_model(resolved, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        if "drop_path_rate" in str(exc):
+            raise ModelError(f"model {name!r} does not support drop-path; "
+                             "set model.drop_path_rate=0") from None
+        raise
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "not found" in str(exc).lower():
+            raise ModelError(f"unknown model {name!r}; see timm.list_models() for names") from None
+        if pretrained and "pretrained" in str(exc).lower():
+            raise ModelError(f"no pretrained weights for {name!r}: {exc}; {OFFLINE_HELP}") from None
+        raise
+    except (OSError, ConnectionError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = "are not in the local cache (HF_HUB_OFFLINE=1)" if offline else (
+            "cannot be downloaded (no connection) and are not in the local cache"
+        )
+        raise ModelError(
+            f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
+        ) from None
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The timm architecture name that rebuilds this model without its weights source."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        raise ModelError("model has no timm architecture name; create it with timm")
+    return arch
+
+
+def data_spec_of(model: nn.Module, image_size: int = 0) -> DataSpec:
+    """The model's own preprocessing (timm resolve_model_data_config), optionally resized."""
+    cfg = timm.data.resolve_model_data_config(model)
+    size = image_size or int(cfg["input_size"][-1])
+    return DataSpec(
+        input_size=size,
+        interpolation=str(cfg.get("interpolation") or "bicubic"),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        crop_pct=float(cfg.get("crop_pct") or 0.875),
+    )
+
+
+def classifier_param_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of the classifier timm reports (the head we replace)."""
+    head = model.get_classifier()
+    head_ids = {id(p) for p in head.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in head_ids]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    return torch.device(requested)

@@ -1,0 +1,1 @@
+"""Measurements (size, duplicates, probes, LogME) and the pure strategy decision."""

@@ -1,0 +1,224 @@
+"""Head-only in seconds: frozen features computed once, a linear head fit by full-batch L-BFGS.
+
+With the backbone frozen, every epoch of the usual loop recomputes the same features. Here
+they are computed once (the deterministic eval view, plus optional augmented views), cached
+on disk keyed by model, weights, files and transform, and the head, a multinomial logistic
+regression, is fit with L-BFGS: the lecture's case for a second-order method (full batch,
+deterministic, convex). Weight decay is picked on the validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlcli.config import Config
+from tlcli.data.augment import BatchAugmenter
+from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint
+from tlcli.models import DataSpec
+from tlcli.train.loop import LoopState, batch_indices, gather
+from tlcli.train.progress import Reporter
+
+# L2 strengths tried on the validation split (per-sample mean loss + wd/2 ||W||^2); the
+# range spans "almost unregularised" to "strongly shrunk" for standardized features.
+WEIGHT_DECAY_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+LBFGS_MAX_ITER = 300
+FEATURE_CACHE_VERSION = 1
+
+
+@dataclass
+class HeadFit:
+    weight_decay: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    weight: torch.Tensor  # (C, D) on raw features
+    bias: torch.Tensor  # (C,)
+
+
+def weights_fingerprint(model: nn.Module, skip: set[str]) -> str:
+    """Hash of the backbone's tensors: other weights under the same name get another cache."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in skip:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier sees (timm: forward_head with pre_logits=True)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    images: DecodedImages,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    batch_size: int,
+    reporter: Reporter,
+    task: str,
+    views: int = 0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels): the eval view of each image, then `views` augmented views."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    feats, labels = [], []
+    reporter.start(task, len(images) * (1 + views), "extract features")
+    for view in range(1 + views):
+        for idx in batch_indices(len(images), batch_size, None):
+            batch = gather(images.pixels, idx, device)
+            y = torch.from_numpy(images.labels[np.sort(idx)])
+            if view == 0:
+                x = augmenter.center_crop(batch)
+            else:
+                x, _ = augmenter(batch, y.to(device), generator)
+            feats.append(penultimate(model, x).float().cpu())
+            labels.append(y)
+            reporter.advance(task, len(idx))
+    reporter.finish(task)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(
+    model: nn.Module, images: DecodedImages, augmenter: BatchAugmenter, device: torch.device,
+    cfg: Config, spec: DataSpec, reporter: Reporter, task: str, views: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """extract_features through an on-disk cache keyed by everything that changes them."""
+    from tlcli.models import classifier_param_names
+
+    head = set(classifier_param_names(model))  # the head is refit: not part of the key
+    key_parts = {
+        "version": FEATURE_CACHE_VERSION,
+        "arch": model.pretrained_cfg.get("architecture"),
+        "weights": weights_fingerprint(model, head),
+        "files": files_fingerprint(images.paths),
+        "spec": spec.to_dict(),
+        "augment": repr(augmenter.spec) if views else "eval",
+        "views": views,
+        "seed": cfg.train.seed,
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_root() / "features" / f"{key}.pt"
+    if cfg.data.cache and path.is_file():
+        data = torch.load(path, weights_only=True)
+        reporter.note(f"{task}: features from cache {path.name}")
+        return data["features"], data["labels"]
+    feats, labels = extract_features(
+        model, images, augmenter, device, cfg.data.batch_size * 2, reporter, task, views,
+        cfg.train.seed,
+    )
+    if cfg.data.cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"features": feats, "labels": labels}, tmp)
+        tmp.replace(path)
+    return feats, labels
+
+
+def fit_logistic_regression(
+    train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, weight_decay: float,
+    max_iter: int = LBFGS_MAX_ITER,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64."""
+    x = train_x.double()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, train_y) + 0.5 * weight_decay * weight.pow(
+            2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[
+    float, float
+]:
+    logits = x.double() @ weight.T + bias
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item()
+
+
+def fit_head(
+    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+    num_classes: int, grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
+) -> tuple[HeadFit, list[dict[str, float]]]:
+    """Pick weight decay on val (accuracy, then loss); fold standardization into (W, b)."""
+    mean = train_x.double().mean(0)
+    std = train_x.double().std(0).clamp_min(1e-6)
+    tx, vx = (train_x.double() - mean) / std, (val_x.double() - mean) / std
+    best: HeadFit | None = None
+    trials = []
+    for wd in grid:
+        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd)
+        train_loss, train_acc = _scores(tx, train_y, weight, bias)
+        val_loss, val_acc = _scores(vx, val_y, weight, bias)
+        trials.append({"weight_decay": wd, "train_acc": train_acc, "val_acc": val_acc,
+                       "val_loss": val_loss})
+        if best is None or (val_acc, -val_loss) > (best.val_acc, -best.val_loss):
+            # Fold the standardization: W (x - m) / s + b = (W / s) x + (b - W m / s).
+            raw_w = weight / std
+            raw_b = bias - (weight * (mean / std)).sum(1)
+            best = HeadFit(wd, train_loss, train_acc, val_loss, val_acc, raw_w, raw_b)
+    assert best is not None
+    return best, trials
+
+
+def fit_head_on_features(
+    model: nn.Module,
+    train_data: DecodedImages,
+    val_data: DecodedImages,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    cfg: Config,
+    spec: DataSpec,
+    reporter: Reporter,
+) -> tuple[LoopState, Any]:
+    """Fit model's classifier in place; returns a LoopState with one history row."""
+    started = time.perf_counter()
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
+    train_x, train_y = cached_features(model, train_data, augmenter, device, cfg, spec, reporter,
+                                       "features-train", cfg.strategy.head_views)
+    val_x, val_y = cached_features(model, val_data, augmenter, device, cfg, spec, reporter,
+                                   "features-val", 0)
+    fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
+    with torch.no_grad():
+        classifier.weight.copy_(fit.weight.to(classifier.weight))
+        classifier.bias.copy_(fit.bias.to(classifier.bias))
+    for trial in trials:
+        reporter.note(
+            f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
+            f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
+        )
+    row = {
+        "epoch": 1, "train_loss": fit.train_loss, "train_acc": fit.train_acc,
+        "val_loss": fit.val_loss, "val_acc": fit.val_acc, "ema_val_loss": None,
+        "ema_val_acc": None, "lr": None, "update_ratio": None,
+        "seconds": time.perf_counter() - started, "head_weight_decay": fit.weight_decay,
+    }
+    reporter.epoch(row)
+    state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)
+    return state, None

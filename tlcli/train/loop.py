@@ -1,0 +1,247 @@
+"""The epoch loop: one readable training loop, as in the PyTorch examples.
+
+Batches are gathered from the decoded uint8 cache and augmented batch-wise on the device.
+Per epoch: train, validate the raw and (optional) EMA weights, monitor, checkpoint. Every
+random draw comes from a generator seeded by (seed, epoch), and the global RNG state is
+saved in `last`, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlcli.data.augment import BatchAugmenter
+from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
+from tlcli.train.optim import lr_factor, set_lr
+from tlcli.train.progress import Reporter
+from tlcli.strategy import set_train_mode
+
+# Distinct streams for data order and augmentation per epoch, reproducible on resume.
+EPOCH_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class LoopState:
+    """Everything that changes while training; `last` checkpoints save it."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_weights: str = "raw"
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class LoopSetup:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    augmenter: BatchAugmenter
+    device: torch.device
+    train_pixels: np.ndarray
+    train_labels: np.ndarray
+    val_pixels: np.ndarray
+    val_labels: np.ndarray
+    epochs: int
+    batch_size: int
+    seed: int
+    schedule: Any  # ScheduleConfig
+    label_smoothing: float
+    clip_grad_norm: float
+    patience: int
+    monitor_every: int
+    ratio_params: list[nn.Parameter]
+    ema: Any = None  # timm ModelEmaV3
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+    """Shuffled (generator given) or ordered index batches; a last batch of one is merged,
+    since BatchNorm cannot train on a single sample."""
+    order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+    return batches
+
+
+def gather(pixels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy a batch out of the (possibly memory-mapped) cache onto the device."""
+    batch = torch.from_numpy(np.ascontiguousarray(pixels[np.sort(idx)]))
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
+
+
+def sorted_labels(labels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(labels[np.sort(idx)]).to(device)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    if targets.ndim == 2:  # mixup/cutmix soft targets, smoothing already applied
+        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    pixels: np.ndarray,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    hflip: bool = False,
+) -> torch.Tensor:
+    """Logits (N, C) in input order with the eval transform; hflip averages a flipped view."""
+    model.eval()
+    outputs = []
+    for idx in batch_indices(len(pixels), batch_size, None):
+        x = augmenter.center_crop(gather(pixels, idx, device))
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+            if hflip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        outputs.append(logits.cpu())
+        if on_batch is not None:
+            on_batch(len(idx))
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def evaluate_split(setup: LoopSetup, model: nn.Module, reporter: Reporter, task: str) -> tuple[
+    float, float
+]:
+    reporter.start(task, len(setup.val_labels), "validate")
+    logits = predict_logits(
+        model, setup.val_pixels, setup.augmenter, setup.device, setup.batch_size * 2,
+        setup.amp_dtype, lambda n: reporter.advance(task, n),
+    )
+    reporter.finish(task)
+    labels = torch.from_numpy(setup.val_labels)
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return loss, acc
+
+
+def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> dict[str, float]:
+    model, optimizer = setup.model, setup.optimizer
+    generator = torch.Generator().manual_seed(setup.seed * EPOCH_SEED_STRIDE + state.epoch)
+    batches = batch_indices(len(setup.train_labels), setup.batch_size, generator)
+    total_steps = len(batches) * setup.epochs
+    meter = UpdateRatioMeter(setup.ratio_params)
+    set_train_mode(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    reporter.start("train", len(setup.train_labels), f"epoch {state.epoch + 1}/{setup.epochs}")
+    for idx in batches:
+        images = gather(setup.train_pixels, idx, setup.device)
+        labels = sorted_labels(setup.train_labels, idx, setup.device)
+        x, targets = setup.augmenter(images, labels, generator)
+        if setup.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        set_lr(optimizer, lr_factor(state.step, total_steps, len(batches), setup.schedule))
+        with autocast(setup.device, setup.amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits, targets, setup.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {state.step}: the learning rate is too high"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if setup.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], setup.clip_grad_norm
+            )
+        sample_ratio = state.step % setup.monitor_every == 0
+        if sample_ratio:
+            meter.snapshot()
+        optimizer.step()
+        if sample_ratio:
+            meter.measure()
+        if setup.ema is not None:
+            setup.ema.update(model, step=state.step)
+        state.step += 1
+        hard = targets.argmax(1) if targets.ndim == 2 else targets
+        correct += int((logits.argmax(1) == hard).sum())
+        loss_sum += float(loss) * len(idx)
+        seen += len(idx)
+        reporter.advance("train", len(idx))
+    reporter.finish("train")
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "update_ratio": meter.epoch_median(),
+    }
+
+
+def run_epochs(
+    setup: LoopSetup,
+    state: LoopState,
+    reporter: Reporter,
+    on_epoch_end: Callable[[LoopState, bool], None],
+) -> Iterator[dict[str, Any]]:
+    """Train until setup.epochs (or early stop); on_epoch_end(state, improved) checkpoints."""
+    while state.epoch < setup.epochs and not state.stopped_early:
+        started = time.perf_counter()
+        row: dict[str, Any] = {"epoch": state.epoch + 1}
+        row.update(train_one_epoch(setup, state, reporter))
+        row["val_loss"], row["val_acc"] = evaluate_split(setup, setup.model, reporter, "val")
+        row["ema_val_loss"] = row["ema_val_acc"] = None
+        if setup.ema is not None:
+            row["ema_val_loss"], row["ema_val_acc"] = evaluate_split(
+                setup, setup.ema.module, reporter, "val-ema"
+            )
+        row["seconds"] = time.perf_counter() - started
+        state.epoch += 1
+        state.history.append(row)
+        best_now = max(row["val_acc"], row["ema_val_acc"] or -1.0)
+        improved = best_now > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch = best_now, state.epoch
+            ema_better = row["ema_val_acc"] is not None and row["ema_val_acc"] > row["val_acc"]
+            state.best_weights = "ema" if ema_better else "raw"
+            state.epochs_since_best = 0
+        else:
+            state.epochs_since_best += 1
+        if setup.patience and state.epochs_since_best >= setup.patience:
+            state.stopped_early = True
+        reporter.epoch(row)
+        for message in (diagnose_gap(state.history), diagnose_update_ratio(row["update_ratio"])):
+            if message:
+                reporter.note(message, "warning")
+        if state.stopped_early:
+            reporter.note(
+                f"early stop: no val gain for {setup.patience} epochs "
+                f"(best {state.best_acc:.4f} at epoch {state.best_epoch})"
+            )
+        on_epoch_end(state, improved)
+        yield row
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return len(batch_indices(n, batch_size, None)) if n else 0
+
+
+def is_finite(value: float) -> bool:
+    return math.isfinite(value)

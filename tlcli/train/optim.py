@@ -1,0 +1,89 @@
+"""Optimizers (timm's factory, with our per-stage LR groups) and warmup + decay schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from tlcli.config import OptimConfig, ScheduleConfig
+
+# Our optimizer names -> timm's factory names and extra arguments. "sgd" is plain SGD
+# (momentum 0), the lecture's baseline; "momentum" and "nesterov" add velocity.
+TIMM_OPT = {
+    "sgd": ("sgd", {"momentum": 0.0, "nesterov": False}),
+    "momentum": ("momentum", {}),
+    "nesterov": ("sgd", {"nesterov": True}),
+    "adagrad": ("adagrad", {}),
+    "rmsprop": ("rmsprop", {}),
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+}
+USES_MOMENTUM = {"momentum", "nesterov", "rmsprop"}
+
+
+def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and norm scales are not decayed (timm's filter_bias_and_bn rule)."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(
+    model: nn.Module, lr_mults: dict[str, float], base_lr: float, weight_decay: float
+) -> list[dict]:
+    """One group per (LR multiplier, decay/no-decay) pair over the trainable parameters."""
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if name not in lr_mults or not param.requires_grad:
+            continue
+        no_decay = _no_weight_decay(name, param)
+        key = (lr_mults[name], no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [], "lr": base_lr * lr_mults[name], "lr_mult": lr_mults[name],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def create_optimizer(
+    model: nn.Module, lr_mults: dict[str, float], cfg: OptimConfig, fused: bool = False
+) -> torch.optim.Optimizer:
+    timm_name, extra = TIMM_OPT[cfg.name]
+    kwargs = dict(extra)
+    if cfg.name in USES_MOMENTUM:
+        kwargs.setdefault("momentum", cfg.momentum)
+    if fused and cfg.name in ("adam", "adamw"):
+        kwargs["fused"] = True  # one kernel for all params on CUDA
+    groups = param_groups(model, lr_mults, cfg.lr, cfg.weight_decay)
+    optimizer = create_optimizer_v2(
+        groups, opt=timm_name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs
+    )
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of each group's initial LR at an optimizer step (warmup, then decay)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    epoch = step / max(steps_per_epoch, 1)
+    if cfg.name == "none":
+        return 1.0
+    if cfg.name == "step":
+        return cfg.gamma ** int(epoch // cfg.step_epochs)
+    if cfg.name == "exponential":
+        return cfg.gamma**epoch
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor

@@ -1,0 +1,386 @@
+"""`finetune` end to end: folder -> scan -> split -> decode cache -> model + plan -> loop -> run dir.
+
+The run dir holds everything needed to understand and resume a run: config.yaml (resolved),
+run.json (data folder, strategy reasons), split.json, metrics.csv, best.pt, last.pt,
+summary.json and curves.png. An existing run dir is never overwritten unless resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tlcli.config import Config, config_from_dict, config_to_dict
+from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import DecodedImages, decode_images
+from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
+from tlcli.data.split import load_split, save_split, train_val_samples
+from tlcli.errors import DataError, RunDirError, TlcliError, EXIT_INTERRUPTED
+from tlcli.models import (
+    DataSpec, architecture_of, create_model, data_spec_of, pick_device,
+)
+from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
+from tlcli.train.checkpoint import (
+    library_versions, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
+from tlcli.train.loop import LoopSetup, LoopState, run_epochs
+from tlcli.train.optim import create_optimizer
+from tlcli.train.progress import NullReporter, Reporter
+
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc",
+    "lr", "update_ratio", "seconds",
+)
+
+
+class Interrupted(TlcliError):
+    """Ctrl-C: `last` is saved; the message says how to resume."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+
+def default_run_dir(data_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(data_dir).resolve().name}-{stamp}"
+
+
+def create_run_dir(out: Path) -> RunPaths:
+    """Make a fresh run dir; refuse a non-empty existing one (never overwrite a user's run)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunDirError(
+            f"run dir {out} already exists and is not empty; pass a new --out, or "
+            f"--resume {out} to continue it"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run dir {out}: {exc.strerror}") from None
+    return RunPaths(out)
+
+
+def resolve_workers(requested: int) -> int:
+    return max(1, os.cpu_count() or 1) if requested < 0 else max(1, requested)
+
+
+def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 autocast on CUDA GPUs that support it (no loss scaling needed); fp32 elsewhere."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def decode_split(
+    samples: list[Sample], spec: DataSpec, cfg: Config, reporter: Reporter, name: str
+) -> DecodedImages:
+    reporter.start(f"decode-{name}", len(samples), f"decode {name}")
+    decoded = decode_images(
+        samples, spec.cache_size, spec.interpolation, cfg.data.max_pixels,
+        resolve_workers(cfg.data.workers), cfg.data.cache,
+        lambda n: reporter.advance(f"decode-{name}", n),
+    )
+    reporter.finish(f"decode-{name}")
+    return decoded
+
+
+def scan_with_progress(data_dir: Path, cfg: Config, reporter: Reporter) -> FolderScan:
+    reporter.start("scan", None, "scan images")
+    scan = scan_image_folder(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
+    reporter.finish("scan")
+    for warning in scan.warnings:
+        reporter.note(warning, "warning")
+    return scan
+
+
+def checkpoint_payload(
+    model: torch.nn.Module, ema: Any, arch: str, model_kwargs: dict, classes: list[str],
+    spec: DataSpec, plan: FreezePlan, cfg: Config, state: LoopState, source: str,
+) -> dict[str, Any]:
+    last_row = state.history[-1] if state.history else {}
+    return {
+        "model": {"architecture": arch, "kwargs": model_kwargs, "source": source},
+        "classes": list(classes),
+        "data": spec.to_dict(),
+        "plan": plan.to_dict(),
+        "config": config_to_dict(cfg),
+        "metrics": {
+            "epoch": state.epoch, "best_epoch": state.best_epoch, "best_val_acc": state.best_acc,
+            **{k: v for k, v in last_row.items() if v is not None},
+        },
+        "best_weights": state.best_weights,
+        "versions": library_versions(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema_state_dict": (
+            {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None
+        ),
+    }
+
+
+def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def plan_from_dict(data: dict[str, Any]) -> FreezePlan:
+    return FreezePlan(
+        data["strategy"], int(data["trainable_stages"]),
+        tuple(StagePlan(**s) for s in data["stages"]),
+    )
+
+
+def finetune(
+    data_dir: Path | None,
+    cfg: Config,
+    out: Path | None = None,
+    resume: Path | None = None,
+    reporter: Reporter | None = None,
+    strategy_reasons: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train a classifier on an image folder; returns the run summary (also summary.json)."""
+    from tlcli.train.head_fit import fit_head_on_features
+
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        if not paths.last.is_file() or not paths.config.is_file():
+            raise RunDirError(f"{resume} is not a resumable run dir (no last.pt / config.yaml); "
+                              "pass the --out folder of an earlier finetune")
+        cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
+        info = json.loads(paths.run_info.read_text())
+        data_dir = Path(info["data_dir"])
+        last = load_checkpoint(paths.last)
+    else:
+        if data_dir is None:
+            raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
+        paths = create_run_dir(out or default_run_dir(data_dir))
+        last = None
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+
+    # Data: the split is made once and saved, so a resumed run sees the same images.
+    scan = scan_with_progress(data_dir, cfg, reporter)
+    if last is not None:
+        classes, splits = load_split(paths.split, Path(data_dir))
+        train_samples, val_samples = splits["train"], splits["val"]
+    else:
+        classes = scan.classes
+        train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
+        save_split(paths.split, Path(data_dir), classes, {"train": train_samples,
+                                                          "val": val_samples})
+
+    # Model and plan. A resumed run rebuilds from last.pt: no download, same head.
+    model = create_model(
+        cfg.model.name, len(classes), pretrained=cfg.model.pretrained and last is None,
+        drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate,
+    )
+    arch = architecture_of(model)
+    model_kwargs = {"num_classes": len(classes), "drop_rate": cfg.model.drop_rate}
+    if cfg.model.drop_path_rate > 0:
+        model_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    spec = data_spec_of(model, cfg.data.image_size)
+    if last is not None:
+        plan = plan_from_dict(last["plan"])
+        model.load_state_dict(last["state_dict"])
+    else:
+        if cfg.strategy.name == "auto":
+            from tlcli.recommend.decide import auto_strategy
+
+            cfg, strategy_reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+        plan = plan_for_model(
+            model, cfg.strategy.name, cfg.strategy.trainable_stages, cfg.optim.backbone_lr_mult,
+            cfg.optim.layer_decay,
+        )
+        paths.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        paths.run_info.write_text(json.dumps({
+            "data_dir": str(Path(data_dir).resolve()), "created": time.strftime("%FT%T%z"),
+            "strategy_reasons": strategy_reasons or [],
+        }, indent=1))
+    lr_mults = apply_plan(model, plan)
+    reporter.note(
+        f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
+        f"parameters; frozen: {', '.join(plan.frozen_stage_names) or 'nothing'}"
+    )
+
+    train_data = decode_split(train_samples, spec, cfg, reporter, "train")
+    val_data = decode_split(val_samples, spec, cfg, reporter, "val")
+    skipped = train_data.skipped + val_data.skipped
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    for name, data in (("train", train_data), ("val", val_data)):
+        missing = sorted(set(range(len(classes))) - set(data.labels.tolist()))
+        if name == "train" and missing:
+            raise DataError(f"no decodable train images left for class(es) "
+                            f"{', '.join(classes[i] for i in missing)}; fix or add images")
+
+    model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    augmenter = BatchAugmenter(
+        PRESETS[cfg.data.augment], spec.input_size, spec.mean, spec.std, len(classes),
+        cfg.optim.label_smoothing,
+    )
+    source = cfg.model.name
+    common = dict(arch=arch, model_kwargs=model_kwargs, classes=classes, spec=spec, plan=plan,
+                  cfg=cfg, source=source)
+
+    if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
+        state, ema = fit_head_on_features(
+            model, train_data, val_data, augmenter, device, cfg, spec, reporter
+        )
+        save_checkpoint(paths.best, checkpoint_payload(model, ema, state=state, **common))
+        save_checkpoint(paths.last, checkpoint_payload(model, ema, state=state, **common))
+    else:
+        state = _train_epochs(
+            model, lr_mults, plan, train_data, val_data, augmenter, device, cfg, paths, last,
+            reporter, common,
+        )
+    write_metrics(paths.metrics, state.history)
+    from tlcli.plots import plot_training_curves
+
+    if state.history:
+        plot_training_curves(state.history, paths.curves)
+    summary = {
+        "run_dir": str(paths.root),
+        "data_dir": str(data_dir),
+        "model": cfg.model.name,
+        "strategy": plan.strategy,
+        "trainable_stages": plan.trainable_stages,
+        "strategy_reasons": json.loads(paths.run_info.read_text()).get("strategy_reasons", []),
+        "classes": classes,
+        "num_train": len(train_data),
+        "num_val": len(val_data),
+        "val_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "best_weights": state.best_weights,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "trainable_params": plan.trainable_params,
+        "total_params": plan.total_params,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 2),
+        "skipped": [dataclasses.asdict(s) for s in skipped + _scan_skipped(scan)],
+        "paths": {
+            "best": str(paths.best), "last": str(paths.last), "metrics": str(paths.metrics),
+            "curves": str(paths.curves), "config": str(paths.config),
+        },
+        "history": state.history,
+    }
+    paths.summary.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _scan_skipped(scan: FolderScan) -> list[Skipped]:
+    return list(scan.skipped)
+
+
+def _train_epochs(
+    model, lr_mults, plan, train_data, val_data, augmenter, device, cfg, paths, last, reporter,
+    common,
+) -> LoopState:
+    from timm.utils import ModelEmaV3
+
+    optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    state = LoopState()
+    if last is not None:
+        train_state = last["train_state"]
+        optimizer.load_state_dict(train_state["optimizer"])
+        if ema is not None and last.get("ema_state_dict") is not None:
+            ema.module.load_state_dict(last["ema_state_dict"])
+        state = LoopState(**train_state["loop"])
+        set_rng_state(train_state["rng"])
+        reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
+    pretrained = [p for n, p in model.named_parameters() if n in lr_mults and lr_mults[n] != 1.0]
+    head = [p for n, p in model.named_parameters() if n in lr_mults and lr_mults[n] == 1.0]
+    setup = LoopSetup(
+        model=model, optimizer=optimizer, augmenter=augmenter, device=device,
+        train_pixels=train_data.pixels, train_labels=train_data.labels,
+        val_pixels=val_data.pixels, val_labels=val_data.labels, epochs=cfg.train.epochs,
+        batch_size=cfg.data.batch_size, seed=cfg.train.seed, schedule=cfg.schedule,
+        label_smoothing=cfg.optim.label_smoothing, clip_grad_norm=cfg.optim.clip_grad_norm,
+        patience=cfg.train.patience, monitor_every=cfg.train.monitor_every,
+        ratio_params=pretrained or head, ema=ema,
+        amp_dtype=amp_dtype_for(device, cfg.train.amp),
+        channels_last=cfg.train.channels_last and device.type == "cuda",
+    )
+    if cfg.train.compile and device.type == "cuda":
+        setup.model = torch.compile(model)
+
+    def save_last(current: LoopState) -> None:
+        payload = checkpoint_payload(model, ema, state=current, **common)
+        payload["train_state"] = {
+            "optimizer": optimizer.state_dict(),
+            "loop": dataclasses.asdict(current),
+            "rng": rng_state(),
+        }
+        save_checkpoint(paths.last, payload)
+
+    def on_epoch_end(current: LoopState, improved: bool) -> None:
+        if improved:
+            save_checkpoint(paths.best, checkpoint_payload(model, ema, state=current, **common))
+        save_last(current)
+        write_metrics(paths.metrics, current.history)
+
+    if last is None:
+        save_last(state)  # epoch 0: a run killed before its first epoch can still resume
+    try:
+        for _ in run_epochs(setup, state, reporter, on_epoch_end):
+            pass
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; {paths.last} holds epoch {state.epoch}: resume with "
+            f"tlcli finetune --resume {paths.root}"
+        ) from None
+    return state
