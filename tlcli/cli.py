@@ -96,7 +96,8 @@ def print_json(data: Any) -> None:
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m",
+        "--model",
+        "-m",
         help="timm model name, hf-hub:ORG/NAME, or local-dir:PATH (a folder with config.json "
         "and model.safetensors; works offline). Default: tf_efficientnet_lite0.in1k.",
     ),
@@ -129,7 +130,9 @@ def build_config(
 def finetune(
     data_dir: Annotated[
         Path | None,
-        typer.Argument(help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."),
+        typer.Argument(
+            help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."
+        ),
     ] = None,
     model: ModelOpt = None,
     no_pretrained: Annotated[
@@ -149,8 +152,10 @@ def finetune(
     lr: Annotated[float | None, typer.Option(help="Learning rate of the new head.")] = None,
     backbone_lr_mult: Annotated[
         float | None,
-        typer.Option(help="Pretrained layers train at lr x this (default 0.1): a from-scratch "
-                     "LR wrecks pretrained features."),
+        typer.Option(
+            help="Pretrained layers train at lr x this (default 0.1): a from-scratch "
+            "LR wrecks pretrained features."
+        ),
     ] = None,
     layer_decay: Annotated[
         float | None, typer.Option(help="Per-stage LR decay towards the input (1 = off).")
@@ -159,11 +164,15 @@ def finetune(
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     momentum: Annotated[float | None, typer.Option(help="Momentum (SGD family, RMSProp).")] = None,
     schedule: Annotated[Schedule | None, typer.Option(help="LR decay after warmup.")] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Linear LR warmup, in epochs.")] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option(help="Linear LR warmup, in epochs.")
+    ] = None,
     augment: Annotated[
         Augment | None,
-        typer.Option(help="none | light (crop+flip) | standard (+colour) | strong "
-                     "(+RandAugment, erasing, mixup/cutmix)."),
+        typer.Option(
+            help="none | light (crop+flip) | standard (+colour) | strong "
+            "(+RandAugment, erasing, mixup/cutmix)."
+        ),
     ] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
     drop_rate: Annotated[float | None, typer.Option(help="Dropout before the head.")] = None,
@@ -172,8 +181,11 @@ def finetune(
     ] = None,
     ema: Annotated[
         bool | None,
-        typer.Option("--ema/--no-ema", help="Keep an EMA (Polyak average) of the weights and "
-                     "validate it alongside the raw weights."),
+        typer.Option(
+            "--ema/--no-ema",
+            help="Keep an EMA (Polyak average) of the weights and "
+            "validate it alongside the raw weights.",
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs to train (default 10).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
@@ -219,23 +231,51 @@ def finetune(
 
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
-        cfg = build_config(config, set_, {
-            "model": {"name": model, "pretrained": False if no_pretrained else None,
-                      "drop_rate": drop_rate, "drop_path_rate": drop_path},
-            "strategy": {"name": strategy.value if strategy else None,
-                         "trainable_stages": trainable_stages},
-            "optim": {"name": opt.value if opt else None, "lr": lr,
-                      "backbone_lr_mult": backbone_lr_mult, "layer_decay": layer_decay,
-                      "weight_decay": weight_decay, "momentum": momentum,
-                      "label_smoothing": label_smoothing},
-            "schedule": {"name": schedule.value if schedule else None,
-                         "warmup_epochs": warmup_epochs},
-            "data": {"augment": augment.value if augment else None, "batch_size": batch_size,
-                     "workers": workers, "val_split": val_split, "image_size": image_size,
-                     "cache": False if no_cache else None},
-            "train": {"epochs": epochs, "seed": seed, "patience": patience, "ema": ema,
-                      "device": device, "compile": compile},
-        })
+        cfg = build_config(
+            config,
+            set_,
+            {
+                "model": {
+                    "name": model,
+                    "pretrained": False if no_pretrained else None,
+                    "drop_rate": drop_rate,
+                    "drop_path_rate": drop_path,
+                },
+                "strategy": {
+                    "name": strategy.value if strategy else None,
+                    "trainable_stages": trainable_stages,
+                },
+                "optim": {
+                    "name": opt.value if opt else None,
+                    "lr": lr,
+                    "backbone_lr_mult": backbone_lr_mult,
+                    "layer_decay": layer_decay,
+                    "weight_decay": weight_decay,
+                    "momentum": momentum,
+                    "label_smoothing": label_smoothing,
+                },
+                "schedule": {
+                    "name": schedule.value if schedule else None,
+                    "warmup_epochs": warmup_epochs,
+                },
+                "data": {
+                    "augment": augment.value if augment else None,
+                    "batch_size": batch_size,
+                    "workers": workers,
+                    "val_split": val_split,
+                    "image_size": image_size,
+                    "cache": False if no_cache else None,
+                },
+                "train": {
+                    "epochs": epochs,
+                    "seed": seed,
+                    "patience": patience,
+                    "ema": ema,
+                    "device": device,
+                    "compile": compile,
+                },
+            },
+        )
         from tlcli.render import RichReporter, finetune_summary_table
 
         with RichReporter(stderr) as reporter:

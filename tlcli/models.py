@@ -12,9 +12,9 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlparse
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -59,8 +59,11 @@ class DataSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
         return cls(
-            int(data["input_size"]), str(data["interpolation"]), tuple(data["mean"]),
-            tuple(data["std"]), float(data["crop_pct"]),
+            int(data["input_size"]),
+            str(data["interpolation"]),
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            float(data["crop_pct"]),
         )
 
 
@@ -72,8 +75,10 @@ def resolve_model_name(name: str) -> str:
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist; give local-dir:PATH to a folder")
     if not (folder / "config.json").is_file():
-        raise ModelError(f"model folder {folder} has no config.json; it needs config.json and "
-                         "model.safetensors (timm's save_for_hf / hub layout)")
+        raise ModelError(
+            f"model folder {folder} has no config.json; it needs config.json and "
+            "model.safetensors (timm's save_for_hf / hub layout)"
+        )
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise ModelError(f"model folder {folder} has no weights file ({', '.join(WEIGHT_FILES)})")
     return LOCAL_DIR + str(folder.resolve())
@@ -132,11 +137,12 @@ def create_model(
         kwargs["drop_path_rate"] = drop_path_rate
     try:
         with _offline_when_unreachable(resolved, pretrained):
-            return timm.create_model(resolved, pretrained=pretrained, **kwargs)
+            model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
     except TypeError as exc:
         if "drop_path_rate" in str(exc):
-            raise ModelError(f"model {name!r} does not support drop-path; "
-                             "set model.drop_path_rate=0") from None
+            raise ModelError(
+                f"model {name!r} does not support drop-path; set model.drop_path_rate=0"
+            ) from None
         raise
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "not found" in str(exc).lower():
@@ -146,12 +152,28 @@ def create_model(
         raise
     except (OSError, ConnectionError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = "are not in the local cache (HF_HUB_OFFLINE=1)" if offline else (
-            "cannot be downloaded (no connection) and are not in the local cache"
+        why = (
+            "are not in the local cache (HF_HUB_OFFLINE=1)"
+            if offline
+            else ("cannot be downloaded (no connection) and are not in the local cache")
         )
         raise ModelError(
             f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
         ) from None
+    if num_classes > 0:
+        zero_init_head(model)
+    return model
+
+
+def zero_init_head(model: nn.Module) -> None:
+    """Start the new classifier at zero (as BiT does): every class starts equally likely.
+
+    Some timm inits scale the head by 1/sqrt(num_classes), which for 2 classes gives logits
+    in the tens on pretrained features and a loss of ~3 before the first step.
+    """
+    head = model.get_classifier()
+    for param in head.parameters():
+        nn.init.zeros_(param)
 
 
 def architecture_of(model: nn.Module) -> str:

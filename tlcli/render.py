@@ -6,7 +6,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -20,9 +25,14 @@ class RichReporter:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -46,7 +56,7 @@ class RichReporter:
             self.progress.remove_task(self.tasks.pop(task))
 
     def epoch(self, row: dict[str, Any]) -> None:
-        self.console.print(format_epoch(row), highlight=False)
+        self.console.print(format_epoch(row), highlight=False, soft_wrap=True)
 
     def note(self, message: str, level: str = "info") -> None:
         style = LEVEL_STYLE.get(level, "")
@@ -69,7 +79,9 @@ def format_epoch(row: dict[str, Any]) -> str:
     if row.get("lr") is not None:
         parts.append(f"lr {row['lr']:.2e}")
     if row.get("update_ratio") is not None:
-        parts.append(f"upd/w {row['update_ratio']:.1e}")
+        parts.append(f"upd/w head {row['update_ratio']:.1e}")
+    if row.get("backbone_update_ratio") is not None:
+        parts.append(f"backbone {row['backbone_update_ratio']:.1e}")
     parts.append(f"{row.get('seconds', 0):.1f}s")
     return " | ".join(parts)
 
@@ -79,15 +91,30 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("val accuracy", f"{summary['val_acc']:.4f} (epoch {summary['best_epoch']}, "
-                         f"{summary['best_weights']} weights)"),
-        ("strategy", summary["strategy"] + (
-            f" ({summary['trainable_stages']} stages)" if summary["strategy"] == "partial" else "")),
+        (
+            "val accuracy",
+            f"{summary['val_acc']:.4f} (epoch {summary['best_epoch']}, "
+            f"{summary['best_weights']} weights)",
+        ),
+        (
+            "strategy",
+            summary["strategy"]
+            + (
+                f" ({summary['trainable_stages']} stages)"
+                if summary["strategy"] == "partial"
+                else ""
+            ),
+        ),
         ("trainable params", f"{summary['trainable_params']:,} of {summary['total_params']:,}"),
-        ("images", f"{summary['num_train']} train, {summary['num_val']} val, "
-                   f"{len(summary['skipped'])} skipped"),
-        ("epochs", f"{summary['epochs_run']}" + (" (early stop)" if summary["stopped_early"]
-                                                 else "")),
+        (
+            "images",
+            f"{summary['num_train']} train, {summary['num_val']} val, "
+            f"{len(summary['skipped'])} skipped",
+        ),
+        (
+            "epochs",
+            f"{summary['epochs_run']}" + (" (early stop)" if summary["stopped_early"] else ""),
+        ),
         ("time", f"{summary['seconds']:.1f}s on {summary['device']}"),
         ("best checkpoint", summary["paths"]["best"]),
         ("curves", summary["paths"]["curves"]),

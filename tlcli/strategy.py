@@ -127,13 +127,19 @@ def plan_strategy(
 
 
 def plan_for_model(
-    model: nn.Module, strategy: str, trainable_stages: int, backbone_lr_mult: float,
+    model: nn.Module,
+    strategy: str,
+    trainable_stages: int,
+    backbone_lr_mult: float,
     layer_decay: float = 1.0,
 ) -> FreezePlan:
     stages = model_stages(model)
     return plan_strategy(
-        [(s.name, s.num_params) for s in stages], strategy, trainable_stages,
-        backbone_lr_mult, layer_decay,
+        [(s.name, s.num_params) for s in stages],
+        strategy,
+        trainable_stages,
+        backbone_lr_mult,
+        layer_decay,
     )
 
 

@@ -35,8 +35,13 @@ PRESETS = {
     "light": AugmentSpec(crop_scale=(0.5, 1.0), hflip=0.5),
     "standard": AugmentSpec(crop_scale=(0.25, 1.0), hflip=0.5, color_jitter=0.2),
     "strong": AugmentSpec(
-        crop_scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4, randaugment=True,
-        erase_prob=0.25, mixup_alpha=0.8, cutmix_alpha=1.0,
+        crop_scale=(0.08, 1.0),
+        hflip=0.5,
+        color_jitter=0.4,
+        randaugment=True,
+        erase_prob=0.25,
+        mixup_alpha=0.8,
+        cutmix_alpha=1.0,
     ),
 }
 # torchvision's RandomResizedCrop tries this many boxes before falling back to the center.
@@ -67,8 +72,10 @@ class BatchAugmenter:
             from timm.data import Mixup
 
             self._mixup = Mixup(
-                mixup_alpha=spec.mixup_alpha, cutmix_alpha=spec.cutmix_alpha,
-                label_smoothing=label_smoothing, num_classes=num_classes,
+                mixup_alpha=spec.mixup_alpha,
+                cutmix_alpha=spec.cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
             )
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
@@ -116,7 +123,9 @@ class BatchAugmenter:
         batch, _, height, width = x.shape
         lo, hi = self.spec.crop_scale
         r_lo, r_hi = self.spec.crop_ratio
-        area = height * width * torch.empty(batch, RRC_ATTEMPTS).uniform_(lo, hi, generator=generator)
+        area = (
+            height * width * torch.empty(batch, RRC_ATTEMPTS).uniform_(lo, hi, generator=generator)
+        )
         log_ratio = torch.empty(batch, RRC_ATTEMPTS).uniform_(
             math.log(r_lo), math.log(r_hi), generator=generator
         )
@@ -137,7 +146,9 @@ class BatchAugmenter:
 
     def _color_jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         strength = self.spec.color_jitter
-        factors = torch.empty(x.shape[0], 3).uniform_(1 - strength, 1 + strength, generator=generator)
+        factors = torch.empty(x.shape[0], 3).uniform_(
+            1 - strength, 1 + strength, generator=generator
+        )
         factors = factors.to(x.device).view(-1, 3, 1, 1, 1)
         x = x * factors[:, 0]
         gray = (x * torch.tensor(GRAY_WEIGHTS, device=x.device).view(1, 3, 1, 1)).sum(1, True)
@@ -159,8 +170,9 @@ class BatchAugmenter:
         chosen = torch.rand(batch, generator=generator) < self.spec.erase_prob
         for i in torch.nonzero(chosen).flatten().tolist():
             area = height * width * float(torch.empty(1).uniform_(0.02, 1 / 3, generator=generator))
-            aspect = math.exp(float(torch.empty(1).uniform_(math.log(0.3), math.log(3.3),
-                                                            generator=generator)))
+            aspect = math.exp(
+                float(torch.empty(1).uniform_(math.log(0.3), math.log(3.3), generator=generator))
+            )
             h = min(height, int(round(math.sqrt(area * aspect))))
             w = min(width, int(round(math.sqrt(area / aspect))))
             top = int(torch.randint(0, height - h + 1, (1,), generator=generator))

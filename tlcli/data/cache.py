@@ -28,8 +28,14 @@ from tlcli.data.scan import Sample, Skipped
 DECODE_CACHE_VERSION = 1
 # Below this many images a process pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 64
-RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+RESAMPLE = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
 
 
 def cache_root() -> Path:

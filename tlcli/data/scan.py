@@ -19,8 +19,21 @@ from tlcli.errors import DataError
 
 # Extensions PIL decodes that people keep photos in; anything else is "not an image".
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-     ".pgm", ".pbm", ".jfif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".jfif",
+    }
 )
 SPLIT_NAMES = {
     "train": ("train", "training"),

@@ -12,18 +12,27 @@ from tlcli.data.scan import FolderScan, Sample
 SMALL_PER_CLASS = 150
 
 
-def auto_strategy(cfg: Config, scan: FolderScan, train_samples: list[Sample], model, spec,
-                  reporter) -> tuple[Config, list[str]]:
+def auto_strategy(
+    cfg: Config, scan: FolderScan, train_samples: list[Sample], model, spec, reporter
+) -> tuple[Config, list[str]]:
     counts = [sum(1 for s in train_samples if s.label == i) for i in range(len(scan.classes))]
     per_class = median(counts)
     if per_class < SMALL_PER_CLASS:
-        name, reasons = "head-only", [
-            f"median {per_class:g} train images per class is below {SMALL_PER_CLASS}: "
-            "little data, so only the new head is trained"]
+        name, reasons = (
+            "head-only",
+            [
+                f"median {per_class:g} train images per class is below {SMALL_PER_CLASS}: "
+                "little data, so only the new head is trained"
+            ],
+        )
     else:
-        name, reasons = "partial", [
-            f"median {per_class:g} train images per class is at least {SMALL_PER_CLASS}: "
-            "enough data to retrain the last stages"]
+        name, reasons = (
+            "partial",
+            [
+                f"median {per_class:g} train images per class is at least {SMALL_PER_CLASS}: "
+                "enough data to retrain the last stages"
+            ],
+        )
     cfg = dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, name=name))
     for reason in reasons:
         reporter.note(reason)

@@ -30,8 +30,11 @@ def library_versions() -> dict[str, str]:
     import torchvision
 
     return {
-        "tlcli": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "timm": timm.__version__, "python": platform.python_version(),
+        "tlcli": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
     }
 
 
@@ -110,8 +113,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "runs; use a checkpoint written by tlcli finetune"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({exc}); "
-                              "use a checkpoint written by tlcli finetune") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({exc}); "
+            "use a checkpoint written by tlcli finetune"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a tlcli checkpoint (no tlcli format marker); "

@@ -94,8 +94,15 @@ def extract_features(
 
 
 def cached_features(
-    model: nn.Module, images: DecodedImages, augmenter: BatchAugmenter, device: torch.device,
-    cfg: Config, spec: DataSpec, reporter: Reporter, task: str, views: int,
+    model: nn.Module,
+    images: DecodedImages,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    cfg: Config,
+    spec: DataSpec,
+    reporter: Reporter,
+    task: str,
+    views: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """extract_features through an on-disk cache keyed by everything that changes them."""
     from tlcli.models import classifier_param_names
@@ -118,7 +125,14 @@ def cached_features(
         reporter.note(f"{task}: features from cache {path.name}")
         return data["features"], data["labels"]
     feats, labels = extract_features(
-        model, images, augmenter, device, cfg.data.batch_size * 2, reporter, task, views,
+        model,
+        images,
+        augmenter,
+        device,
+        cfg.data.batch_size * 2,
+        reporter,
+        task,
+        views,
         cfg.train.seed,
     )
     if cfg.data.cache:
@@ -130,7 +144,10 @@ def cached_features(
 
 
 def fit_logistic_regression(
-    train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, weight_decay: float,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
     max_iter: int = LBFGS_MAX_ITER,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64."""
@@ -138,14 +155,20 @@ def fit_logistic_regression(
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, train_y) + 0.5 * weight_decay * weight.pow(
-            2).sum()
+        loss = (
+            F.cross_entropy(x @ weight.T + bias, train_y) + 0.5 * weight_decay * weight.pow(2).sum()
+        )
         loss.backward()
         return loss
 
@@ -153,16 +176,20 @@ def fit_logistic_regression(
     return weight.detach(), bias.detach()
 
 
-def _scores(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[
-    float, float
-]:
+def _scores(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[float, float]:
     logits = x.double() @ weight.T + bias
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item()
 
 
 def fit_head(
-    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    num_classes: int, grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
 ) -> tuple[HeadFit, list[dict[str, float]]]:
     """Pick weight decay on val (accuracy, then loss); fold standardization into (W, b)."""
     mean = train_x.double().mean(0)
@@ -174,8 +201,9 @@ def fit_head(
         weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd)
         train_loss, train_acc = _scores(tx, train_y, weight, bias)
         val_loss, val_acc = _scores(vx, val_y, weight, bias)
-        trials.append({"weight_decay": wd, "train_acc": train_acc, "val_acc": val_acc,
-                       "val_loss": val_loss})
+        trials.append(
+            {"weight_decay": wd, "train_acc": train_acc, "val_acc": val_acc, "val_loss": val_loss}
+        )
         if best is None or (val_acc, -val_loss) > (best.val_acc, -best.val_loss):
             # Fold the standardization: W (x - m) / s + b = (W / s) x + (b - W m / s).
             raw_w = weight / std
@@ -200,10 +228,20 @@ def fit_head_on_features(
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
-    train_x, train_y = cached_features(model, train_data, augmenter, device, cfg, spec, reporter,
-                                       "features-train", cfg.strategy.head_views)
-    val_x, val_y = cached_features(model, val_data, augmenter, device, cfg, spec, reporter,
-                                   "features-val", 0)
+    train_x, train_y = cached_features(
+        model,
+        train_data,
+        augmenter,
+        device,
+        cfg,
+        spec,
+        reporter,
+        "features-train",
+        cfg.strategy.head_views,
+    )
+    val_x, val_y = cached_features(
+        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0
+    )
     fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
     with torch.no_grad():
         classifier.weight.copy_(fit.weight.to(classifier.weight))
@@ -214,10 +252,17 @@ def fit_head_on_features(
             f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
         )
     row = {
-        "epoch": 1, "train_loss": fit.train_loss, "train_acc": fit.train_acc,
-        "val_loss": fit.val_loss, "val_acc": fit.val_acc, "ema_val_loss": None,
-        "ema_val_acc": None, "lr": None, "update_ratio": None,
-        "seconds": time.perf_counter() - started, "head_weight_decay": fit.weight_decay,
+        "epoch": 1,
+        "train_loss": fit.train_loss,
+        "train_acc": fit.train_acc,
+        "val_loss": fit.val_loss,
+        "val_acc": fit.val_acc,
+        "ema_val_loss": None,
+        "ema_val_acc": None,
+        "lr": None,
+        "update_ratio": None,
+        "seconds": time.perf_counter() - started,
+        "head_weight_decay": fit.weight_decay,
     }
     reporter.epoch(row)
     state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)

@@ -9,7 +9,7 @@ saved in `last`, so a resumed run continues exactly as an uninterrupted one woul
 from __future__ import annotations
 
 import contextlib
-import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlcli.data.augment import BatchAugmenter
+from tlcli.strategy import set_train_mode
 from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
 from tlcli.train.optim import lr_factor, set_lr
 from tlcli.train.progress import Reporter
-from tlcli.strategy import set_train_mode
 
 # Distinct streams for data order and augmentation per epoch, reproducible on resume.
 EPOCH_SEED_STRIDE = 1_000_003
@@ -62,7 +62,7 @@ class LoopSetup:
     clip_grad_norm: float
     patience: int
     monitor_every: int
-    ratio_params: list[nn.Parameter]
+    ratio_params: dict[str, list[nn.Parameter]]  # {"head": [...], "backbone": [...]}
     ema: Any = None  # timm ModelEmaV3
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
@@ -128,13 +128,18 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def evaluate_split(setup: LoopSetup, model: nn.Module, reporter: Reporter, task: str) -> tuple[
-    float, float
-]:
+def evaluate_split(
+    setup: LoopSetup, model: nn.Module, reporter: Reporter, task: str
+) -> tuple[float, float]:
     reporter.start(task, len(setup.val_labels), "validate")
     logits = predict_logits(
-        model, setup.val_pixels, setup.augmenter, setup.device, setup.batch_size * 2,
-        setup.amp_dtype, lambda n: reporter.advance(task, n),
+        model,
+        setup.val_pixels,
+        setup.augmenter,
+        setup.device,
+        setup.batch_size * 2,
+        setup.amp_dtype,
+        lambda n: reporter.advance(task, n),
     )
     reporter.finish(task)
     labels = torch.from_numpy(setup.val_labels)
@@ -172,7 +177,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
             nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], setup.clip_grad_norm
             )
-        sample_ratio = state.step % setup.monitor_every == 0
+        sample_ratio = (state.step + 1) % setup.monitor_every == 0
         if sample_ratio:
             meter.snapshot()
         optimizer.step()
@@ -183,15 +188,17 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         state.step += 1
         hard = targets.argmax(1) if targets.ndim == 2 else targets
         correct += int((logits.argmax(1) == hard).sum())
-        loss_sum += float(loss) * len(idx)
+        loss_sum += loss.item() * len(idx)
         seen += len(idx)
         reporter.advance("train", len(idx))
     reporter.finish("train")
+    ratios = meter.medians()
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": correct / max(seen, 1),
-        "lr": optimizer.param_groups[0]["lr"],
-        "update_ratio": meter.epoch_median(),
+        "lr": max(g["lr"] for g in optimizer.param_groups),
+        "update_ratio": ratios.get("head"),
+        "backbone_update_ratio": ratios.get("backbone"),
     }
 
 
@@ -202,6 +209,7 @@ def run_epochs(
     on_epoch_end: Callable[[LoopState, bool], None],
 ) -> Iterator[dict[str, Any]]:
     """Train until setup.epochs (or early stop); on_epoch_end(state, improved) checkpoints."""
+    warned: set[str] = set()
     while state.epoch < setup.epochs and not state.stopped_early:
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": state.epoch + 1}
@@ -227,8 +235,14 @@ def run_epochs(
         if setup.patience and state.epochs_since_best >= setup.patience:
             state.stopped_early = True
         reporter.epoch(row)
-        for message in (diagnose_gap(state.history), diagnose_update_ratio(row["update_ratio"])):
-            if message:
+        diagnoses = (
+            diagnose_gap(state.history),
+            diagnose_update_ratio(row["update_ratio"], row["backbone_update_ratio"], state.epoch),
+        )
+        for message in diagnoses:
+            kind = re.split(r"\d", message, maxsplit=1)[0] if message else None
+            if kind and kind not in warned:  # each kind once per run: a warning, not a log
+                warned.add(kind)
                 reporter.note(message, "warning")
         if state.stopped_early:
             reporter.note(
@@ -237,11 +251,3 @@ def run_epochs(
             )
         on_epoch_end(state, improved)
         yield row
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return len(batch_indices(n, batch_size, None)) if n else 0
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

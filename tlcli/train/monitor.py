@@ -10,38 +10,44 @@ OVERFIT_GAP = 0.10
 UNDERFIT_GAP = 0.03
 UNDERFIT_ACC = 0.70
 # The lecture: update size / weight size per step should be about 1e-3; warn a decade off.
+# That rule is for layers trained from scratch: here the new head. Pretrained layers train
+# at lr * backbone_lr_mult on purpose, so only a from-scratch-sized ratio is flagged there.
 TARGET_UPDATE_RATIO = 1e-3
 UPDATE_RATIO_LOW = 1e-4
 UPDATE_RATIO_HIGH = 1e-2
 
 
 class UpdateRatioMeter:
-    """||w_after - w_before|| / ||w_before|| over a set of parameters, sampled every k steps."""
+    """||w_after - w_before|| / ||w_before|| per parameter set, sampled every k steps."""
 
-    def __init__(self, params: list[torch.nn.Parameter]):
-        self.params = params
-        self.before: list[torch.Tensor] | None = None
-        self.samples: list[float] = []
+    def __init__(self, param_sets: dict[str, list[torch.nn.Parameter]]):
+        self.param_sets = {k: v for k, v in param_sets.items() if v}
+        self.before: dict[str, list[torch.Tensor]] = {}
+        self.samples: dict[str, list[float]] = {k: [] for k in self.param_sets}
 
     def snapshot(self) -> None:
-        self.before = [p.detach().clone() for p in self.params]
+        self.before = {k: [p.detach().clone() for p in v] for k, v in self.param_sets.items()}
 
     def measure(self) -> None:
-        if self.before is None:
-            return
-        update = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(
-            self.params, self.before, strict=True))
-        weight = sum(float(b.float().pow(2).sum()) for b in self.before)
-        if weight > 0:
-            self.samples.append((update / weight) ** 0.5)
-        self.before = None
+        for key, before in self.before.items():
+            params = self.param_sets[key]
+            update = sum(
+                float((p.detach() - b).float().pow(2).sum())
+                for p, b in zip(params, before, strict=True)
+            )
+            weight = sum(float(b.float().pow(2).sum()) for b in before)
+            if weight > 0:  # a zero-initialised head has no ratio at its first step
+                self.samples[key].append((update / weight) ** 0.5)
+        self.before = {}
 
-    def epoch_median(self) -> float | None:
-        if not self.samples:
-            return None
-        values = sorted(self.samples)
-        self.samples = []
-        return values[len(values) // 2]
+    def medians(self) -> dict[str, float | None]:
+        """Median ratio per set since the last call (None when nothing was sampled)."""
+        result = {}
+        for key, values in self.samples.items():
+            values.sort()
+            result[key] = values[len(values) // 2] if values else None
+            self.samples[key] = []
+        return result
 
 
 def diagnose_gap(history: list[dict]) -> str | None:
@@ -66,17 +72,29 @@ def diagnose_gap(history: list[dict]) -> str | None:
     return None
 
 
-def diagnose_update_ratio(ratio: float | None) -> str | None:
-    if ratio is None:
-        return None
-    if ratio < UPDATE_RATIO_LOW:
+# A zero-initialised head has tiny weights at first, so its ratio starts large by design.
+HEAD_RATIO_GRACE_EPOCHS = 2
+
+
+def diagnose_update_ratio(head: float | None, backbone: float | None, epoch: int) -> str | None:
+    """A sentence when the head's ratio is a decade off 1e-3, or the pretrained layers move
+    as fast as a from-scratch model would."""
+    if epoch <= HEAD_RATIO_GRACE_EPOCHS:
+        head = None
+    if head is not None and head < UPDATE_RATIO_LOW:
         return (
-            f"update/weight ratio {ratio:.1e} is far below ~{TARGET_UPDATE_RATIO:.0e}: the "
-            "trained layers barely move; the learning rate may be too low"
+            f"head update/weight ratio {head:.1e} is far below ~{TARGET_UPDATE_RATIO:.0e}: "
+            "the head barely moves; the learning rate may be too low (raise --lr)"
         )
-    if ratio > UPDATE_RATIO_HIGH:
+    if head is not None and head > UPDATE_RATIO_HIGH:
         return (
-            f"update/weight ratio {ratio:.1e} is far above ~{TARGET_UPDATE_RATIO:.0e}: the "
-            "learning rate may be too high (watch for a loss that jumps or becomes NaN)"
+            f"head update/weight ratio {head:.1e} is far above ~{TARGET_UPDATE_RATIO:.0e}: "
+            "the learning rate may be too high (lower --lr; watch for a loss that jumps or NaN)"
+        )
+    if backbone is not None and backbone > UPDATE_RATIO_HIGH:
+        return (
+            f"pretrained layers' update/weight ratio {backbone:.1e} is above "
+            f"{UPDATE_RATIO_HIGH:.0e}: they move like a from-scratch model and lose what they "
+            "learned; lower --backbone-lr-mult or --lr"
         )
     return None

@@ -41,7 +41,9 @@ def param_groups(
         key = (lr_mults[name], no_decay)
         if key not in groups:
             groups[key] = {
-                "params": [], "lr": base_lr * lr_mults[name], "lr_mult": lr_mults[name],
+                "params": [],
+                "lr": base_lr * lr_mults[name],
+                "lr_mult": lr_mults[name],
                 "weight_decay": 0.0 if no_decay else weight_decay,
             }
         groups[key]["params"].append(param)

@@ -1,4 +1,4 @@
-"""`finetune` end to end: folder -> scan -> split -> decode cache -> model + plan -> loop -> run dir.
+"""`finetune` end to end: folder -> scan -> split -> cache -> model + plan -> loop -> run dir.
 
 The run dir holds everything needed to understand and resume a run: config.yaml (resolved),
 run.json (data folder, strategy reasons), split.json, metrics.csv, best.pt, last.pt,
@@ -24,21 +24,39 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
 from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
-from tlcli.errors import DataError, RunDirError, TlcliError, EXIT_INTERRUPTED
+from tlcli.errors import EXIT_INTERRUPTED, DataError, RunDirError, TlcliError
 from tlcli.models import (
-    DataSpec, architecture_of, create_model, data_spec_of, pick_device,
+    DataSpec,
+    architecture_of,
+    classifier_param_names,
+    create_model,
+    data_spec_of,
+    pick_device,
 )
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.train.checkpoint import (
-    library_versions, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    library_versions,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from tlcli.train.loop import LoopSetup, LoopState, run_epochs
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
 
 METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc",
-    "lr", "update_ratio", "seconds",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "ema_val_loss",
+    "ema_val_acc",
+    "lr",
+    "update_ratio",
+    "backbone_update_ratio",
+    "seconds",
 )
 
 
@@ -121,8 +139,12 @@ def decode_split(
 ) -> DecodedImages:
     reporter.start(f"decode-{name}", len(samples), f"decode {name}")
     decoded = decode_images(
-        samples, spec.cache_size, spec.interpolation, cfg.data.max_pixels,
-        resolve_workers(cfg.data.workers), cfg.data.cache,
+        samples,
+        spec.cache_size,
+        spec.interpolation,
+        cfg.data.max_pixels,
+        resolve_workers(cfg.data.workers),
+        cfg.data.cache,
         lambda n: reporter.advance(f"decode-{name}", n),
     )
     reporter.finish(f"decode-{name}")
@@ -139,8 +161,16 @@ def scan_with_progress(data_dir: Path, cfg: Config, reporter: Reporter) -> Folde
 
 
 def checkpoint_payload(
-    model: torch.nn.Module, ema: Any, arch: str, model_kwargs: dict, classes: list[str],
-    spec: DataSpec, plan: FreezePlan, cfg: Config, state: LoopState, source: str,
+    model: torch.nn.Module,
+    ema: Any,
+    arch: str,
+    model_kwargs: dict,
+    classes: list[str],
+    spec: DataSpec,
+    plan: FreezePlan,
+    cfg: Config,
+    state: LoopState,
+    source: str,
 ) -> dict[str, Any]:
     last_row = state.history[-1] if state.history else {}
     return {
@@ -150,7 +180,9 @@ def checkpoint_payload(
         "plan": plan.to_dict(),
         "config": config_to_dict(cfg),
         "metrics": {
-            "epoch": state.epoch, "best_epoch": state.best_epoch, "best_val_acc": state.best_acc,
+            "epoch": state.epoch,
+            "best_epoch": state.best_epoch,
+            "best_val_acc": state.best_acc,
             **{k: v for k, v in last_row.items() if v is not None},
         },
         "best_weights": state.best_weights,
@@ -174,7 +206,8 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 def plan_from_dict(data: dict[str, Any]) -> FreezePlan:
     return FreezePlan(
-        data["strategy"], int(data["trainable_stages"]),
+        data["strategy"],
+        int(data["trainable_stages"]),
         tuple(StagePlan(**s) for s in data["stages"]),
     )
 
@@ -195,8 +228,10 @@ def finetune(
     if resume is not None:
         paths = RunPaths(Path(resume))
         if not paths.last.is_file() or not paths.config.is_file():
-            raise RunDirError(f"{resume} is not a resumable run dir (no last.pt / config.yaml); "
-                              "pass the --out folder of an earlier finetune")
+            raise RunDirError(
+                f"{resume} is not a resumable run dir (no last.pt / config.yaml); "
+                "pass the --out folder of an earlier finetune"
+            )
         cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
         info = json.loads(paths.run_info.read_text())
         data_dir = Path(info["data_dir"])
@@ -217,13 +252,17 @@ def finetune(
     else:
         classes = scan.classes
         train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
-        save_split(paths.split, Path(data_dir), classes, {"train": train_samples,
-                                                          "val": val_samples})
+        save_split(
+            paths.split, Path(data_dir), classes, {"train": train_samples, "val": val_samples}
+        )
 
     # Model and plan. A resumed run rebuilds from last.pt: no download, same head.
     model = create_model(
-        cfg.model.name, len(classes), pretrained=cfg.model.pretrained and last is None,
-        drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate,
+        cfg.model.name,
+        len(classes),
+        pretrained=cfg.model.pretrained and last is None,
+        drop_rate=cfg.model.drop_rate,
+        drop_path_rate=cfg.model.drop_path_rate,
     )
     arch = architecture_of(model)
     model_kwargs = {"num_classes": len(classes), "drop_rate": cfg.model.drop_rate}
@@ -239,14 +278,23 @@ def finetune(
 
             cfg, strategy_reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
         plan = plan_for_model(
-            model, cfg.strategy.name, cfg.strategy.trainable_stages, cfg.optim.backbone_lr_mult,
+            model,
+            cfg.strategy.name,
+            cfg.strategy.trainable_stages,
+            cfg.optim.backbone_lr_mult,
             cfg.optim.layer_decay,
         )
         paths.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        paths.run_info.write_text(json.dumps({
-            "data_dir": str(Path(data_dir).resolve()), "created": time.strftime("%FT%T%z"),
-            "strategy_reasons": strategy_reasons or [],
-        }, indent=1))
+        paths.run_info.write_text(
+            json.dumps(
+                {
+                    "data_dir": str(Path(data_dir).resolve()),
+                    "created": time.strftime("%FT%T%z"),
+                    "strategy_reasons": strategy_reasons or [],
+                },
+                indent=1,
+            )
+        )
     lr_mults = apply_plan(model, plan)
     reporter.note(
         f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
@@ -261,19 +309,33 @@ def finetune(
     for name, data in (("train", train_data), ("val", val_data)):
         missing = sorted(set(range(len(classes))) - set(data.labels.tolist()))
         if name == "train" and missing:
-            raise DataError(f"no decodable train images left for class(es) "
-                            f"{', '.join(classes[i] for i in missing)}; fix or add images")
+            raise DataError(
+                f"no decodable train images left for class(es) "
+                f"{', '.join(classes[i] for i in missing)}; fix or add images"
+            )
 
     model.to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:
+        # NHWC: ~2x faster convs on CPU (oneDNN) and on tensor cores.
         model.to(memory_format=torch.channels_last)
     augmenter = BatchAugmenter(
-        PRESETS[cfg.data.augment], spec.input_size, spec.mean, spec.std, len(classes),
+        PRESETS[cfg.data.augment],
+        spec.input_size,
+        spec.mean,
+        spec.std,
+        len(classes),
         cfg.optim.label_smoothing,
     )
     source = cfg.model.name
-    common = dict(arch=arch, model_kwargs=model_kwargs, classes=classes, spec=spec, plan=plan,
-                  cfg=cfg, source=source)
+    common = dict(
+        arch=arch,
+        model_kwargs=model_kwargs,
+        classes=classes,
+        spec=spec,
+        plan=plan,
+        cfg=cfg,
+        source=source,
+    )
 
     if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
         state, ema = fit_head_on_features(
@@ -283,8 +345,18 @@ def finetune(
         save_checkpoint(paths.last, checkpoint_payload(model, ema, state=state, **common))
     else:
         state = _train_epochs(
-            model, lr_mults, plan, train_data, val_data, augmenter, device, cfg, paths, last,
-            reporter, common,
+            model,
+            lr_mults,
+            plan,
+            train_data,
+            val_data,
+            augmenter,
+            device,
+            cfg,
+            paths,
+            last,
+            reporter,
+            common,
         )
     write_metrics(paths.metrics, state.history)
     from tlcli.plots import plot_training_curves
@@ -312,8 +384,11 @@ def finetune(
         "seconds": round(time.perf_counter() - started, 2),
         "skipped": [dataclasses.asdict(s) for s in skipped + _scan_skipped(scan)],
         "paths": {
-            "best": str(paths.best), "last": str(paths.last), "metrics": str(paths.metrics),
-            "curves": str(paths.curves), "config": str(paths.config),
+            "best": str(paths.best),
+            "last": str(paths.last),
+            "metrics": str(paths.metrics),
+            "curves": str(paths.curves),
+            "config": str(paths.config),
         },
         "history": state.history,
     }
@@ -326,7 +401,17 @@ def _scan_skipped(scan: FolderScan) -> list[Skipped]:
 
 
 def _train_epochs(
-    model, lr_mults, plan, train_data, val_data, augmenter, device, cfg, paths, last, reporter,
+    model,
+    lr_mults,
+    plan,
+    train_data,
+    val_data,
+    augmenter,
+    device,
+    cfg,
+    paths,
+    last,
+    reporter,
     common,
 ) -> LoopState:
     from timm.utils import ModelEmaV3
@@ -342,18 +427,33 @@ def _train_epochs(
         state = LoopState(**train_state["loop"])
         set_rng_state(train_state["rng"])
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
-    pretrained = [p for n, p in model.named_parameters() if n in lr_mults and lr_mults[n] != 1.0]
-    head = [p for n, p in model.named_parameters() if n in lr_mults and lr_mults[n] == 1.0]
+    head_names = set(classifier_param_names(model))
+    trained = [(n, p) for n, p in model.named_parameters() if n in lr_mults]
+    ratio_params = {
+        "head": [p for n, p in trained if n in head_names],
+        "backbone": [p for n, p in trained if n not in head_names],
+    }
     setup = LoopSetup(
-        model=model, optimizer=optimizer, augmenter=augmenter, device=device,
-        train_pixels=train_data.pixels, train_labels=train_data.labels,
-        val_pixels=val_data.pixels, val_labels=val_data.labels, epochs=cfg.train.epochs,
-        batch_size=cfg.data.batch_size, seed=cfg.train.seed, schedule=cfg.schedule,
-        label_smoothing=cfg.optim.label_smoothing, clip_grad_norm=cfg.optim.clip_grad_norm,
-        patience=cfg.train.patience, monitor_every=cfg.train.monitor_every,
-        ratio_params=pretrained or head, ema=ema,
+        model=model,
+        optimizer=optimizer,
+        augmenter=augmenter,
+        device=device,
+        train_pixels=train_data.pixels,
+        train_labels=train_data.labels,
+        val_pixels=val_data.pixels,
+        val_labels=val_data.labels,
+        epochs=cfg.train.epochs,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.train.seed,
+        schedule=cfg.schedule,
+        label_smoothing=cfg.optim.label_smoothing,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        patience=cfg.train.patience,
+        monitor_every=cfg.train.monitor_every,
+        ratio_params=ratio_params,
+        ema=ema,
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
-        channels_last=cfg.train.channels_last and device.type == "cuda",
+        channels_last=cfg.train.channels_last,
     )
     if cfg.train.compile and device.type == "cuda":
         setup.model = torch.compile(model)
