@@ -148,6 +148,25 @@ def evaluate_split(
     return loss, acc
 
 
+def forward_backward(
+    setup: LoopSetup, x: torch.Tensor, targets: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward (and clipping) for one batch; the caller steps the optimizer."""
+    with autocast(setup.device, setup.amp_dtype):
+        logits = setup.model(x)
+    loss = loss_fn(logits, targets, setup.label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"loss became {loss.item()} at step {step}: the learning rate is too high"
+        )
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if setup.clip_grad_norm > 0:
+        params = [p for g in setup.optimizer.param_groups for p in g["params"]]
+        nn.utils.clip_grad_norm_(params, setup.clip_grad_norm)
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> dict[str, float]:
     model, optimizer = setup.model, setup.optimizer
     generator = torch.Generator().manual_seed(setup.seed * EPOCH_SEED_STRIDE + state.epoch)
@@ -164,19 +183,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         if setup.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         set_lr(optimizer, lr_factor(state.step, total_steps, len(batches), setup.schedule))
-        with autocast(setup.device, setup.amp_dtype):
-            logits = model(x)
-        loss = loss_fn(logits, targets, setup.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {state.step}: the learning rate is too high"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if setup.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], setup.clip_grad_norm
-            )
+        loss, logits = forward_backward(setup, x, targets, state.step)
         sample_ratio = (state.step + 1) % setup.monitor_every == 0
         if sample_ratio:
             meter.snapshot()
@@ -184,7 +191,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         if sample_ratio:
             meter.measure()
         if setup.ema is not None:
-            setup.ema.update(model, step=state.step)
+            setup.ema.update(getattr(model, "_orig_mod", model), step=state.step)
         state.step += 1
         hard = targets.argmax(1) if targets.ndim == 2 else targets
         correct += int((logits.argmax(1) == hard).sum())

@@ -212,13 +212,150 @@ def plan_from_dict(data: dict[str, Any]) -> FreezePlan:
     )
 
 
+@dataclass
+class TrainingJob:
+    """Everything prepared for training: data decoded, model built, plan applied."""
+
+    cfg: Config
+    data_dir: Path
+    scan: FolderScan
+    classes: list[str]
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    model: torch.nn.Module
+    arch: str
+    model_kwargs: dict[str, Any]
+    spec: DataSpec
+    plan: FreezePlan
+    lr_mults: dict[str, float]
+    device: torch.device
+    augmenter: BatchAugmenter
+    train_data: DecodedImages
+    val_data: DecodedImages
+    strategy_reasons: list[str]
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.train_data.skipped + self.val_data.skipped + list(self.scan.skipped)
+
+    def checkpoint(self, ema: Any, state: LoopState) -> dict[str, Any]:
+        return checkpoint_payload(
+            self.model,
+            ema,
+            self.arch,
+            self.model_kwargs,
+            self.classes,
+            self.spec,
+            self.plan,
+            self.cfg,
+            state,
+            self.cfg.model.name,
+        )
+
+
+def prepare_job(
+    data_dir: Path,
+    cfg: Config,
+    reporter: Reporter,
+    last: dict[str, Any] | None = None,
+    split_path: Path | None = None,
+) -> TrainingJob:
+    """Scan, split, build the model, resolve the strategy, decode: shared by finetune,
+    lr-find and tune. With `last` (resume), the split and weights come from the run."""
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    scan = scan_with_progress(data_dir, cfg, reporter)
+    if last is not None and split_path is not None:
+        classes, splits = load_split(split_path, Path(data_dir))
+        train_samples, val_samples = splits["train"], splits["val"]
+    else:
+        classes = scan.classes
+        train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
+
+    # A resumed run rebuilds from last.pt: no download, same head.
+    model = create_model(
+        cfg.model.name,
+        len(classes),
+        pretrained=cfg.model.pretrained and last is None,
+        drop_rate=cfg.model.drop_rate,
+        drop_path_rate=cfg.model.drop_path_rate,
+    )
+    model_kwargs = {"num_classes": len(classes), "drop_rate": cfg.model.drop_rate}
+    if cfg.model.drop_path_rate > 0:
+        model_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    spec = data_spec_of(model, cfg.data.image_size)
+    reasons: list[str] = []
+    if last is not None:
+        plan = plan_from_dict(last["plan"])
+        model.load_state_dict(last["state_dict"])
+    else:
+        if cfg.strategy.name == "auto":
+            from tlcli.recommend.decide import auto_strategy
+
+            cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+        plan = plan_for_model(
+            model,
+            cfg.strategy.name,
+            cfg.strategy.trainable_stages,
+            cfg.optim.backbone_lr_mult,
+            cfg.optim.layer_decay,
+        )
+    lr_mults = apply_plan(model, plan)
+    reporter.note(
+        f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
+        f"parameters; frozen: {', '.join(plan.frozen_stage_names) or 'nothing'}"
+    )
+    train_data = decode_split(train_samples, spec, cfg, reporter, "train")
+    val_data = decode_split(val_samples, spec, cfg, reporter, "val")
+    for item in train_data.skipped + val_data.skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
+    if missing:
+        raise DataError(
+            "no decodable train images left for class(es) "
+            f"{', '.join(classes[i] for i in missing)}; fix or add images"
+        )
+    if len(val_data) == 0:
+        raise DataError("no decodable validation images; fix the val/ folder or the images")
+    model.to(device)
+    if cfg.train.channels_last:
+        # NHWC: ~2x faster convs on CPU (oneDNN) and on tensor cores.
+        model.to(memory_format=torch.channels_last)
+    augmenter = BatchAugmenter(
+        PRESETS[cfg.data.augment],
+        spec.input_size,
+        spec.mean,
+        spec.std,
+        len(classes),
+        cfg.optim.label_smoothing,
+    )
+    return TrainingJob(
+        cfg,
+        Path(data_dir),
+        scan,
+        classes,
+        train_samples,
+        val_samples,
+        model,
+        architecture_of(model),
+        model_kwargs,
+        spec,
+        plan,
+        lr_mults,
+        device,
+        augmenter,
+        train_data,
+        val_data,
+        reasons,
+    )
+
+
 def finetune(
     data_dir: Path | None,
     cfg: Config,
     out: Path | None = None,
     resume: Path | None = None,
     reporter: Reporter | None = None,
-    strategy_reasons: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder; returns the run summary (also summary.json)."""
     from tlcli.train.head_fit import fit_head_on_features
@@ -233,131 +370,51 @@ def finetune(
                 "pass the --out folder of an earlier finetune"
             )
         cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
-        info = json.loads(paths.run_info.read_text())
-        data_dir = Path(info["data_dir"])
+        data_dir = Path(json.loads(paths.run_info.read_text())["data_dir"])
         last = load_checkpoint(paths.last)
+        if "train_state" not in last:
+            raise RunDirError(f"{paths.root} finished (head-only L-BFGS fit): nothing to resume")
     else:
         if data_dir is None:
             raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
         paths = create_run_dir(out or default_run_dir(data_dir))
         last = None
-    torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
-
-    # Data: the split is made once and saved, so a resumed run sees the same images.
-    scan = scan_with_progress(data_dir, cfg, reporter)
-    if last is not None:
-        classes, splits = load_split(paths.split, Path(data_dir))
-        train_samples, val_samples = splits["train"], splits["val"]
-    else:
-        classes = scan.classes
-        train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
+    job = prepare_job(data_dir, cfg, reporter, last, paths.split)
+    if last is None:
+        # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(
-            paths.split, Path(data_dir), classes, {"train": train_samples, "val": val_samples}
+            paths.split,
+            job.data_dir,
+            job.classes,
+            {"train": job.train_samples, "val": job.val_samples},
         )
-
-    # Model and plan. A resumed run rebuilds from last.pt: no download, same head.
-    model = create_model(
-        cfg.model.name,
-        len(classes),
-        pretrained=cfg.model.pretrained and last is None,
-        drop_rate=cfg.model.drop_rate,
-        drop_path_rate=cfg.model.drop_path_rate,
-    )
-    arch = architecture_of(model)
-    model_kwargs = {"num_classes": len(classes), "drop_rate": cfg.model.drop_rate}
-    if cfg.model.drop_path_rate > 0:
-        model_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
-    spec = data_spec_of(model, cfg.data.image_size)
-    if last is not None:
-        plan = plan_from_dict(last["plan"])
-        model.load_state_dict(last["state_dict"])
-    else:
-        if cfg.strategy.name == "auto":
-            from tlcli.recommend.decide import auto_strategy
-
-            cfg, strategy_reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
-        plan = plan_for_model(
-            model,
-            cfg.strategy.name,
-            cfg.strategy.trainable_stages,
-            cfg.optim.backbone_lr_mult,
-            cfg.optim.layer_decay,
-        )
-        paths.config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        paths.config.write_text(yaml.safe_dump(config_to_dict(job.cfg), sort_keys=False))
         paths.run_info.write_text(
             json.dumps(
                 {
-                    "data_dir": str(Path(data_dir).resolve()),
+                    "data_dir": str(job.data_dir.resolve()),
                     "created": time.strftime("%FT%T%z"),
-                    "strategy_reasons": strategy_reasons or [],
+                    "strategy_reasons": job.strategy_reasons,
                 },
                 indent=1,
             )
         )
-    lr_mults = apply_plan(model, plan)
-    reporter.note(
-        f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
-        f"parameters; frozen: {', '.join(plan.frozen_stage_names) or 'nothing'}"
-    )
-
-    train_data = decode_split(train_samples, spec, cfg, reporter, "train")
-    val_data = decode_split(val_samples, spec, cfg, reporter, "val")
-    skipped = train_data.skipped + val_data.skipped
-    for item in skipped:
-        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
-    for name, data in (("train", train_data), ("val", val_data)):
-        missing = sorted(set(range(len(classes))) - set(data.labels.tolist()))
-        if name == "train" and missing:
-            raise DataError(
-                f"no decodable train images left for class(es) "
-                f"{', '.join(classes[i] for i in missing)}; fix or add images"
-            )
-
-    model.to(device)
-    if cfg.train.channels_last:
-        # NHWC: ~2x faster convs on CPU (oneDNN) and on tensor cores.
-        model.to(memory_format=torch.channels_last)
-    augmenter = BatchAugmenter(
-        PRESETS[cfg.data.augment],
-        spec.input_size,
-        spec.mean,
-        spec.std,
-        len(classes),
-        cfg.optim.label_smoothing,
-    )
-    source = cfg.model.name
-    common = dict(
-        arch=arch,
-        model_kwargs=model_kwargs,
-        classes=classes,
-        spec=spec,
-        plan=plan,
-        cfg=cfg,
-        source=source,
-    )
-
+    cfg, plan = job.cfg, job.plan
     if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
         state, ema = fit_head_on_features(
-            model, train_data, val_data, augmenter, device, cfg, spec, reporter
-        )
-        save_checkpoint(paths.best, checkpoint_payload(model, ema, state=state, **common))
-        save_checkpoint(paths.last, checkpoint_payload(model, ema, state=state, **common))
-    else:
-        state = _train_epochs(
-            model,
-            lr_mults,
-            plan,
-            train_data,
-            val_data,
-            augmenter,
-            device,
+            job.model,
+            job.train_data,
+            job.val_data,
+            job.augmenter,
+            job.device,
             cfg,
-            paths,
-            last,
+            job.spec,
             reporter,
-            common,
         )
+        save_checkpoint(paths.best, job.checkpoint(ema, state))
+        save_checkpoint(paths.last, job.checkpoint(ema, state))
+    else:
+        state = _train_epochs(job, paths, last, reporter)
     write_metrics(paths.metrics, state.history)
     from tlcli.plots import plot_training_curves
 
@@ -365,14 +422,14 @@ def finetune(
         plot_training_curves(state.history, paths.curves)
     summary = {
         "run_dir": str(paths.root),
-        "data_dir": str(data_dir),
+        "data_dir": str(job.data_dir),
         "model": cfg.model.name,
         "strategy": plan.strategy,
         "trainable_stages": plan.trainable_stages,
         "strategy_reasons": json.loads(paths.run_info.read_text()).get("strategy_reasons", []),
-        "classes": classes,
-        "num_train": len(train_data),
-        "num_val": len(val_data),
+        "classes": job.classes,
+        "num_train": len(job.train_data),
+        "num_val": len(job.val_data),
         "val_acc": state.best_acc,
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,
@@ -380,9 +437,9 @@ def finetune(
         "stopped_early": state.stopped_early,
         "trainable_params": plan.trainable_params,
         "total_params": plan.total_params,
-        "device": str(device),
+        "device": str(job.device),
         "seconds": round(time.perf_counter() - started, 2),
-        "skipped": [dataclasses.asdict(s) for s in skipped + _scan_skipped(scan)],
+        "skipped": [dataclasses.asdict(s) for s in job.skipped],
         "paths": {
             "best": str(paths.best),
             "last": str(paths.last),
@@ -396,25 +453,13 @@ def finetune(
     return summary
 
 
-def _scan_skipped(scan: FolderScan) -> list[Skipped]:
-    return list(scan.skipped)
-
-
 def _train_epochs(
-    model,
-    lr_mults,
-    plan,
-    train_data,
-    val_data,
-    augmenter,
-    device,
-    cfg,
-    paths,
-    last,
-    reporter,
-    common,
+    job: TrainingJob, paths: RunPaths, last: dict[str, Any] | None, reporter: Reporter
 ) -> LoopState:
     from timm.utils import ModelEmaV3
+
+    model, lr_mults, cfg, device = job.model, job.lr_mults, job.cfg, job.device
+    train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
 
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
@@ -459,7 +504,7 @@ def _train_epochs(
         setup.model = torch.compile(model)
 
     def save_last(current: LoopState) -> None:
-        payload = checkpoint_payload(model, ema, state=current, **common)
+        payload = job.checkpoint(ema, current)
         payload["train_state"] = {
             "optimizer": optimizer.state_dict(),
             "loop": dataclasses.asdict(current),
@@ -469,7 +514,7 @@ def _train_epochs(
 
     def on_epoch_end(current: LoopState, improved: bool) -> None:
         if improved:
-            save_checkpoint(paths.best, checkpoint_payload(model, ema, state=current, **common))
+            save_checkpoint(paths.best, job.checkpoint(ema, current))
         save_last(current)
         write_metrics(paths.metrics, current.history)
 
