@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tlcli.errors import EXIT_INTERRUPTED, TlcliError
 
@@ -80,7 +81,7 @@ def run_command(body: Callable[[], Any]) -> Any:
     except TlcliError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
@@ -284,6 +285,317 @@ def finetune(
             print_json({k: v for k, v in summary.items() if k != "history"})
         else:
             stderr.print(finetune_summary_table(summary))
+
+    run_command(body)
+
+
+class EvalSplit(str, Enum):
+    auto = "auto"
+    test = "test"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+class Weights(str, Enum):
+    best = "best"
+    ema = "ema"
+    raw = "raw"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+# Options shared by evaluate, predict and export.
+WeightsOpt = Annotated[
+    Weights,
+    typer.Option(
+        help="best: the EMA weights when they scored higher on val in training, else raw; "
+        "ema or raw: force one."
+    ),
+]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: average the probabilities of the image "
+        "and its horizontal flip.",
+    ),
+]
+EvalBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
+
+
+class Budget(str, Enum):
+    quick = "quick"
+    thorough = "thorough"
+
+
+@app.command()
+def recommend(
+    data_dir: Annotated[Path, typer.Argument(help="Image folder (as for finetune).")],
+    model: ModelOpt = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated backbones to rank by LogME and probe accuracy, "
+                     "e.g. resnet50.a1_in1k,convnext_tiny.fb_in22k."),
+    ] = None,
+    budget: Annotated[
+        Budget, typer.Option(help="quick: <=600 sampled images; thorough: <=3000.")
+    ] = Budget.quick,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Measure how big the data is and how similar to the pretraining domain, and pick how to
+    fine-tune (the CS231n 2x2 grid), with the reasons in numbers.
+
+    Measures: images per class and imbalance; exact/near duplicates and train/val leakage;
+    a linear and a kNN probe on frozen features (what head-only would reach), LogME, probes
+    on earlier stages, and the original head's confidence.
+    """
+
+    def body() -> None:
+        from tlcli.recommend.advise import recommend as run_recommend
+        from tlcli.render import RichReporter, recommendation_panel
+
+        cfg = build_config(config, set_, {"model": {"name": model}})
+        names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+        with RichReporter(stderr) as reporter:
+            result = run_recommend(data_dir, cfg, names, budget.value, reporter)
+        if json_:
+            print_json(result)
+        else:
+            for renderable in recommendation_panel(result):
+                stderr.print(renderable)
+
+    run_command(body)
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="CKPT [CKPT ...] DATA_DIR",
+            help="One or more tlcli checkpoints (best.pt), then the image folder (last).",
+            show_default=False,
+        ),
+    ],
+    split: Annotated[
+        EvalSplit,
+        typer.Option(
+            help="Which folder of a DATA_DIR with train/val/test: auto = test, else val, else "
+            "all; all = every image. A folder of class folders is always used whole."
+        ),
+    ] = EvalSplit.auto,
+    tta: TtaOpt = False,
+    weights: WeightsOpt = Weights.best,
+    batch_size: EvalBatchOpt = 64,
+    device: DeviceOpt = "auto",
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write report.json, predictions.csv, confusion_matrix.png and "
+            "reliability.png here (a new or empty folder)."
+        ),
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Score checkpoints on a labelled image folder; several: each and their ensemble.
+
+    Folder classes are matched by name to the checkpoint's (a subset is fine). Reports top-1,
+    top-5, loss, balanced accuracy, per-class precision/recall/F1, the confusion matrix,
+    calibration (ECE) and the misclassified files. Several checkpoints are also averaged
+    (mean of softmax probabilities) and shown side by side. Needs only the checkpoint files:
+
+      tlcli evaluate runs/ants/best.pt ../shared/data/hymenoptera_data --split val
+
+      tlcli evaluate runs/a/best.pt runs/b/best.pt DATA --report-dir reports/ab
+    """
+
+    def body() -> None:
+        from tlcli.evaluate import check_new_dir, evaluate_models, load_models, write_report_dir
+        from tlcli.render import RichReporter, evaluation_tables
+
+        if len(paths) < 2:
+            raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
+        *checkpoints, data_dir = paths
+        if report_dir is not None:
+            check_new_dir(report_dir)  # fail before the work, not after
+        models = load_models(checkpoints, weights.value)
+        with RichReporter(stderr) as reporter:
+            evaluation = evaluate_models(
+                models,
+                data_dir,
+                split=split.value,
+                tta=tta,
+                batch_size=batch_size,
+                device=device,
+                reporter=reporter,
+            )
+        report = evaluation.report
+        if report_dir is not None:
+            report = {**report, "files": write_report_dir(evaluation, report_dir)}
+        if json_:
+            print_json(report)
+        else:
+            for table in evaluation_tables(report):
+                stderr.print(table)
+            if report_dir is not None:
+                stderr.print(f"report written to {report_dir}/", highlight=False)
+
+    run_command(body)
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CKPT", help="A tlcli checkpoint (best.pt).")
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...",
+            help="Image files or folders (searched recursively).",
+            show_default=False,
+        ),
+    ],
+    ckpt: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ckpt",
+            help="Another checkpoint to ensemble with CKPT (repeatable): the mean of their "
+            "softmax probabilities is ranked.",
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="How many labels per image.")] = 5,
+    tta: TtaOpt = False,
+    weights: WeightsOpt = Weights.best,
+    batch_size: EvalBatchOpt = 64,
+    device: DeviceOpt = "auto",
+    csv_: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Also write path, label, confidence and every class's "
+            "probability to this CSV file.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --csv file.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Top-k labels with probabilities for image files and folders.
+
+    Files that are not readable images are reported and skipped. To ensemble, add
+    checkpoints with --ckpt:
+
+      tlcli predict runs/ants/best.pt photos/ --top-k 3
+
+      tlcli predict runs/a/best.pt --ckpt runs/b/best.pt photos/ --csv preds.csv
+    """
+
+    def body() -> None:
+        from tlcli.evaluate import (
+            check_new_file,
+            load_models,
+            predict_files,
+            write_prediction_csv,
+        )
+        from tlcli.render import RichReporter, prediction_table
+
+        if csv_ is not None:
+            check_new_file(csv_, force)
+        models = load_models([checkpoint, *(ckpt or [])], weights.value)
+        with RichReporter(stderr) as reporter:
+            result = predict_files(
+                models,
+                inputs,
+                top_k=top_k,
+                tta=tta,
+                batch_size=batch_size,
+                device=device,
+                reporter=reporter,
+            )
+        if csv_ is not None:
+            write_prediction_csv(result, csv_, force)
+        if json_:
+            print_json(result.report)
+        else:
+            stderr.print(prediction_table(result.report))
+            if csv_ is not None:
+                stderr.print(f"predictions written to {csv_}", highlight=False)
+
+    run_command(body)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CKPT", help="A tlcli checkpoint (best.pt).")
+    ],
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="onnx or torchscript.")
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="File to write; <out>.json gets the preprocessing."),
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+    check_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Images for the parity check (default: the run's val images, found through "
+            "split.json next to CKPT)."
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Largest allowed difference of softmax probabilities vs PyTorch."),
+    ] = 1e-4,
+    weights: WeightsOpt = Weights.best,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Export to ONNX or TorchScript, checked against PyTorch on real images.
+
+    The model takes normalized NCHW float input with a dynamic batch size and returns logits;
+    mean, std, input size, resize rule and class names go to <out>.json. The file is written
+    only when the exported model's probabilities match PyTorch's within --tolerance (ONNX is
+    run with onnxruntime when installed: pip install 'tlcli[onnx]').
+
+      tlcli export runs/ants/best.pt --format onnx --out ants.onnx
+    """
+
+    def body() -> None:
+        from tlcli.evaluate import check_new_file, load_for_inference
+        from tlcli.export import export_model, sidecar_path
+        from tlcli.render import RichReporter, export_table
+
+        if out is None:
+            raise_usage("give the file to write with --out FILE")
+        check_new_file(out, force)
+        check_new_file(sidecar_path(out), force)
+        loaded = load_for_inference(checkpoint, weights.value)
+        with RichReporter(stderr) as reporter:
+            result = export_model(
+                loaded,
+                format_.value,
+                out,
+                opset=opset,
+                check_images=check_images,
+                tolerance=tolerance,
+                force=force,
+                reporter=reporter,
+            )
+        if json_:
+            print_json(result)
+        else:
+            stderr.print(export_table(result))
 
     run_command(body)
 

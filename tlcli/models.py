@@ -120,19 +120,24 @@ def _offline_when_unreachable(name: str, pretrained: bool) -> Iterator[None]:
 
 def create_model(
     name: str,
-    num_classes: int,
+    num_classes: int | None,
     pretrained: bool = True,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
 ) -> nn.Module:
-    """A timm model with a fresh `num_classes` head (num_classes=0: pooled features only)."""
+    """A timm model with a fresh zero-initialised `num_classes` head.
+
+    num_classes=0: pooled features only; None: keep the pretrained classifier (ImageNet's).
+    """
     resolved = resolve_model_name(name)
     bare = resolved.split(":", 1)[1] if resolved.startswith((LOCAL_DIR, HF_HUB)) else resolved
     if not resolved.startswith((LOCAL_DIR, HF_HUB)) and not timm.is_model(bare.split(".")[0]):
         close = timm.list_models(f"*{bare.split('.')[0][:12]}*")[:5]
         hint = f" (close: {', '.join(close)})" if close else ""
         raise ModelError(f"unknown model {name!r}{hint}; see timm.list_models() for names")
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"drop_rate": drop_rate}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     try:
@@ -160,7 +165,7 @@ def create_model(
         raise ModelError(
             f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
         ) from None
-    if num_classes > 0:
+    if num_classes:
         zero_init_head(model)
     return model
 

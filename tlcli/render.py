@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -61,7 +62,10 @@ class RichReporter:
     def note(self, message: str, level: str = "info") -> None:
         style = LEVEL_STYLE.get(level, "")
         prefix = "warning: " if level == "warning" else ""
-        self.console.print(f"[{style}]{prefix}{message}[/]", highlight=False, soft_wrap=True)
+        # escape: file names like "IMG [1].jpg" are not markup
+        self.console.print(
+            f"[{style}]{prefix}{escape(message)}[/]", highlight=False, soft_wrap=True
+        )
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -121,4 +125,330 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
     ]
     for key, value in rows:
         table.add_row(key, value)
+    return table
+
+
+# Beyond this many classes the terminal confusion matrix is unreadable: the PNG is the view.
+TERMINAL_CM_MAX_CLASSES = 12
+TERMINAL_TOP_CONFUSED = 5
+TERMINAL_MISCLASSIFIED = 10
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def evaluation_tables(report: dict[str, Any]) -> list[Table]:
+    """`tlcli evaluate`: models side by side, then the primary model's detail."""
+    tables = []
+    folders = ", ".join(report["folders"])
+    head = Table(title="evaluation", show_header=False, title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("data", f"{folders} (split {report['split']})")
+    head.add_row(
+        "images",
+        f"{report['num_images']} scored, {len(report['skipped'])} skipped; classes present "
+        f"{len(report['folder_classes'])} of {len(report['classes'])}",
+    )
+    head.add_row("test-time augmentation", report["tta"] or "off")
+    tables.append(head)
+
+    models = Table(title="models", title_justify="left")
+    for name in ("model", "weights", "top-1", "top-5", "loss", "balanced acc", "macro F1", "ECE"):
+        models.add_column(name, justify="left" if name in ("model", "weights") else "right")
+    entries = [(m["name"], m["weights"], m["summary"]) for m in report["models"]]
+    if report["ensemble"]:
+        entries.append(("ensemble (mean prob.)", "-", report["ensemble"]["summary"]))
+    for name, weights, s in entries:
+        models.add_row(
+            name,
+            weights,
+            f"{_pct(s['top1'])} ({s['num_correct']})",
+            _pct(s["top5"]),
+            f"{s['loss']:.4f}",
+            _pct(s["balanced_accuracy"]),
+            f"{s['macro_f1']:.4f}",
+            f"{s['ece']:.4f}",
+            style="bold" if name.startswith("ensemble") else None,
+        )
+    tables.append(models)
+
+    primary = report["primary"]
+    detail = (
+        report["ensemble"]["report"]
+        if report["ensemble"]
+        else next(m["report"] for m in report["models"] if m["name"] == primary)
+    )
+    per_class = Table(title=f"per class ({primary})", title_justify="left")
+    for name in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(name, justify="left" if name == "class" else "right")
+    for row in detail["per_class"]:
+        per_class.add_row(
+            row["class"],
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+        )
+    per_class.add_row(
+        "macro / weighted F1", "", "", f"{detail['macro_f1']:.4f} / {detail['weighted_f1']:.4f}", ""
+    )
+    tables.append(per_class)
+
+    classes = report["classes"]
+    if len(classes) <= TERMINAL_CM_MAX_CLASSES:
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm.add_column("true \\ pred", style="bold")
+        for name in classes:
+            cm.add_column(name, justify="right")
+        for i, row in enumerate(detail["confusion_matrix"]):
+            cm.add_row(
+                classes[i],
+                *(
+                    f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]")
+                    for j, v in enumerate(row)
+                ),
+            )
+        tables.append(cm)
+
+    if detail["most_confused"]:
+        confused = Table(title="most confused", title_justify="left")
+        for name in ("true", "predicted as", "count"):
+            confused.add_column(name, justify="right" if name == "count" else "left")
+        for pair in detail["most_confused"][:TERMINAL_TOP_CONFUSED]:
+            confused.add_row(pair["true"], pair["predicted"], str(pair["count"]))
+        tables.append(confused)
+
+    wrong = detail["misclassified"]
+    if wrong:
+        shown = wrong[:TERMINAL_MISCLASSIFIED]
+        missed = Table(
+            title=f"misclassified, most confident first ({len(shown)} of {len(wrong)}; "
+            "all in --json / --report-dir)",
+            title_justify="left",
+        )
+        missed.add_column("file", overflow="fold")  # a path is useless cut short
+        for name in ("true", "predicted", "confidence"):
+            missed.add_column(name, justify="right" if name == "confidence" else "left")
+        for item in shown:
+            missed.add_row(
+                item["path"], item["true"], item["predicted"], f"{item['confidence']:.3f}"
+            )
+        tables.append(missed)
+
+    calibration = Table(title="calibration", show_header=False, title_justify="left")
+    calibration.add_column(style="bold")
+    calibration.add_column()
+    calibration.add_row(
+        "expected calibration error",
+        f"{detail['ece']:.4f} ({len(detail['reliability'])} bins; the reliability diagram is "
+        "in --report-dir)",
+    )
+    mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
+        detail["n"], 1
+    )
+    calibration.add_row("mean confidence vs accuracy", f"{mean_conf:.4f} vs {detail['top1']:.4f}")
+    tables.append(calibration)
+    return tables
+
+
+def prediction_table(report: dict[str, Any]) -> Table:
+    """`tlcli predict`: one row per file, the top label and the runners-up."""
+    names = ", ".join(m["name"] for m in report["models"])
+    title = f"predictions ({names}" + (", ensemble" if report["combine"] else "") + ")"
+    table = Table(title=title, title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("label", style="bold")
+    table.add_column("probability", justify="right")
+    table.add_column("next")
+    for item in report["predictions"]:
+        rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top_k"][1:])
+        table.add_row(item["path"], item["label"], f"{item['confidence']:.3f}", rest)
+    if report["skipped"]:
+        table.caption = f"{len(report['skipped'])} file(s) skipped (listed above)"
+    return table
+
+
+def export_table(result: dict[str, Any]) -> Table:
+    """`tlcli export`: where it went, what it expects, and the parity check."""
+    table = Table(title=f"export ({result['format']})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    pre = result["preprocessing"]
+    parity = result["parity"]
+    table.add_row("model", f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)")
+    table.add_row("preprocessing", result["paths"]["sidecar"])
+    table.add_row(
+        "input",
+        f"N x {' x '.join(map(str, pre['input_size']))} (dynamic batch); resize "
+        f"{pre['resize_shorter_side_to']} {pre['interpolation']}, center crop "
+        f"{pre['center_crop']}, mean {pre['mean']}, std {pre['std']}",
+    )
+    table.add_row("classes", ", ".join(result["classes"]))
+    if parity["checked"]:
+        verdict = "[green]passed[/]" if parity["passed"] else "[red]FAILED[/]"
+        table.add_row(
+            "parity vs PyTorch",
+            f"{verdict}: max |prob diff| {parity['max_abs_prob_diff']:.2e} <= tolerance "
+            f"{parity['tolerance']:.0e}, top-1 agreement {_pct(parity['top1_agreement'])} on "
+            f"{parity['images']} images ({parity['source']}), batch sizes "
+            f"{', '.join(map(str, parity['batch_sizes']))}",
+        )
+    else:
+        table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {parity['reason']}")
+    return table
+
+
+def recommendation_panel(result: dict[str, Any]) -> list[Any]:
+    """The recommend report: the decision with its reasons, then the measurements."""
+    from rich.panel import Panel
+
+    rec, size, sim, dup = (
+        result["recommendation"],
+        result["size"],
+        result["similarity"],
+        result["duplicates"],
+    )
+    plan = rec["strategy"] + (
+        f" (last {rec['trainable_stages']} stages + head)" if rec["strategy"] == "partial" else ""
+    )
+    lines = [
+        f"[bold]{plan}[/]  -  {rec['size']} data, {rec['similarity']} to the pretraining domain"
+    ]
+    lines.append(
+        f"lr {rec['lr']:g} (head), backbone x{rec['backbone_lr_mult']:g}, {rec['epochs']} epochs, "
+        f"augment {rec['augment']}"
+        + (
+            f", head first for {rec['head_warmup_epochs']} epoch(s)"
+            if rec["head_warmup_epochs"]
+            else ""
+        )
+    )
+    if rec.get("expected_head_only"):
+        lo, hi = rec["expected_head_only"]
+        lines.append(f"head-only would reach about {lo:.2f}-{hi:.2f} (95% interval of the probe)")
+    lines += [f"- {reason}" for reason in rec["reasons"]]
+    command = f"tlcli finetune {result['data_dir']} --model {result['model']} " + (
+        f"--strategy {rec['strategy']}"
+        + (f" --trainable-stages {rec['trainable_stages']}" if rec["strategy"] == "partial" else "")
+        + f" --epochs {rec['epochs']} --augment {rec['augment']}"
+        + (
+            f" --set strategy.head_warmup_epochs={rec['head_warmup_epochs']}"
+            if rec["head_warmup_epochs"]
+            else ""
+        )
+    )
+    lines.append(f"[dim]{command}[/]")
+    out: list[Any] = [Panel("\n".join(lines), title="recommendation", title_align="left")]
+
+    table = Table(title="measurements", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "images",
+        f"{size['num_train']} train, {size['num_val']} val, "
+        f"{size['num_test']} test, {size['skipped']} skipped",
+    )
+    table.add_row(
+        "classes",
+        f"{size['num_classes']}; per class min {size['per_class_min']}, "
+        f"median {size['per_class_median']:g}, max {size['per_class_max']} "
+        f"(imbalance x{size['imbalance_ratio']:.1f})",
+    )
+    w, h = size["image_size_median"]
+    table.add_row("image sizes", f"median {w}x{h}; modes {size['modes']}")
+    table.add_row(
+        "duplicates",
+        f"{dup['exact_files']} exact, {dup['near_files']} near "
+        f"({dup['near_groups']} groups); {dup['cross_split_groups']} cross the split; "
+        f"{dup['label_conflict_groups']} with conflicting labels",
+    )
+    for group in dup["label_conflict_examples"][:3]:
+        table.add_row("", "same picture: " + ", ".join(group))
+    table.add_row(
+        "linear probe",
+        f"{sim['probe_accuracy']:.3f} ({sim['num_sampled']} images, {sim['feature_dim']} features)",
+    )
+    table.add_row("kNN probe", f"{sim['knn_accuracy']:.3f}")
+    table.add_row("LogME", f"{sim['logme']:.3f}")
+    stages = ", ".join(f"{p['stage']} {p['accuracy']:.2f}" for p in sim["stage_probes"])
+    table.add_row("stage probes", stages or "-")
+    if sim.get("head_confidence"):
+        conf = sim["head_confidence"]
+        table.add_row(
+            "original head",
+            f"mean max prob {conf['mean_max_prob']:.2f}, "
+            f"normalized entropy {conf['normalized_entropy']:.2f}",
+        )
+    table.add_row(
+        "time",
+        f"{result['seconds']:.1f}s ({1000 * sim['seconds_per_image']:.0f} ms/image features)",
+    )
+    out.append(table)
+    if result.get("candidates"):
+        ranking = Table(title="candidate backbones", title_justify="left")
+        for column in ("rank", "model", "LogME", "probe", "kNN", "ms/image"):
+            ranking.add_column(column)
+        for c in result["candidates"]:
+            ranking.add_row(
+                str(c["rank"]),
+                c["model"],
+                f"{c['logme']:.3f}",
+                f"{c['probe_accuracy']:.3f}",
+                f"{c['knn_accuracy']:.3f}",
+                f"{c['ms_per_image']:.0f}",
+            )
+        out.append(ranking)
+    return out
+
+
+def lr_find_table(result: dict[str, Any]) -> Table:
+    table = Table(title="LR range test", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    strategy = result["strategy"] + (
+        f" ({result['trainable_stages']} stages, backbone x{result['backbone_lr_mult']:g})"
+        if result["strategy"] != "head-only"
+        else ""
+    )
+    rows = [
+        ("suggested lr", f"{result['valley']:.2e} (valley of the smoothed loss)"),
+        ("steepest descent", f"{result['steepest']:.2e}"),
+        ("configured optim.lr", f"{result['configured_lr']:.2e}"),
+        ("strategy", strategy),
+        ("optimizer", result["optimizer"]),
+        ("steps", f"{result['steps']} of {result['num_iter']} ({result['stop_reason']})"),
+        ("time", f"{result['seconds']:.1f}s"),
+        ("plot", str(result.get("plot", "-"))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if 1e-2 <= abs(value) < 1e3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def tune_trials_table(rows: list[dict[str, Any]], best: int | None) -> Table:
+    """One row per trial: state, val accuracy (pruned: at its last epoch), epochs, params."""
+    names = sorted({name for r in rows for name in r["params"]})
+    table = Table(title="tune trials", title_justify="left")
+    for column in ("#", "state", "val acc", "epochs", "seconds", *names):
+        table.add_column(column, justify="right" if column not in ("state",) else "left")
+    state_style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
+    for r in rows:
+        style = "bold" if r["number"] == best else ""
+        table.add_row(
+            f"{r['number']}{' *' if r['number'] == best else ''}",
+            f"[{state_style.get(r['state'], '')}]{r['state'].lower()}[/]",
+            _fmt(r["value"], ".4f"),
+            str(r["epochs_run"]),
+            _fmt(r["seconds"], ".0f"),
+            *(_param_text(r["params"][n]) if n in r["params"] else "-" for n in names),
+            style=style,
+        )
     return table

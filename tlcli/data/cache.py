@@ -13,9 +13,8 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from tlcli.data.scan import Sample, Skipped
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 1
-# Below this many images a process pool costs more than it saves.
+# Below this many images a thread pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 64
 RESAMPLE = {
     "bicubic": Image.BICUBIC,
@@ -85,9 +84,10 @@ def _decode_all(
 ) -> dict[int, str]:
     failures: dict[int, str] = {}
     if workers > 1 and len(jobs) >= MIN_IMAGES_FOR_POOL:
-        # spawn, not fork: forking a process that already runs torch threads can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = pool.map(_decode_one, jobs, chunksize=16)
+        # Threads, not processes: PIL releases the GIL while decoding and resizing, and
+        # threads need no re-import of the caller's __main__ (spawn) or fork after torch.
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(_decode_one, jobs)
             for i, result in enumerate(results):
                 _store(i, result, out, failures, on_advance)
     else:

@@ -219,3 +219,37 @@ def scan_image_folder(
             if missing:
                 warnings.append(f"{split}/ has no images of: {', '.join(missing)}")
     return FolderScan(root, layout, classes, splits, skipped, warnings)
+
+
+def find_split_dirs(root: Path) -> dict[str, Path]:
+    """The train/val/test folders directly under root (any of their usual spellings)."""
+    return _find_split_dirs(Path(root))
+
+
+def scan_class_folders(
+    folder: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+) -> FolderScan:
+    """Scan `folder/<class>/*` as it is, for evaluation: no split, no training checks.
+
+    Any number of classes is fine, one included (an evaluation set may hold a subset of the
+    classes a model knows); empty class folders are left out with a warning. Labels index
+    the returned `classes` (sorted folder names); callers map them to a model's classes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist or is not a folder")
+    skipped: list[Skipped] = []
+    found = _scan_class_folders(folder, max_pixels, skipped, on_file)
+    warnings = [
+        f"class folder {c!r} has no usable images and is left out"
+        for c, imgs in found.items()
+        if not imgs
+    ]
+    classes = [c for c, imgs in found.items() if imgs]
+    if not classes:
+        raise DataError(
+            f"no images found in {folder}: expected {folder}/<class name>/<image files> "
+            "(jpg, png, ...)"
+        )
+    samples = [Sample(p, label) for label, c in enumerate(classes) for p in found[c]]
+    return FolderScan(folder, "flat", classes, {"all": samples}, skipped, warnings)

@@ -1,39 +1,200 @@
-"""The 2x2 grid as a pure decision: measured size and similarity in, strategy and reasons out."""
+"""The CS231n 2x2 grid as a pure decision: measured size and similarity in, a plan and the
+reasons (sentences quoting the numbers) out.
+
+|              | similar                     | dissimilar                                   |
+| little data  | head-only                   | retrain from the best earlier stage (partial) |
+| lots of data | partial, the last few stages | many stages or all (full)                    |
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from statistics import median
+import math
+from dataclasses import dataclass, field
 
 from tlcli.config import Config
-from tlcli.data.scan import FolderScan, Sample
 
-# "Little data" is per class (the lecture): below this median of train images per class.
+# "Little data" is per class (the lecture): median train images per class below this.
 SMALL_PER_CLASS = 150
+# "Lots": enough per class that retraining everything pays off rather than overfits.
+LOTS_PER_CLASS = 1000
+# Chance-corrected linear-probe accuracy, (acc - 1/C) / (1 - 1/C), at or above which the
+# frozen features already separate the classes well: the data is "similar".
+SIMILAR_PROBE_SCORE = 0.80
+# An earlier stage beating the last features by more than this (absolute accuracy) says
+# the late layers are too specific to the pretraining domain.
+EARLIER_STAGE_MARGIN = 0.02
+# The original (ImageNet) head's mean max-probability below this: it recognises little.
+LOW_HEAD_CONFIDENCE = 0.20
+# With a probe this good, a puzzled original head alone does not make the data dissimilar.
+STRONG_PROBE_SCORE = 0.95
+# Stages retrained by partial when the data is similar and plentiful: the top of the net.
+FEW_STAGES = 2
+# Baseline recipe: the defaults the benchmarks measured (docs/benchmarks.md).
+HEAD_LR = 1e-3
+BACKBONE_LR_MULT = 0.1
+EPOCHS_SMALL = 15  # few images per epoch: more passes
+EPOCHS_LARGE = 10
+Z_95 = 1.96
 
 
-def auto_strategy(
-    cfg: Config, scan: FolderScan, train_samples: list[Sample], model, spec, reporter
-) -> tuple[Config, list[str]]:
-    counts = [sum(1 for s in train_samples if s.label == i) for i in range(len(scan.classes))]
-    per_class = median(counts)
-    if per_class < SMALL_PER_CLASS:
-        name, reasons = (
-            "head-only",
-            [
-                f"median {per_class:g} train images per class is below {SMALL_PER_CLASS}: "
-                "little data, so only the new head is trained"
-            ],
+@dataclass(frozen=True)
+class Signals:
+    """What the decision reads; None where a measurement was not taken."""
+
+    num_classes: int
+    num_train: int
+    per_class_median: float
+    stage_names: tuple[str, ...]  # the model's backbone stages (strategy.py), input first
+    probe_accuracy: float | None = None
+    num_sampled: int = 0
+    logme: float | None = None
+    stage_probes: tuple[tuple[str, float], ...] = ()  # (timm module, accuracy), input first
+    head_max_prob: float | None = None
+
+
+@dataclass
+class Recommendation:
+    strategy: str
+    trainable_stages: int
+    lr: float
+    backbone_lr_mult: float
+    epochs: int
+    augment: str
+    head_warmup_epochs: int  # two-phase recipe: head first, then unfreeze
+    size: str  # "small" | "large"
+    similarity: str  # "similar" | "dissimilar" | "unknown"
+    expected_head_only: tuple[float, float] | None
+    reasons: list[str] = field(default_factory=list)
+
+
+def chance_corrected(accuracy: float, num_classes: int) -> float:
+    chance = 1.0 / num_classes
+    return (accuracy - chance) / (1.0 - chance)
+
+
+def _best_earlier_stage(signals: Signals) -> tuple[str, float] | None:
+    """The earlier stage whose probe beats the last stage's by the margin, if any."""
+    if len(signals.stage_probes) < 2:
+        return None
+    *earlier, last = signals.stage_probes
+    name, acc = max(earlier, key=lambda p: p[1])
+    reference = max(last[1], signals.probe_accuracy or 0.0)
+    return (name, acc) if acc > reference + EARLIER_STAGE_MARGIN else None
+
+
+def _stages_after(module: str, stage_names: tuple[str, ...]) -> int:
+    """Number of backbone stages after the one containing timm module `module`."""
+    for i, name in enumerate(stage_names):
+        if any(part == module or part.startswith(module + ".") for part in name.split("+")):
+            return len(stage_names) - 1 - i
+    return math.ceil(len(stage_names) / 2)
+
+
+def decide(signals: Signals) -> Recommendation:
+    """Place the data in the 2x2 grid and pick a plan; every reason quotes its numbers."""
+    reasons: list[str] = []
+    n_stages = len(signals.stage_names)
+    small = signals.per_class_median < SMALL_PER_CLASS
+    size_word = "little" if small else "enough"
+    reasons.append(
+        f"{signals.per_class_median:g} train images per class (median of {signals.num_classes} "
+        f"classes) is {'below' if small else 'at least'} {SMALL_PER_CLASS}: {size_word} data"
+    )
+    similarity = "unknown"
+    dissimilar_votes: list[str] = []
+    if signals.probe_accuracy is not None:
+        score = chance_corrected(signals.probe_accuracy, signals.num_classes)
+        good = score >= SIMILAR_PROBE_SCORE
+        reasons.append(
+            f"a linear probe on frozen features reaches {signals.probe_accuracy:.3f} "
+            f"(chance-corrected {score:.2f}, {'at least' if good else 'below'} "
+            f"{SIMILAR_PROBE_SCORE}) on {signals.num_sampled} sampled images"
+        )
+        if not good:
+            dissimilar_votes.append("probe")
+        earlier = _best_earlier_stage(signals)
+        if earlier is not None:
+            last_name, last_acc = signals.stage_probes[-1]
+            reasons.append(
+                f"an earlier stage ({earlier[0]}: {earlier[1]:.3f}) beats the last "
+                f"({last_name}: {last_acc:.3f}): the late layers are too specific for this data"
+            )
+            dissimilar_votes.append("earlier-stage")
+        if signals.head_max_prob is not None and signals.head_max_prob < LOW_HEAD_CONFIDENCE:
+            reasons.append(
+                f"the original head is unsure on these images (mean max probability "
+                f"{signals.head_max_prob:.2f} < {LOW_HEAD_CONFIDENCE}): far from its classes"
+            )
+            if score < STRONG_PROBE_SCORE:
+                dissimilar_votes.append("head")
+        similarity = "dissimilar" if dissimilar_votes else "similar"
+    expected = None
+    if signals.probe_accuracy is not None and signals.num_sampled:
+        p = signals.probe_accuracy
+        half = Z_95 * math.sqrt(max(p * (1 - p), 1e-4) / signals.num_sampled)
+        expected = (max(0.0, p - half), min(1.0, p + half))
+
+    warmup = 0
+    augment = "standard"
+    if similarity != "dissimilar" and small:
+        strategy, k = "head-only", 0
+        reasons.append(
+            "small and similar: the lecture's case for a linear classifier on the "
+            "frozen features (head-only); fine-tuning would overfit"
+        )
+    elif similarity != "dissimilar":
+        strategy, k = "partial", min(FEW_STAGES, n_stages)
+        reasons.append(
+            f"enough data and similar: retrain the top {k} stages and the head "
+            "(partial) at a lowered LR"
         )
     else:
-        name, reasons = (
-            "partial",
-            [
-                f"median {per_class:g} train images per class is at least {SMALL_PER_CLASS}: "
-                "enough data to retrain the last stages"
-            ],
-        )
-    cfg = dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, name=name))
-    for reason in reasons:
-        reporter.note(reason)
-    return cfg, reasons
+        earlier = _best_earlier_stage(signals)
+        k_from_probe = _stages_after(earlier[0], signals.stage_names) if earlier else 0
+        k = max(k_from_probe, math.ceil(n_stages / 2), FEW_STAGES + 1)
+        if not small and signals.per_class_median >= LOTS_PER_CLASS:
+            strategy, k = "full", n_stages
+            reasons.append(
+                "lots of data and dissimilar: retrain everything (full); the "
+                "pretrained weights mainly speed up convergence"
+            )
+        else:
+            strategy = "partial" if k < n_stages else "full"
+            k = min(k, n_stages)
+            reasons.append(
+                f"dissimilar data: retrain many stages ({k} of {n_stages}) and the head, head "
+                "first (two-phase) so the fresh head does not disturb the pretrained layers"
+            )
+            warmup = 1
+            if small:
+                augment = "strong"
+                reasons.append("little dissimilar data is the hardest case: strong augmentation")
+    if strategy == "head-only":
+        epochs = EPOCHS_LARGE
+    else:
+        epochs = EPOCHS_SMALL if small else EPOCHS_LARGE
+    return Recommendation(
+        strategy=strategy,
+        trainable_stages=k,
+        lr=HEAD_LR,
+        backbone_lr_mult=BACKBONE_LR_MULT,
+        epochs=epochs,
+        augment=augment,
+        head_warmup_epochs=warmup,
+        size="small" if small else "large",
+        similarity=similarity,
+        expected_head_only=expected,
+        reasons=reasons,
+    )
+
+
+def apply_recommendation(cfg: Config, rec: Recommendation) -> Config:
+    """Follow the recommendation's strategy; settings the user changed from the defaults win."""
+    defaults = Config()
+    strategy = dataclasses.replace(cfg.strategy, name=rec.strategy)
+    if cfg.strategy.trainable_stages == defaults.strategy.trainable_stages:
+        strategy = dataclasses.replace(strategy, trainable_stages=max(rec.trainable_stages, 1))
+    if cfg.strategy.head_warmup_epochs == defaults.strategy.head_warmup_epochs:
+        strategy = dataclasses.replace(strategy, head_warmup_epochs=rec.head_warmup_epochs)
+    return dataclasses.replace(cfg, strategy=strategy)

@@ -31,7 +31,8 @@ def library_versions() -> dict[str, str]:
 
     return {
         "tlcli": __version__,
-        "torch": torch.__version__,
+        # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+        "torch": str(torch.__version__),
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),

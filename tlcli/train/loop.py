@@ -63,6 +63,7 @@ class LoopSetup:
     patience: int
     monitor_every: int
     ratio_params: dict[str, list[nn.Parameter]]  # {"head": [...], "backbone": [...]}
+    head_warmup_epochs: int = 0  # two-phase recipe: backbone frozen for these first epochs
     ema: Any = None  # timm ModelEmaV3
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
@@ -172,6 +173,11 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     generator = torch.Generator().manual_seed(setup.seed * EPOCH_SEED_STRIDE + state.epoch)
     batches = batch_indices(len(setup.train_labels), setup.batch_size, generator)
     total_steps = len(batches) * setup.epochs
+    # Two-phase recipe (the lecture): train the fresh head on a frozen backbone first, so its
+    # large early gradients do not disturb the pretrained layers; then unfreeze.
+    head_phase = state.epoch < setup.head_warmup_epochs
+    for param in setup.ratio_params.get("backbone", []):
+        param.requires_grad_(not head_phase)
     meter = UpdateRatioMeter(setup.ratio_params)
     set_train_mode(model)
     loss_sum, correct, seen = 0.0, 0, 0
@@ -241,6 +247,8 @@ def run_epochs(
             state.epochs_since_best += 1
         if setup.patience and state.epochs_since_best >= setup.patience:
             state.stopped_early = True
+        # Checkpoint before reporting: a Ctrl-C while the row is shown keeps the finished epoch.
+        on_epoch_end(state, improved)
         reporter.epoch(row)
         diagnoses = (
             diagnose_gap(state.history),
@@ -256,5 +264,4 @@ def run_epochs(
                 f"early stop: no val gain for {setup.patience} epochs "
                 f"(best {state.best_acc:.4f} at epoch {state.best_epoch})"
             )
-        on_epoch_end(state, improved)
         yield row

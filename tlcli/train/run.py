@@ -290,7 +290,7 @@ def prepare_job(
         model.load_state_dict(last["state_dict"])
     else:
         if cfg.strategy.name == "auto":
-            from tlcli.recommend.decide import auto_strategy
+            from tlcli.recommend.advise import auto_strategy
 
             cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
         plan = plan_for_model(
@@ -496,6 +496,7 @@ def _train_epochs(
         patience=cfg.train.patience,
         monitor_every=cfg.train.monitor_every,
         ratio_params=ratio_params,
+        head_warmup_epochs=cfg.strategy.head_warmup_epochs,
         ema=ema,
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,

@@ -1,0 +1,635 @@
+"""Evaluate, ensemble and predict from tlcli checkpoints alone: no network, no config file.
+
+One path turns checkpoint(s) + images into probabilities: each checkpoint rebuilds its model
+(`build_model`), images are decoded by the same cache and center crop as finetune's
+validation (so `evaluate --split val` reproduces finetune's val accuracy to the image), and
+several checkpoints average their softmax probabilities: the lecture's model ensembles and
+checkpoint ensembles. `evaluate` scores them on a labelled folder, `predict` ranks labels for
+arbitrary files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.torch_version import TorchVersion
+
+from tlcli.config import DataConfig
+from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import DecodedImages, decode_images
+from tlcli.data.scan import (
+    Sample,
+    Skipped,
+    find_split_dirs,
+    identify_image,
+    scan_class_folders,
+)
+from tlcli.errors import CheckpointError, DataError, RunDirError
+from tlcli.metrics import classification_report
+from tlcli.models import DataSpec, pick_device
+from tlcli.train.checkpoint import build_model, load_checkpoint
+from tlcli.train.loop import predict_logits
+from tlcli.train.progress import NullReporter, Reporter
+
+WEIGHT_CHOICES = ("best", "ema", "raw")
+SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
+# Without --split: a held-out test set first; val picked the checkpoint, so it flatters it.
+AUTO_SPLIT_ORDER = ("test", "val")
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_TOP_K = 5
+ENSEMBLE = "ensemble"
+# Same limit as training (PIL's decompression-bomb threshold), so the same files are refused.
+MAX_PIXELS = DataConfig().max_pixels
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint rebuilt for inference, with what it needs to preprocess images."""
+
+    path: Path
+    name: str  # short label for tables: RUN/best.pt
+    model: nn.Module
+    weights: str  # "raw" or "ema": the weights actually loaded
+    weights_note: str  # why those weights, for the report
+    classes: list[str]
+    spec: DataSpec
+    architecture: str
+    trained_val_acc: float | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "checkpoint": str(self.path),
+            "architecture": self.architecture,
+            "input_size": self.spec.input_size,
+            "weights": self.weights,
+            "weights_note": self.weights_note,
+            "trained_val_acc": self.trained_val_acc,
+        }
+
+
+def _short_name(path: Path) -> str:
+    # best.pt / last.pt say nothing alone: the run dir is the useful part of the name.
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
+    has_ema = ckpt.get("ema_state_dict") is not None
+    if requested != "best":
+        return f"{used} weights (--weights {requested})"
+    if not has_ema:
+        return "raw weights (the run kept no EMA)"
+    if used == "ema":
+        return "EMA weights: they scored higher on val than the raw ones during training"
+    return "raw weights: they scored higher on val than the EMA ones during training"
+
+
+def load_for_inference(path: Path, weights: str = "best", name: str | None = None) -> LoadedModel:
+    """Load a tlcli checkpoint safely (weights_only, never runs pickled code) and rebuild it."""
+    if weights not in WEIGHT_CHOICES:
+        raise CheckpointError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_CHOICES)}")
+    path = Path(path)
+    with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
+        # torch warns about pickle protocols before refusing a foreign file: keep one line.
+        warnings.simplefilter("ignore")
+        # Checkpoints record torch.__version__, a str subclass that weights_only refuses by
+        # default; allowing that one harmless class keeps every other global refused.
+        ckpt = load_checkpoint(path)
+    try:
+        classes = [str(c) for c in ckpt["classes"]]
+        spec = DataSpec.from_dict(ckpt["data"])
+        architecture = str(ckpt["model"]["architecture"])
+        _ = ckpt["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged: its {exc} entry is missing or malformed; "
+            "use best.pt or last.pt from a tlcli run dir"
+        ) from None
+    if weights == "ema" and ckpt.get("ema_state_dict") is None:
+        raise CheckpointError(
+            f"--weights ema: {path} has no EMA weights; use --weights best, or finetune with --ema"
+        )
+    model, used = build_model(ckpt, weights)
+    metrics = ckpt.get("metrics") or {}
+    val_acc = metrics.get("best_val_acc")
+    return LoadedModel(
+        path=path,
+        name=name or _short_name(path),
+        model=model,
+        weights=used,
+        weights_note=_weights_note(ckpt, weights, used),
+        classes=classes,
+        spec=spec,
+        architecture=architecture,
+        trained_val_acc=None if val_acc is None else float(val_acc),
+    )
+
+
+def load_models(paths: Sequence[Path], weights: str = "best") -> list[LoadedModel]:
+    """Load every checkpoint; an ensemble needs the same classes (any order) in each."""
+    if not paths:
+        raise CheckpointError("no checkpoint given; pass a best.pt from a tlcli run dir")
+    names: list[str] = []
+    for path in paths:
+        base = _short_name(Path(path))
+        names.append(base if base not in names else f"{base}#{len(names) + 1}")
+    models = [load_for_inference(p, weights, n) for p, n in zip(paths, names, strict=True)]
+    first = models[0]
+    for other in models[1:]:
+        if set(other.classes) != set(first.classes) or len(other.classes) != len(first.classes):
+            raise CheckpointError(
+                f"{other.path} knows classes {', '.join(other.classes)} but {first.path} knows "
+                f"{', '.join(first.classes)}; ensemble checkpoints trained on the same classes"
+            )
+    return models
+
+
+class _Probabilities(nn.Module):
+    """Softmax on top of a classifier, so predict_logits' flip view averages probabilities."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=-1)
+
+
+@dataclass
+class Predictions:
+    """Softmax probabilities per model (columns in `classes` order) for the decoded files."""
+
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray  # the samples' labels, for the files that decoded
+    member_probs: dict[str, np.ndarray]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def ensemble_probs(self) -> np.ndarray:
+        """Mean of the members' softmax probabilities (one member: its own)."""
+        return np.mean(np.stack(list(self.member_probs.values())), axis=0)
+
+
+def predict_probabilities(
+    models: Sequence[LoadedModel],
+    samples: Sequence[Sample],
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    tta: bool = False,
+    workers: int = -1,
+    disk_cache: bool = True,
+    reporter: Reporter | None = None,
+) -> Predictions:
+    """Decode samples per distinct preprocessing and run every model on them (eval transform).
+
+    tta adds the horizontally flipped view and averages the two softmax outputs.
+    """
+    from tlcli.train.run import resolve_workers
+
+    reporter = reporter or NullReporter()
+    torch_device = pick_device(device)
+    classes = list(models[0].classes)
+    decoded: dict[tuple[int, str], DecodedImages] = {}
+    for loaded in models:
+        key = (loaded.spec.cache_size, loaded.spec.interpolation)
+        if key not in decoded:
+            reporter.start("decode", len(samples), "decode images")
+            decoded[key] = decode_images(
+                samples,
+                key[0],
+                key[1],
+                MAX_PIXELS,
+                resolve_workers(workers),
+                disk_cache,
+                lambda n: reporter.advance("decode", n),
+            )
+            reporter.finish("decode")
+    # A file that fails to decode fails at every size; intersect anyway to stay aligned.
+    kept = set.intersection(*({str(p) for p in d.paths} for d in decoded.values()))
+    first = next(iter(decoded.values()))
+    order = [i for i, p in enumerate(first.paths) if str(p) in kept]
+    paths = [first.paths[i] for i in order]
+    labels = first.labels[order]
+    skipped = list(first.skipped)
+
+    member_probs: dict[str, np.ndarray] = {}
+    for loaded in models:
+        data = decoded[(loaded.spec.cache_size, loaded.spec.interpolation)]
+        rows = {str(p): i for i, p in enumerate(data.paths)}
+        pixels = data.pixels
+        if len(data.paths) != len(paths):
+            pixels = pixels[[rows[str(p)] for p in paths]]
+        augmenter = BatchAugmenter(
+            PRESETS["none"], loaded.spec.input_size, loaded.spec.mean, loaded.spec.std, len(classes)
+        )
+        wrapped = _Probabilities(loaded.model).to(torch_device)
+        task = f"predict-{loaded.name}"
+        reporter.start(task, len(paths), f"predict {loaded.name}" + (" (+flip)" if tta else ""))
+        probs = predict_logits(
+            wrapped,
+            pixels,
+            augmenter,
+            torch_device,
+            batch_size,
+            on_batch=lambda n, task=task: reporter.advance(task, n),
+            hflip=tta,
+        )
+        reporter.finish(task)
+        wrapped.to("cpu")
+        column = [loaded.classes.index(c) for c in classes]
+        member_probs[loaded.name] = probs.numpy().astype(np.float64)[:, column]
+    return Predictions(classes, paths, labels, member_probs, skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: a labelled folder
+
+
+def select_eval_folders(root: Path, split: str = "auto") -> tuple[str, list[Path], list[str]]:
+    """Which folders to evaluate: (split name, class-folder roots, warnings).
+
+    A root with train/val/test folders uses the requested split (auto: test, else val, else all
+    of them); a root of class folders is evaluated whole.
+    """
+    root = Path(root)
+    if split not in SPLIT_CHOICES:
+        raise DataError(f"--split {split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    split_dirs = find_split_dirs(root)
+    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    # Split layout as in training (a train/ folder), or a root holding only split folders
+    # (a shipped val/ + test/ set); a class that happens to be named "val" stays a class.
+    split_layout = bool(split_dirs) and ("train" in split_dirs or len(children) == len(split_dirs))
+    if not split_layout:
+        if split in ("auto", "all"):
+            return "all", [root], []
+        raise DataError(
+            f"{root} has no {split}/ folder (it holds class folders); "
+            "leave out --split to evaluate all of it"
+        )
+    found = ", ".join(sorted(split_dirs))
+    if split == "auto":
+        for name in AUTO_SPLIT_ORDER:
+            if name in split_dirs:
+                return name, [split_dirs[name]], []
+        split = "all"
+    if split == "all":
+        notes = []
+        if "train" in split_dirs:
+            notes.append("evaluating on images that include train/: accuracy there is optimistic")
+        return "all", [split_dirs[s] for s in sorted(split_dirs)], notes
+    if split not in split_dirs:
+        raise DataError(f"{root} has no {split}/ folder (found: {found}); pick one with --split")
+    notes = []
+    if split == "train":
+        notes.append("evaluating on the training images: accuracy there is optimistic")
+    return split, [split_dirs[split]], notes
+
+
+def labelled_samples(
+    folders: Sequence[Path], classes: Sequence[str], reporter: Reporter | None = None
+) -> tuple[list[Sample], list[str], list[Skipped], list[str]]:
+    """Samples of folders/<class>/* labelled by the model's class index, matched by name.
+
+    Returns (samples, the folder classes found, skipped files, warnings). A folder class the
+    model does not know is an error; a subset of the model's classes is fine.
+    """
+    reporter = reporter or NullReporter()
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    found: list[str] = []
+    skipped: list[Skipped] = []
+    notes: list[str] = []
+    for folder in folders:
+        reporter.start("scan", None, f"scan {folder}")
+        scan = scan_class_folders(folder, MAX_PIXELS, lambda: reporter.advance("scan"))
+        reporter.finish("scan")
+        unknown = [c for c in scan.classes if c not in index]
+        if unknown:
+            raise CheckpointError(
+                f"{folder} has class folder(s) the checkpoint does not know: "
+                f"{', '.join(unknown)}; it knows: {', '.join(classes)} (rename or remove them)"
+            )
+        samples += [Sample(s.path, index[scan.classes[s.label]]) for s in scan.splits["all"]]
+        found += [c for c in scan.classes if c not in found]
+        skipped += scan.skipped
+        notes += scan.warnings
+    missing = [c for c in classes if c not in found]
+    if missing:
+        notes.append(f"no images of {', '.join(missing)}: evaluating a subset of the classes")
+    return samples, found, skipped, notes
+
+
+def model_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a classification report, for the side-by-side table."""
+    keys = ("top1", "top5", "loss", "balanced_accuracy", "macro_f1", "weighted_f1", "ece")
+    summary = {k: report[k] for k in keys}
+    summary["num_correct"] = round(report["top1"] * report["n"])
+    return summary
+
+
+@dataclass
+class Evaluation:
+    """The JSON report plus the per-file arrays the report dir's CSV is written from."""
+
+    report: dict[str, Any]
+    predictions: Predictions
+
+    @property
+    def primary(self) -> str:
+        return self.report["primary"]
+
+    def primary_probs(self) -> np.ndarray:
+        preds = self.predictions
+        return (
+            preds.ensemble_probs if self.primary == ENSEMBLE else preds.member_probs[self.primary]
+        )
+
+    def primary_report(self) -> dict[str, Any]:
+        if self.primary == ENSEMBLE:
+            return self.report["ensemble"]["report"]
+        return next(m["report"] for m in self.report["models"] if m["name"] == self.primary)
+
+
+def evaluate_models(
+    models: Sequence[LoadedModel],
+    data_dir: Path,
+    split: str = "auto",
+    tta: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    workers: int = -1,
+    disk_cache: bool = True,
+    reporter: Reporter | None = None,
+) -> Evaluation:
+    """Score each model, and their ensemble when there are several, on a labelled folder.
+
+    models: from `load_models`, so a bad checkpoint is refused before any work starts.
+    """
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    split_name, folders, notes = select_eval_folders(data_dir, split)
+    classes = models[0].classes
+    samples, found, skipped, scan_notes = labelled_samples(folders, classes, reporter)
+    notes += scan_notes
+    for note in notes:
+        reporter.note(note, "warning")
+    preds = predict_probabilities(
+        models, samples, device, batch_size, tta, workers, disk_cache, reporter
+    )
+    skipped += preds.skipped
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    if not preds.paths:
+        raise DataError(f"no decodable images in {', '.join(map(str, folders))}; nothing to score")
+    paths = [str(p) for p in preds.paths]
+    entries = []
+    for loaded in models:
+        report = classification_report(
+            preds.member_probs[loaded.name], preds.labels, classes, paths
+        )
+        entries.append({**loaded.describe(), "summary": model_summary(report), "report": report})
+    ensemble = None
+    if len(models) > 1:
+        report = classification_report(preds.ensemble_probs, preds.labels, classes, paths)
+        ensemble = {
+            "name": ENSEMBLE,
+            "members": [m.name for m in models],
+            "combine": "mean of softmax probabilities",
+            "summary": model_summary(report),
+            "report": report,
+        }
+    result = {
+        "data_dir": str(data_dir),
+        "split": split_name,
+        "folders": [str(f) for f in folders],
+        "num_images": len(paths),
+        "classes": classes,
+        "folder_classes": found,
+        "tta": "hflip" if tta else None,
+        "models": entries,
+        "ensemble": ensemble,
+        "primary": ENSEMBLE if ensemble else entries[0]["name"],
+        "skipped": [asdict(s) for s in skipped],
+        "warnings": notes,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Evaluation(result, preds)
+
+
+def check_new_dir(path: Path) -> None:
+    """Refuse an existing non-empty folder: a report never overwrites the user's files."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"{path} already exists and is not empty; pass a new --report-dir")
+
+
+def check_new_file(path: Path, force: bool = False) -> None:
+    """Refuse to replace an existing file unless forced."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise RunDirError(f"{path} already exists; pass --force to replace it, or another name")
+
+
+def write_predictions_csv(
+    path: Path, rows: list[dict[str, Any]], probs: np.ndarray, classes: Sequence[str]
+) -> Path:
+    """One row per file: the rows' columns, then a probability column per class."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        lead = list(rows[0]) if rows else ["path"]
+        writer.writerow(lead + [f"p_{c}" for c in classes])
+        for row, row_probs in zip(rows, probs, strict=True):
+            writer.writerow([row[k] for k in lead] + [f"{p:.6f}" for p in row_probs])
+    os.replace(tmp, path)  # a half-written CSV never takes the name
+    return path
+
+
+def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
+    """report.json, predictions.csv, confusion_matrix.png and reliability.png in a new folder.
+
+    The CSV and the figures are of the primary model: the ensemble when there are several.
+    """
+    from tlcli.plots import plot_confusion_matrix, plot_reliability_diagram
+
+    out = Path(out)
+    check_new_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluation.report
+    preds = evaluation.predictions
+    primary_report = evaluation.primary_report()
+    files = {
+        "report": out / "report.json",
+        "predictions": out / "predictions.csv",
+        "confusion_matrix": out / "confusion_matrix.png",
+        "reliability": out / "reliability.png",
+    }
+    probs = evaluation.primary_probs()
+    pred = probs.argmax(1)
+    rows = []
+    for i, path in enumerate(preds.paths):
+        row: dict[str, Any] = {
+            "path": str(path),
+            "true": preds.classes[preds.labels[i]],
+            "predicted": preds.classes[pred[i]],
+            "confidence": f"{probs[i, pred[i]]:.6f}",
+            "correct": int(pred[i] == preds.labels[i]),
+        }
+        if len(preds.member_probs) > 1:
+            for name, member in preds.member_probs.items():
+                row[f"predicted[{name}]"] = preds.classes[int(member[i].argmax())]
+        rows.append(row)
+    write_predictions_csv(files["predictions"], rows, probs, preds.classes)
+    title = f"{evaluation.primary} on {report['split']} ({report['num_images']} images)"
+    plot_confusion_matrix(
+        primary_report["confusion_matrix"],
+        preds.classes,
+        files["confusion_matrix"],
+        title=f"Confusion matrix: {title}",
+    )
+    plot_reliability_diagram(
+        primary_report["reliability"], primary_report["ece"], files["reliability"]
+    )
+    written = {k: str(v) for k, v in files.items()}
+    files["report"].write_text(json.dumps({**report, "files": written}, indent=1))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: any files
+
+
+def collect_image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
+    """Files given, and every file under folders given (recursively, hidden ones left out),
+    that look like images by content; everything else is reported as skipped."""
+    candidates: list[Path] = []
+    skipped: list[Skipped] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for dirpath, dirnames, filenames in os.walk(item, followlinks=False):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                candidates += [
+                    Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".")
+                ]
+        elif item.is_file():
+            candidates.append(item)
+        else:
+            skipped.append(Skipped(str(item), "no such file or folder"))
+    files: list[Path] = []
+    seen: set[str] = set()
+    for path in candidates:
+        key = os.path.abspath(path)
+        if key in seen:
+            continue
+        seen.add(key)
+        reason = identify_image(path, MAX_PIXELS)
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append(Skipped(str(path), reason))
+    return files, skipped
+
+
+def top_k_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+    """Per row, the k most probable classes with their probabilities, most probable first."""
+    k = min(k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [{"class": classes[j], "probability": float(row[j])} for j in idx]
+        for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+@dataclass
+class FilePredictions:
+    """predict's result: the JSON-ready report and the ensemble's probabilities per file."""
+
+    report: dict[str, Any]
+    probs: np.ndarray
+
+
+def predict_files(
+    models: Sequence[LoadedModel],
+    inputs: Sequence[Path],
+    top_k: int = DEFAULT_TOP_K,
+    tta: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "auto",
+    reporter: Reporter | None = None,
+) -> FilePredictions:
+    """Top-k labels for image files and folders; unreadable files are reported, not fatal."""
+    reporter = reporter or NullReporter()
+    if top_k < 1:
+        raise DataError(f"--top-k {top_k}: expected 1 or more")
+    files, skipped = collect_image_files(inputs)
+    # One-off files: decoded in RAM, not written to the decode cache.
+    preds = predict_probabilities(
+        models,
+        [Sample(p, 0) for p in files],
+        device,
+        batch_size,
+        tta,
+        workers=1,
+        disk_cache=False,
+        reporter=reporter,
+    )
+    skipped += preds.skipped
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    if not preds.paths:
+        raise DataError(
+            f"no readable images among {', '.join(map(str, inputs))}; "
+            "give image files or folders of images"
+        )
+    probs = preds.ensemble_probs
+    ranked = top_k_labels(probs, preds.classes, top_k)
+    members = {name: p.argmax(1) for name, p in preds.member_probs.items()}
+    predictions = []
+    for i, path in enumerate(preds.paths):
+        entry: dict[str, Any] = {
+            "path": str(path),
+            "label": ranked[i][0]["class"],
+            "confidence": ranked[i][0]["probability"],
+            "top_k": ranked[i],
+        }
+        if len(members) > 1:
+            entry["members"] = {n: preds.classes[int(m[i])] for n, m in members.items()}
+        predictions.append(entry)
+    report = {
+        "models": [m.describe() for m in models],
+        "combine": "mean of softmax probabilities" if len(models) > 1 else None,
+        "classes": preds.classes,
+        "tta": "hflip" if tta else None,
+        "predictions": predictions,
+        "skipped": [asdict(s) for s in skipped],
+    }
+    return FilePredictions(report, probs)
+
+
+def write_prediction_csv(result: FilePredictions, path: Path, force: bool = False) -> Path:
+    """predict --csv: path, label, confidence, then one probability column per class."""
+    check_new_file(path, force)
+    rows = [
+        {"path": p["path"], "label": p["label"], "confidence": f"{p['confidence']:.6f}"}
+        for p in result.report["predictions"]
+    ]
+    return write_predictions_csv(path, rows, result.probs, result.report["classes"])

@@ -1,0 +1,283 @@
+"""Export a checkpoint to ONNX or TorchScript, with its preprocessing and a parity check.
+
+The exported graph takes normalized float NCHW input with a dynamic batch dimension and
+returns logits. Everything a deployment needs to feed it (mean, std, input size, resize rule,
+class names) goes into a JSON sidecar `<out>.json`. Before the file takes its name, the
+exported model runs on real images next to PyTorch: its softmax outputs must agree within
+PARITY_TOLERANCE and its top-1 labels must agree exactly, or nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tlcli import __version__
+from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import decode_images
+from tlcli.data.scan import Sample
+from tlcli.errors import DataError, ModelError
+from tlcli.evaluate import (
+    MAX_PIXELS,
+    LoadedModel,
+    check_new_file,
+    collect_image_files,
+)
+from tlcli.train.progress import NullReporter, Reporter
+
+FORMATS = ("onnx", "torchscript")
+# Opset 17 (onnxruntime >= 1.14) has every op timm CNNs need; newer runtimes read it too.
+DEFAULT_OPSET = 17
+# Max abs difference of softmax probabilities. fp32 kernels of two runtimes reorder sums and
+# differ by ~1e-6; 1e-4 leaves room for that and still catches a wrong op or preprocessing.
+PARITY_TOLERANCE = 1e-4
+# Enough real images to cover several classes; the check must stay a few seconds on a CPU.
+MAX_PARITY_IMAGES = 16
+# Batch of the example input the graph is traced with; 2, so no size-1 dim gets folded.
+TRACE_BATCH = 2
+ONNX_MISSING = (
+    "onnxruntime is not installed, so the ONNX file was not run: parity NOT checked; "
+    "install it with pip install 'tlcli[onnx]' and export again to check"
+)
+
+
+def sidecar_path(out: Path) -> Path:
+    """Where the preprocessing JSON goes: next to the model, `<out>.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def preprocessing_of(loaded: LoadedModel) -> dict[str, Any]:
+    """What to do to an RGB image before the exported model sees it (timm's eval transform)."""
+    spec = loaded.spec
+    return {
+        "input_size": [3, spec.input_size, spec.input_size],
+        "resize_shorter_side_to": spec.cache_size,
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+        "center_crop": spec.input_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "layout": "NCHW float32 RGB; x = (pixel / 255 - mean) / std",
+    }
+
+
+def parity_images(
+    loaded: LoadedModel, check_images: Path | None, reporter: Reporter
+) -> tuple[torch.Tensor, list[str], str]:
+    """Normalized input batch for the parity check, the files it came from, and its source.
+
+    --check-images first; else the val images of the checkpoint's own run dir (split.json
+    next to it); else random inputs, which are said to be a weaker check.
+    """
+    files: list[Path] = []
+    source = ""
+    if check_images is not None:
+        files, _ = collect_image_files([Path(check_images)])
+        if not files:
+            raise DataError(f"no readable images in {check_images}; give a folder of images")
+        source = str(check_images)
+    else:
+        split = loaded.path.parent / "split.json"
+        if split.is_file():
+            data = json.loads(split.read_text())
+            root = Path(data.get("root", ""))
+            rels = data.get("splits", {}).get("val", [])
+            files = [root / rel for rel, _ in rels if (root / rel).is_file()]
+            source = f"val images of the run ({split})"
+    spec = loaded.spec
+    augmenter = BatchAugmenter(
+        PRESETS["none"], spec.input_size, spec.mean, spec.std, len(loaded.classes)
+    )
+    if files:
+        # Spread over the list so several classes are covered, not the first folder only.
+        step = max(1, len(files) // MAX_PARITY_IMAGES)
+        chosen = files[::step][:MAX_PARITY_IMAGES]
+        decoded = decode_images(
+            [Sample(p, 0) for p in chosen],
+            spec.cache_size,
+            spec.interpolation,
+            MAX_PIXELS,
+            workers=1,
+            disk_cache=False,
+        )
+        if len(decoded):
+            x = augmenter.center_crop(torch.from_numpy(np.ascontiguousarray(decoded.pixels)))
+            return x, [str(p) for p in decoded.paths], source
+    reporter.note(
+        "no real images for the parity check (pass --check-images DIR): using random inputs",
+        "warning",
+    )
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(
+        0, 256, (MAX_PARITY_IMAGES, spec.input_size, spec.input_size, 3), generator=generator
+    ).to(torch.uint8)
+    return augmenter.center_crop(pixels), [], "random inputs"
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter warns it is legacy; the dynamo one needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _export_torchscript(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"tlcli.json": json.dumps(metadata)})
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(x).numpy()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def compare_outputs(
+    reference: np.ndarray, exported: np.ndarray, tolerance: float = PARITY_TOLERANCE
+) -> dict[str, Any]:
+    """Max abs difference of softmax probabilities and top-1 agreement of two logit arrays."""
+    p_ref, p_exp = _softmax(reference), _softmax(exported)
+    agree = p_ref.argmax(1) == p_exp.argmax(1)
+    max_diff = float(np.abs(p_ref - p_exp).max())
+    return {
+        "checked": True,
+        "images": int(len(reference)),
+        "max_abs_prob_diff": max_diff,
+        "max_abs_logit_diff": float(np.abs(reference - exported).max()),
+        "top1_agreement": float(agree.mean()),
+        "tolerance": tolerance,
+        "passed": bool(max_diff <= tolerance and agree.all()),
+    }
+
+
+def export_model(
+    loaded: LoadedModel,
+    fmt: str,
+    out: Path,
+    opset: int = DEFAULT_OPSET,
+    check_images: Path | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Write `out` and `<out>.json` after the parity check; returns the sidecar's content.
+
+    loaded: from `tlcli.evaluate.load_for_inference`.
+    """
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    if fmt not in FORMATS:
+        raise ModelError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    check_new_file(out, force)
+    check_new_file(sidecar_path(out), force)
+    model = loaded.model.cpu().eval()
+    x, files, source = parity_images(loaded, check_images, reporter)
+    metadata = {
+        "format": fmt,
+        "file": out.name,
+        "checkpoint": str(loaded.path),
+        "architecture": loaded.architecture,
+        "weights": loaded.weights,
+        "classes": loaded.classes,
+        "preprocessing": preprocessing_of(loaded),
+        "input_name": "input" if fmt == "onnx" else None,
+        "output": "logits (N, num_classes); apply softmax for probabilities",
+        "dynamic_batch": True,
+        "opset": opset if fmt == "onnx" else None,
+        "tlcli_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        reporter.start("export", None, f"export {fmt}")
+        example = x[:TRACE_BATCH] if len(x) >= TRACE_BATCH else x.repeat(TRACE_BATCH, 1, 1, 1)
+        try:
+            if fmt == "onnx":
+                _export_onnx(model, example, tmp, opset)
+            else:
+                _export_torchscript(model, example, tmp, metadata)
+        except Exception as exc:  # exporters raise anything for an unsupported op
+            raise ModelError(
+                f"{fmt} export of {loaded.architecture} failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); try --format "
+                f"{'torchscript' if fmt == 'onnx' else 'onnx'} or another --opset"
+            ) from None
+        finally:
+            reporter.finish("export")
+        with torch.no_grad():
+            reference = model(x).numpy()
+        exported = _run_onnx(tmp, x) if fmt == "onnx" else _run_torchscript(tmp, x)
+        if exported is None:
+            parity: dict[str, Any] = {"checked": False, "reason": ONNX_MISSING}
+            reporter.note(ONNX_MISSING, "warning")
+        else:
+            parity = compare_outputs(reference, exported, tolerance)
+            # A second batch size proves the batch dimension is really dynamic.
+            single = _run_onnx(tmp, x[:1]) if fmt == "onnx" else _run_torchscript(tmp, x[:1])
+            single_diff = float(np.abs(_softmax(single) - _softmax(reference[:1])).max())
+            parity["batch_sizes"] = [len(x), 1]
+            parity["max_abs_prob_diff"] = max(parity["max_abs_prob_diff"], single_diff)
+            parity["passed"] = parity["passed"] and single_diff <= tolerance
+            if not parity["passed"]:
+                raise ModelError(
+                    f"parity check failed: exported {fmt} probabilities differ from PyTorch's "
+                    f"by up to {parity['max_abs_prob_diff']:.2e} (tolerance {tolerance:.0e}), "
+                    f"top-1 agreement {parity['top1_agreement']:.3f}; nothing was written"
+                )
+        parity.update({"source": source, "files": files})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    metadata["parity"] = parity
+    sidecar = sidecar_path(out)
+    sidecar.write_text(json.dumps(metadata, indent=1))
+    return {
+        **metadata,
+        "paths": {"model": str(out), "sidecar": str(sidecar)},
+        "bytes": out.stat().st_size,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -1,0 +1,382 @@
+"""Measurements behind `recommend`: dataset size, hygiene (duplicates, leakage), and how
+similar the data is to the backbone's pretraining domain, from real features of a bounded,
+class-stratified sample (probes on the last and earlier stages, LogME, the original head's
+confidence)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import MIN_IMAGES_FOR_POOL, decode_images
+from tlcli.data.scan import FolderScan, Sample
+from tlcli.models import create_model, data_spec_of
+from tlcli.recommend.logme import logme_score
+from tlcli.recommend.probes import head_confidence, knn_accuracy, probe_accuracy
+from tlcli.strategy import model_stages
+from tlcli.train.loop import batch_indices, gather
+from tlcli.train.progress import Reporter
+
+
+@dataclass(frozen=True)
+class Budget:
+    per_class: int  # images sampled per class for the feature probes
+    total: int  # and at most this many overall: bounds the time on big folders
+    folds: int  # cross-validation folds of the probes
+    header_sample: int  # files whose headers are read for size/mode statistics
+
+
+BUDGETS = {
+    "quick": Budget(per_class=100, total=600, folds=5, header_sample=300),
+    "thorough": Budget(per_class=200, total=3000, folds=5, header_sample=3000),
+}
+# dHash Hamming distance (of 64 bits) at or below which two images are near-duplicate
+# candidates: survives re-encoding and resizing, not crops.
+NEAR_DUPLICATE_BITS = 4
+# Candidates are confirmed on 16x16 colour thumbnails (mean absolute difference, 0-255): the
+# 64-bit grey hash alone pairs different garments shot on the same background.
+NEAR_DUPLICATE_MAD = 6.0
+THUMB_SIDE = 16
+# Earlier stages are pooled to a 2x2 grid: global pooling throws away the layout that
+# shape-like (dissimilar) data depends on.
+STAGE_POOL_GRID = 2
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class SizeStats:
+    num_classes: int
+    num_train: int
+    num_val: int
+    num_test: int
+    per_class: dict[str, int]  # train images per class
+    per_class_min: int
+    per_class_median: float
+    per_class_max: int
+    imbalance_ratio: float  # largest / smallest class
+    image_size_median: tuple[int, int]
+    image_size_min: tuple[int, int]
+    image_size_max: tuple[int, int]
+    modes: dict[str, int]
+    formats: dict[str, int]
+    skipped: int
+    skipped_examples: list[dict[str, str]]
+
+
+@dataclass
+class Duplicates:
+    exact_groups: int
+    exact_files: int
+    near_groups: int
+    near_files: int
+    cross_split_groups: int  # groups with members in train and in val/test: leakage
+    label_conflict_groups: int  # the same picture filed under different classes
+    examples: list[list[str]] = field(default_factory=list)
+    cross_split_examples: list[list[str]] = field(default_factory=list)
+    label_conflict_examples: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class StageProbe:
+    stage: str  # the module timm reports for this feature level
+    dims: int
+    accuracy: float
+
+
+@dataclass
+class Similarity:
+    model: str
+    num_sampled: int
+    feature_dim: int
+    probe_accuracy: float
+    knn_accuracy: float
+    logme: float
+    stage_probes: list[StageProbe]
+    head_confidence: dict[str, float] | None  # None when the model has no pretrained head
+    seconds_per_image: float
+    stage_names: list[str]  # backbone stages as strategy.py plans them, input first
+
+
+def stratified_sample(
+    samples: Sequence[Sample], num_classes: int, per_class: int, total: int, seed: int
+) -> list[Sample]:
+    """Up to per_class images of each class, shrunk evenly to fit `total`."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.label].append(sample)
+    quota = max(2, min(per_class, total // max(num_classes, 1)))
+    chosen: list[Sample] = []
+    for label in range(num_classes):
+        members = sorted(by_class.get(label, []), key=lambda s: str(s.path))
+        rng.shuffle(members)
+        chosen.extend(members[:quota])
+    return chosen
+
+
+def measure_size(
+    scan: FolderScan,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    header_sample: int,
+    seed: int = 0,
+) -> SizeStats:
+    counts = Counter(s.label for s in train)
+    per_class = {name: counts.get(i, 0) for i, name in enumerate(scan.classes)}
+    values = list(per_class.values())
+    everything = [s for split in scan.splits.values() for s in split]
+    rng = random.Random(seed)
+    sampled = rng.sample(everything, min(header_sample, len(everything)))
+    sizes, modes, formats = [], Counter(), Counter()
+    for sample in sampled:
+        with Image.open(sample.path) as img:
+            sizes.append(img.size)
+            modes[img.mode] += 1
+            formats[img.format or "?"] += 1
+    areas = sorted(sizes, key=lambda wh: wh[0] * wh[1])
+    return SizeStats(
+        num_classes=len(scan.classes),
+        num_train=len(train),
+        num_val=len(val),
+        num_test=len(scan.splits.get("test", [])),
+        per_class=per_class,
+        per_class_min=min(values),
+        per_class_median=float(median(values)),
+        per_class_max=max(values),
+        imbalance_ratio=max(values) / max(min(values), 1),
+        image_size_median=areas[len(areas) // 2] if areas else (0, 0),
+        image_size_min=areas[0] if areas else (0, 0),
+        image_size_max=areas[-1] if areas else (0, 0),
+        modes=dict(modes),
+        formats=dict(formats),
+        skipped=len(scan.skipped),
+        skipped_examples=[
+            {"path": s.path, "reason": s.reason} for s in scan.skipped[:MAX_EXAMPLES]
+        ],
+    )
+
+
+def file_hashes(path: str) -> tuple[str, int, np.ndarray | None]:
+    """(sha1 of the bytes, 64-bit dHash, 16x16 colour thumbnail): duplicate keys."""
+    data = Path(path).read_bytes()
+    sha = hashlib.sha1(data).hexdigest()
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))  # JPEG DCT scaling: a thumbnail costs almost nothing
+            rgb = img.convert("RGB")
+            small = np.asarray(rgb.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
+            thumb = np.asarray(rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR), np.int16)
+    except Exception:
+        return sha, -1, None
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return sha, int(np.packbits(bits).view(">u8")[0]), thumb
+
+
+def _popcount64(values: np.ndarray) -> np.ndarray:
+    bytes_view = values.view(np.uint8).reshape(*values.shape, 8)
+    return np.unpackbits(bytes_view, axis=-1).sum(-1)
+
+
+def _groups(pairs: list[tuple[int, int]], n: int) -> list[list[int]]:
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        members[find(i)].append(i)
+    return [g for g in members.values() if len(g) > 1]
+
+
+def find_duplicates(scan: FolderScan, workers: int, reporter: Reporter) -> Duplicates:
+    """Exact (same bytes) and near (dHash within NEAR_DUPLICATE_BITS) duplicate groups."""
+    entries = [(split, s) for split, samples in scan.splits.items() for s in samples]
+    paths = [str(s.path) for _, s in entries]
+    reporter.start("hash", len(paths), "hash images (duplicates)")
+    if workers > 1 and len(paths) >= MIN_IMAGES_FOR_POOL:
+        with ThreadPoolExecutor(workers) as pool:  # PIL and hashlib release the GIL
+            hashes = []
+            for result in pool.map(file_hashes, paths):
+                hashes.append(result)
+                reporter.advance("hash")
+    else:
+        hashes = []
+        for path in paths:
+            hashes.append(file_hashes(path))
+            reporter.advance("hash")
+    reporter.finish("hash")
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, (sha, _, _) in enumerate(hashes):
+        by_sha[sha].append(i)
+    exact = [g for g in by_sha.values() if len(g) > 1]
+    dhash = np.array([max(h, 0) for _, h, _ in hashes], dtype=np.uint64)
+    valid = np.array([h != -1 for _, h, _ in hashes])
+    thumbs = [t for _, _, t in hashes]
+    pairs = []
+    chunk = 512
+    for start in range(0, len(dhash), chunk):
+        block = dhash[start : start + chunk, None] ^ dhash[None, :]
+        close = _popcount64(block) <= NEAR_DUPLICATE_BITS
+        for i, j in zip(*np.nonzero(close), strict=True):
+            a, b = start + int(i), int(j)
+            if a < b and valid[a] and valid[b]:
+                if float(np.abs(thumbs[a] - thumbs[b]).mean()) <= NEAR_DUPLICATE_MAD:
+                    pairs.append((a, b))
+    near = _groups(pairs, len(paths))
+    cross = [g for g in near if len({entries[i][0] for i in g}) > 1]
+    conflicts = [g for g in near if len({entries[i][1].label for i in g}) > 1]
+    rel = [str(Path(p).relative_to(scan.root)) for p in paths]
+    return Duplicates(
+        exact_groups=len(exact),
+        exact_files=sum(len(g) for g in exact),
+        near_groups=len(near),
+        near_files=sum(len(g) for g in near),
+        cross_split_groups=len(cross),
+        label_conflict_groups=len(conflicts),
+        examples=[[rel[i] for i in g] for g in near[:MAX_EXAMPLES]],
+        cross_split_examples=[[rel[i] for i in g] for g in cross[:MAX_EXAMPLES]],
+        label_conflict_examples=[[rel[i] for i in g] for g in conflicts[:MAX_EXAMPLES]],
+    )
+
+
+def _pool_grid(feature_map: torch.Tensor) -> torch.Tensor:
+    if feature_map.ndim == 3:  # ViT-style (B, tokens, C): mean over tokens
+        return feature_map.mean(1)
+    return F.adaptive_avg_pool2d(feature_map.float(), STAGE_POOL_GRID).flatten(1)
+
+
+@torch.no_grad()
+def extract_probe_features(
+    model: torch.nn.Module,
+    pixels: np.ndarray,
+    augmenter: BatchAugmenter,
+    batch_size: int,
+    reporter: Reporter,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, float]:
+    """Penultimate features, pooled intermediate stages, original-head logits, s/image."""
+    model.eval()
+    device = torch.device("cpu")
+    final, stages, logits = [], defaultdict(list), []
+    has_intermediates = hasattr(model, "forward_intermediates")
+    keeps_head = bool(getattr(model, "num_classes", 0))
+    reporter.start("features", len(pixels), "extract features")
+    started = time.perf_counter()
+    for idx in batch_indices(len(pixels), batch_size, None):
+        x = augmenter.center_crop(gather(pixels, idx, device))
+        if has_intermediates:
+            last, inter = model.forward_intermediates(x)
+            for k, fmap in enumerate(inter):
+                stages[k].append(_pool_grid(fmap).numpy())
+        else:
+            last = model.forward_features(x)
+        final.append(model.forward_head(last, pre_logits=True).float().numpy())
+        if keeps_head:
+            logits.append(model.forward_head(last).float().numpy())
+        reporter.advance("features", len(idx))
+    seconds = (time.perf_counter() - started) / max(len(pixels), 1)
+    reporter.finish("features")
+    return (
+        np.concatenate(final),
+        [np.concatenate(stages[k]) for k in sorted(stages)],
+        np.concatenate(logits) if logits else None,
+        seconds,
+    )
+
+
+def measure_similarity(
+    model_name: str,
+    samples: Sequence[Sample],
+    num_classes: int,
+    budget: Budget,
+    reporter: Reporter,
+    seed: int = 0,
+    workers: int = 1,
+    disk_cache: bool = True,
+    max_pixels: int = 178_956_970,
+) -> Similarity:
+    """Probe a pretrained backbone's frozen features on a class-stratified sample."""
+    sample = stratified_sample(samples, num_classes, budget.per_class, budget.total, seed)
+    model = create_model(model_name, None, pretrained=True)
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(False)
+    model.to(memory_format=torch.channels_last)
+    spec = data_spec_of(model)
+    reporter.start("decode-sample", len(sample), "decode sample")
+    decoded = decode_images(
+        sample,
+        spec.cache_size,
+        spec.interpolation,
+        max_pixels,
+        workers,
+        disk_cache,
+        lambda n: reporter.advance("decode-sample", n),
+    )
+    reporter.finish("decode-sample")
+    augmenter = BatchAugmenter(PRESETS["none"], spec.input_size, spec.mean, spec.std, num_classes)
+    final, stages, logits, seconds = extract_probe_features(
+        model, decoded.pixels, augmenter, 32, reporter
+    )
+    labels = decoded.labels
+    reporter.start("probes", None, "fit probes")
+    feature_info = getattr(model, "feature_info", None) or []
+    names = [
+        f.get("module", f"stage{k}") if isinstance(f, dict) else f"stage{k}"
+        for k, f in enumerate(feature_info)
+    ]
+    stage_probes = [
+        StageProbe(
+            names[k] if k < len(names) else f"stage{k}",
+            feats.shape[1],
+            probe_accuracy(feats, labels, budget.folds, seed),
+        )
+        for k, feats in enumerate(stages)
+    ]
+    result = Similarity(
+        model=model_name,
+        num_sampled=len(labels),
+        feature_dim=int(final.shape[1]),
+        probe_accuracy=probe_accuracy(final, labels, budget.folds, seed),
+        knn_accuracy=knn_accuracy(final, labels, folds=budget.folds, seed=seed),
+        logme=logme_score(final, labels),
+        stage_probes=stage_probes,
+        head_confidence=head_confidence(logits) if logits is not None else None,
+        seconds_per_image=seconds,
+        stage_names=[s.name for s in model_stages(model)[:-1]],
+    )
+    reporter.finish("probes")
+    return result
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses/tuples -> JSON-ready dicts/lists."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value):
+        return to_plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.floating | np.integer):
+        return value.item()
+    return value

@@ -1,0 +1,102 @@
+"""PNG figures of the search: the LR range test curve, and val accuracy vs LR and weight decay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlcli.plots import _finish, plt
+
+# Above the smoothed curve's maximum, raw batch losses are clipped out of view: the last
+# steps of a range test explode by orders of magnitude and would flatten the useful part.
+Y_MARGIN = 0.08
+
+
+def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
+    """Loss vs LR (log x): raw batch losses faint, the smoothed loss, both suggestions."""
+    curve = result["curve"]
+    lrs, raw, smooth = (np.asarray(curve[k]) for k in ("lr", "loss", "smoothed_loss"))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.plot(lrs, raw, color="tab:blue", alpha=0.25, linewidth=1, label="batch loss")
+    ax.plot(lrs, smooth, color="tab:blue", linewidth=2, label="smoothed loss")
+    marks = (
+        ("valley", "tab:green", "o", "valley (suggested)"),
+        ("steepest", "tab:red", "v", "steepest descent"),
+    )
+    for key, colour, marker, label in marks:
+        ax.plot(
+            result[key],
+            result[f"{key}_loss"],
+            marker=marker,
+            markersize=10,
+            color=colour,
+            linestyle="none",
+            label=f"{label}: {result[key]:.2e}",
+        )
+    ax.axvline(
+        result["configured_lr"],
+        color="gray",
+        linestyle=":",
+        label=f"configured optim.lr {result['configured_lr']:.0e}",
+    )
+    span = float(smooth.max() - smooth.min()) or 1.0
+    ax.set_ylim(smooth.min() - Y_MARGIN * span, smooth.max() + Y_MARGIN * span)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate of the head (log scale)")
+    ax.set_ylabel("training loss")
+    backbone = (
+        f", backbone x{result['backbone_lr_mult']:g}" if result["strategy"] != "head-only" else ""
+    )
+    ax.set_title(
+        f"LR range test: {result['strategy']}{backbone}, {result['optimizer']}, "
+        f"{result['steps']} steps ({result['stop_reason']})",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _finish(fig, path)
+
+
+def plot_tune_trials(rows: list[dict[str, Any]], path: Path, best: int | None) -> Path:
+    """Val accuracy vs LR and vs weight decay (log x); pruned trials at their last epoch."""
+    params = ("lr", "weight_decay")
+    fig, axes = plt.subplots(1, len(params), figsize=(11, 4.4), sharey=True)
+    for ax, name in zip(axes, params, strict=True):
+        shown = [r for r in rows if r["value"] is not None and name in r["params"]]
+        styles = (
+            ("COMPLETE", "tab:blue", "o", "complete"),
+            ("PRUNED", "tab:gray", "x", "pruned (last epoch)"),
+        )
+        for state, colour, marker, label in styles:
+            points = [r for r in shown if r["state"] == state]
+            if points:
+                ax.scatter(
+                    [r["params"][name] for r in points],
+                    [r["value"] for r in points],
+                    c=colour,
+                    marker=marker,
+                    label=label,
+                )
+        top = [r for r in shown if r["number"] == best]
+        if top:
+            ax.scatter(
+                top[0]["params"][name],
+                top[0]["value"],
+                s=220,
+                marker="*",
+                c="tab:red",
+                label=f"best (trial {best})",
+                zorder=3,
+            )
+        if shown:
+            ax.set_xscale("log")
+            ax.legend(fontsize=8, loc="lower left")
+        else:
+            ax.text(0.5, 0.5, f"{name} not searched", ha="center", transform=ax.transAxes)
+        ax.set_xlabel(f"{name} (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("val accuracy")
+    fig.suptitle(f"tlcli tune: {len(rows)} trials", fontsize=11)
+    return _finish(fig, path)

@@ -1,0 +1,547 @@
+"""`tlcli tune`: coarse-to-fine random search over short finetune runs, with Optuna.
+
+The lecture's recipe: the learning rate first, on a log scale; random search, not a grid;
+coarse to fine. A trial is a short `finetune` (the same training code, nothing else). The
+first trials are random (coarse), then TPE samples around the best ones (fine), and a
+pruner stops trials whose per-epoch val accuracy is behind the others'.
+
+The study lives in an Optuna storage: by default RUN_DIR/study.db (SQLite), so a killed
+search resumes with the same command. `--trials N` counts the finished (complete or pruned)
+trials of this run dir: rerunning the command only runs the missing ones. Several workers
+(processes or machines) share a study through one `--storage`, each with its own `--out`:
+each adds its own N trials, and the study, trials.csv and best.yaml hold all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlcli.config import Config, apply_overrides, config_to_dict
+from tlcli.errors import ConfigError, RunDirError, TlcliError
+from tlcli.train.progress import NullReporter, Reporter
+from tlcli.tune.space import (
+    ParamSpec,
+    baseline_params,
+    load_space,
+    resolve_space,
+    sample_config,
+    space_to_dict,
+)
+
+DEFAULT_EPOCHS_PER_TRIAL = 3
+PRUNERS = ("median", "halving", "none")
+# Coarse phase: this many random trials (at least MIN_RANDOM_TRIALS) before TPE takes over.
+RANDOM_FRACTION = 1 / 3
+MIN_RANDOM_TRIALS = 4
+# The median pruner compares a trial with the others only once this many have finished.
+PRUNER_STARTUP_TRIALS = 3
+# Successive halving keeps the best 1/3 at each rung (Optuna's and Hyperband's default).
+HALVING_REDUCTION = 3
+# A worker's trial whose heartbeat is this old is dead (killed): marked failed, not counted.
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+# SQLite: wait this long for a lock held by another worker instead of failing at once.
+SQLITE_TIMEOUT_SECONDS = 60
+# Two workers opening a fresh storage at once can race on creating its tables: retry.
+STORAGE_ATTEMPTS = 5
+# lr-find's suggestion is clamped into this range before the LR span is put around it.
+LR_CENTER_RANGE = (1e-6, 1.0)
+# Settings that may differ between workers of one study without changing the trials.
+MACHINE_KEYS = {("train", "device"), ("data", "workers"), ("data", "cache"), ("train", "compile")}
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    trials: int
+    epochs_per_trial: int = DEFAULT_EPOCHS_PER_TRIAL
+    space_file: Path | None = None
+    storage: str | None = None  # default: sqlite:///RUN_DIR/study.db
+    study: str | None = None  # default: tune-<data folder name>
+    pruner: str = "median"
+    lr_find: bool = True  # centre the LR range on the LR range test's suggestion
+
+
+@dataclass(frozen=True)
+class TunePaths:
+    root: Path
+
+    @property
+    def info(self) -> Path:
+        return self.root / "tune.json"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "study.db"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "trials.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.yaml"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "tune.png"
+
+
+def default_tune_dir(data_dir: Path) -> Path:
+    """Fixed (not time-stamped), so that the same command finds the run dir and resumes."""
+    return Path("runs") / f"tune-{Path(data_dir).resolve().name}"
+
+
+def default_study_name(data_dir: Path) -> str:
+    return f"tune-{Path(data_dir).resolve().name}"
+
+
+def open_tune_dir(out: Path, study: str, storage: str, data_dir: Path) -> tuple[TunePaths, bool]:
+    """Create the run dir, or reopen one of the same study (resume); refuse anything else."""
+    paths = TunePaths(Path(out))
+    if paths.info.is_file():
+        info = json.loads(paths.info.read_text())
+        if info.get("study") != study or info.get("storage") != storage:
+            raise RunDirError(
+                f"{out} holds study {info.get('study')!r} in {info.get('storage')}; pass the "
+                "same --study/--storage to resume it, or a new --out"
+            )
+        if info.get("data_dir") != str(Path(data_dir).resolve()):
+            raise RunDirError(
+                f"{out} tuned on {info.get('data_dir')}; pass that DATA_DIR, or a new --out"
+            )
+        return paths, True
+    if paths.root.exists() and (not paths.root.is_dir() or any(paths.root.iterdir())):
+        raise RunDirError(f"{out} exists and is not a tune run dir; pass a new --out")
+    try:
+        paths.trials.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create run dir {out}: {exc.strerror}") from None
+    paths.info.write_text(
+        json.dumps(
+            {
+                "study": study,
+                "storage": storage,
+                "data_dir": str(Path(data_dir).resolve()),
+                "created": time.strftime("%FT%T%z"),
+            },
+            indent=1,
+        )
+    )
+    return paths, False
+
+
+def open_storage(url: str) -> Any:
+    import optuna
+    import sqlalchemy.exc
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                **kwargs,
+            )
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+            if attempt + 1 == STORAGE_ATTEMPTS:
+                raise RunDirError(f"cannot open storage {url}: {exc.orig}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except (ImportError, ValueError, sqlalchemy.exc.ArgumentError) as exc:
+            raise RunDirError(f"cannot open storage {url}: {exc}; check the URL") from None
+    raise AssertionError("unreachable")
+
+
+def create_sampler(trials: int) -> Any:
+    """Random for the first third (coarse), then TPE around the best (fine)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        n_startup_trials=max(MIN_RANDOM_TRIALS, int(trials * RANDOM_FRACTION)),
+        multivariate=True,  # the LR and the optimizer interact
+        group=True,  # conditional space: head-only trials have no backbone parameters
+        constant_liar=True,  # parallel workers do not all sample the same point
+    )
+
+
+def create_pruner(name: str) -> Any:
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(reduction_factor=HALVING_REDUCTION)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner {name!r} is not one of: {', '.join(PRUNERS)}")
+
+
+def study_signature(base: Config, settings: TuneSettings, user_space: dict) -> dict[str, Any]:
+    """What must agree between all workers (and runs) of one study."""
+    cfg = config_to_dict(base)
+    for section, key in MACHINE_KEYS:
+        cfg[section].pop(key, None)
+    return {
+        "config": cfg,
+        "space": space_to_dict(user_space),
+        "epochs_per_trial": settings.epochs_per_trial,
+        "lr_find": settings.lr_find,
+    }
+
+
+def first_difference(saved: Any, given: Any, where: str = "") -> str | None:
+    if isinstance(saved, dict) and isinstance(given, dict):
+        for key in sorted(set(saved) | set(given), key=str):
+            found = first_difference(saved.get(key), given.get(key), f"{where}.{key}".strip("."))
+            if found:
+                return found
+        return None
+    return None if saved == given else f"{where}: study has {saved!r}, this command {given!r}"
+
+
+class TrialReporter:
+    """Passes progress on; reports each epoch's val accuracy to Optuna and prunes."""
+
+    def __init__(self, trial: Any, last_step: int, outer: Reporter):
+        self.trial, self.last_step, self.outer = trial, last_step, outer
+        self.epochs_run = 0
+        self.open_tasks: set[str] = set()
+
+    def start(self, task: str, total: int | None, description: str = "") -> None:
+        self.open_tasks.add(task)
+        self.outer.start(task, total, f"trial {self.trial.number}: {description or task}")
+
+    def advance(self, task: str, amount: int = 1) -> None:
+        self.outer.advance(task, amount)
+
+    def finish(self, task: str) -> None:
+        self.open_tasks.discard(task)
+        self.outer.finish(task)
+
+    def close(self) -> None:
+        """Remove the bars of a trial that ended mid-epoch (pruned, diverged)."""
+        for task in list(self.open_tasks):
+            self.finish(task)
+
+    def note(self, message: str, level: str = "info") -> None:
+        if level != "info":  # per-trial info notes (strategy, caches) would drown the table
+            self.outer.note(f"trial {self.trial.number}: {message}", level)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        import optuna
+
+        self.outer.epoch(row)
+        self.epochs_run = row["epoch"]
+        value = max(row["val_acc"], row.get("ema_val_acc") or -1.0)
+        self.trial.report(value, row["epoch"])
+        if row["epoch"] < self.last_step and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+
+def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
+    """Plain rows for the table, CSV, plot and JSON; pruned trials show their last epoch."""
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        value = t.value
+        if value is None and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+        duration = t.duration.total_seconds() if t.duration else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": value,
+                "epochs_run": t.user_attrs.get("epochs_run", max(t.intermediate_values, default=0)),
+                "seconds": round(duration, 1) if duration is not None else None,
+                "params": dict(t.params),
+                "note": t.user_attrs.get("note", ""),
+                "worker": t.user_attrs.get("worker", ""),
+            }
+        )
+    return rows
+
+
+def best_trial(trials: list[Any]) -> Any | None:
+    """The complete trial with the highest val accuracy (the earliest on a tie)."""
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    names = sorted({name for r in rows for name in r["params"]})
+    columns = ["number", "state", "value", "epochs_run", "seconds", *names, "note", "worker"]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            flat = {k: row[k] for k in columns if k in row}
+            flat.update(row["params"])
+            writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in columns})
+    os.replace(tmp, path)
+
+
+def write_best_config(path: Path, trial: Any, epochs: int) -> None:
+    """A full config `tlcli finetune --config` accepts unchanged, with where it came from."""
+    header = (
+        f"# tlcli tune: best of the study, trial {trial.number}, val accuracy {trial.value:.4f}\n"
+        f"# after {epochs} epochs. Use: tlcli finetune DATA_DIR --config {path.name}\n"
+        "# (raise train.epochs for the final, longer run: coarse to fine).\n"
+    )
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(header + yaml.safe_dump(trial.user_attrs["config"], sort_keys=False))
+    os.replace(tmp, path)
+
+
+def write_outputs(paths: TunePaths, study: Any, epochs: int) -> tuple[list[dict], Any]:
+    """trials.csv, tune.png and best.yaml from the whole study (all workers' trials)."""
+    from tlcli.tune.plots import plot_tune_trials
+
+    trials = study.get_trials(deepcopy=False)
+    rows = trial_rows(trials)
+    best = best_trial(trials)
+    write_trials_csv(paths.table, rows)
+    plot_tune_trials(rows, paths.plot, best.number if best else None)
+    if best is not None and "config" in best.user_attrs:
+        write_best_config(paths.best, best, epochs)
+    return rows, best
+
+
+def lr_center_for(
+    study: Any,
+    data_dir: Path,
+    base: Config,
+    settings: TuneSettings,
+    user_space: dict[str, ParamSpec | None],
+    reporter: Reporter,
+) -> float:
+    """The centre of the default LR range: lr-find's suggestion (run once per study and
+    kept in the storage), or optim.lr. Not needed when the space gives the LR range."""
+    if not settings.lr_find or "lr" in user_space or "optim.lr" in user_space:
+        return base.optim.lr
+    if "lr_center" in study.user_attrs:
+        return float(study.user_attrs["lr_center"])
+    from tlcli.tune.lr_find import find_lr
+
+    # A searched strategy: the range test runs with partial, the middle of the three.
+    strategy = base.strategy.name if base.strategy.name != "auto" else "partial"
+    if strategy == "head-only" and base.strategy.head_fit == "lbfgs":
+        return base.optim.lr  # no LR to search
+    cfg = apply_overrides(base, {"strategy": {"name": strategy}}, "lr-find")
+    reporter.note(f"LR range test ({strategy}) to centre the LR range")
+    result = find_lr(data_dir, cfg, _Quiet(reporter))
+    low, high = LR_CENTER_RANGE
+    center = min(max(result.suggestions.valley, low), high)
+    reporter.note(
+        f"lr-find: valley {result.suggestions.valley:.2e}, steepest "
+        f"{result.suggestions.steepest:.2e}; LR range centred on {center:.2e}"
+    )
+    study.set_user_attr("lr_center", center)
+    study.set_user_attr("lr_find", result.to_dict() | {"curve": None})
+    return center
+
+
+class _Quiet:
+    """Progress bars only (for the lr-find that centres the range)."""
+
+    def __init__(self, outer: Reporter):
+        self.outer = outer
+
+    def start(self, task: str, total: int | None, description: str = "") -> None:
+        self.outer.start(task, total, description)
+
+    def advance(self, task: str, amount: int = 1) -> None:
+        self.outer.advance(task, amount)
+
+    def finish(self, task: str) -> None:
+        self.outer.finish(task)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def note(self, message: str, level: str = "info") -> None:
+        if level != "info":
+            self.outer.note(message, level)
+
+
+def tune(
+    data_dir: Path,
+    cfg: Config,
+    settings: TuneSettings,
+    out: Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or join) a study; returns the summary with the trial rows and best."""
+    import optuna
+
+    from tlcli.train.run import Interrupted
+
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    if settings.trials < 1:
+        raise ConfigError(f"--trials {settings.trials} must be >= 1")
+    if settings.epochs_per_trial < 1:
+        raise ConfigError(f"--epochs-per-trial {settings.epochs_per_trial} must be >= 1")
+    create_pruner(settings.pruner)  # validate before touching the disk
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"DATA_DIR {data_dir} is not a folder; pass an image folder")
+    user_space = load_space(settings.space_file) if settings.space_file else {}
+    base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
+    resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
+    out = Path(out) if out else default_tune_dir(data_dir)
+    study_name = settings.study or default_study_name(data_dir)
+    storage_url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    paths, resumed = open_tune_dir(out, study_name, storage_url, data_dir)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=open_storage(storage_url),
+        sampler=create_sampler(settings.trials),
+        pruner=create_pruner(settings.pruner),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    signature = study_signature(base, settings, user_space)
+    saved = study.user_attrs.get("tlcli")
+    if saved is None:
+        study.set_user_attr("tlcli", signature)
+    else:
+        difference = first_difference(saved, json.loads(json.dumps(signature)))
+        if difference:
+            raise RunDirError(
+                f"study {study_name!r} was started with other settings ({difference}); "
+                "use the same options, or a new --study and --out"
+            )
+    center = lr_center_for(study, data_dir, base, settings, user_space, reporter)
+    space = resolve_space(user_space, base, center)
+    study.set_user_attr("space", space_to_dict(space))
+
+    worker = f"{socket.gethostname()}:{paths.root.resolve()}"
+
+    def finished_here() -> list[Any]:
+        return [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("worker") == worker and t.state.name in FINISHED
+        ]
+
+    mine = finished_here()
+    remaining = settings.trials - len(mine)
+    if mine:
+        reporter.note(
+            f"resuming: {len(mine)} of {settings.trials} trials of this run dir are finished; "
+            f"running {max(remaining, 0)} more"
+        )
+    if not study.get_trials(deepcopy=False):
+        # The defaults as the first trial: the search starts from what finetune would do.
+        study.enqueue_trial(baseline_params(space, base), skip_if_exists=True)
+
+    def objective(trial: Any) -> float:
+        from tlcli.train.run import finetune
+
+        trial.set_user_attr("worker", worker)
+        trial_cfg = sample_config(trial, space, base)
+        trial.set_user_attr("config", config_to_dict(trial_cfg))
+        head_only_fit = (
+            trial_cfg.strategy.name == "head-only" and trial_cfg.strategy.head_fit == "lbfgs"
+        )
+        trial_reporter = TrialReporter(
+            trial, 1 if head_only_fit else settings.epochs_per_trial, reporter
+        )
+        trial_dir = paths.trials / f"{trial.number:04d}"
+        try:
+            summary = finetune(data_dir, trial_cfg, out=trial_dir, reporter=trial_reporter)
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("note", str(exc))
+            raise
+        except FloatingPointError as exc:
+            # Diverged: the LR is too high. A finished, informative trial, not a crash.
+            trial.set_user_attr("note", f"diverged: {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
+        finally:
+            trial_reporter.close()
+            trial.set_user_attr("epochs_run", trial_reporter.epochs_run)
+            # Trials are not resumed: last.pt only costs disk. best.pt stays for inspection.
+            (trial_dir / "last.pt").unlink(missing_ok=True)
+        return float(summary["val_acc"])
+
+    def after_trial(study: Any, trial: Any) -> None:
+        rows, best = write_outputs(paths, study, settings.epochs_per_trial)
+        row = next(r for r in rows if r["number"] == trial.number)
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        best_text = f"; best {best.value:.4f} (trial {best.number})" if best else ""
+        reporter.note(
+            f"trial {trial.number} {row['state'].lower()}: val acc {value} after "
+            f"{row['epochs_run']} epochs, {row['seconds']}s{best_text}",
+            "info",
+        )
+
+    if remaining > 0:
+        try:
+            study.optimize(objective, n_trials=remaining, callbacks=[after_trial])
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(
+                f"interrupted; finished trials are kept in {storage_url}: rerun the same "
+                "command to resume"
+            ) from None
+        except TlcliError:
+            write_outputs(paths, study, settings.epochs_per_trial)
+            raise
+    rows, best = write_outputs(paths, study, settings.epochs_per_trial)
+    if best is None:
+        raise_no_best(paths, rows)
+    return {
+        "run_dir": str(paths.root),
+        "study": study_name,
+        "storage": storage_url,
+        "resumed": resumed,
+        "data_dir": str(data_dir),
+        "epochs_per_trial": settings.epochs_per_trial,
+        "lr_center": center,
+        "space": space_to_dict(space),
+        "trials_run_now": len(finished_here()) - len(mine),
+        "trials_finished": sum(r["state"] in FINISHED for r in rows),
+        "best": {
+            "number": best.number,
+            "val_acc": best.value,
+            "params": dict(best.params),
+            "config": str(paths.best),
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "paths": {
+            "storage": storage_url,
+            "trials_csv": str(paths.table),
+            "plot": str(paths.plot),
+            "best_config": str(paths.best),
+            "trials": str(paths.trials),
+        },
+        "trials": rows,
+    }
+
+
+def raise_no_best(paths: TunePaths, rows: list[dict[str, Any]]) -> None:
+    pruned = sum(r["state"] == "PRUNED" for r in rows)
+    raise RunDirError(
+        f"no trial completed ({pruned} pruned); see {paths.table}, then add --trials or "
+        "use --pruner none"
+    )
