@@ -339,8 +339,10 @@ def recommend(
     model: ModelOpt = None,
     candidates: Annotated[
         str | None,
-        typer.Option(help="Comma-separated backbones to rank by LogME and probe accuracy, "
-                     "e.g. resnet50.a1_in1k,convnext_tiny.fb_in22k."),
+        typer.Option(
+            help="Comma-separated backbones to rank by LogME and probe accuracy, "
+            "e.g. resnet50.a1_in1k,convnext_tiny.fb_in22k."
+        ),
     ] = None,
     budget: Annotated[
         Budget, typer.Option(help="quick: <=600 sampled images; thorough: <=3000.")
@@ -349,8 +351,10 @@ def recommend(
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Measure how big the data is and how similar to the pretraining domain, and pick how to
-    fine-tune (the CS231n 2x2 grid), with the reasons in numbers.
+    """Measure the data and pick how to fine-tune it (the CS231n 2x2 grid), with reasons.
+
+    How big is the data (per class), and how similar to the pretraining domain? The choice
+    and every reason are given with the measured numbers.
 
     Measures: images per class and imbalance; exact/near duplicates and train/val leakage;
     a linear and a kNN probe on frozen features (what head-only would reach), LogME, probes
@@ -596,6 +600,228 @@ def export(
             print_json(result)
         else:
             stderr.print(export_table(result))
+
+    run_command(body)
+
+
+# Options of the training job, shared by lr-find and tune (each also reachable via --set).
+DataDirArg = Annotated[
+    Path,
+    typer.Argument(help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."),
+]
+JobStrategyOpt = Annotated[
+    Strategy | None,
+    typer.Option("--strategy", help="head-only | partial | full | auto (as for finetune)."),
+]
+TrainableStagesOpt = Annotated[
+    int | None, typer.Option(help="partial: how many of the last backbone stages to retrain.")
+]
+JobBatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
+JobDeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed (split, order, init).")]
+
+
+def job_config(
+    config: Path | None,
+    sets: list[str] | None,
+    model: str | None,
+    strategy: Strategy | None,
+    trainable_stages: int | None,
+    batch_size: int | None,
+    device: str | None,
+    seed: int | None,
+    optim: dict[str, Any] | None = None,
+) -> Any:
+    return build_config(
+        config,
+        sets,
+        {
+            "model": {"name": model},
+            "strategy": {
+                "name": strategy.value if strategy else None,
+                "trainable_stages": trainable_stages,
+            },
+            "optim": optim or {},
+            "data": {"batch_size": batch_size},
+            "train": {"device": device, "seed": seed},
+        },
+    )
+
+
+@app.command("lr-find")
+def lr_find(
+    data_dir: DataDirArg,
+    model: ModelOpt = None,
+    strategy: JobStrategyOpt = None,
+    trainable_stages: TrainableStagesOpt = None,
+    opt: Annotated[Optimizer | None, typer.Option("--opt", help="Optimizer.")] = None,
+    backbone_lr_mult: Annotated[
+        float | None, typer.Option(help="Pretrained layers train at lr x this (default 0.1).")
+    ] = None,
+    batch_size: JobBatchSizeOpt = None,
+    device: JobDeviceOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    num_iter: Annotated[
+        int, typer.Option(min=20, help="Steps of the test (cycles over the train set).")
+    ] = 100,
+    start_lr: Annotated[float, typer.Option(help="Head LR of the first step.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="Head LR of the last step.")] = 10.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="PNG file or folder for the plot (default lr_find.png; never overwritten).",
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """The LR range test: find a learning rate before training (Smith 2017, fastai).
+
+    Trains with the LR growing from --start-lr to --end-lr over up to --num-iter batches,
+    with the chosen strategy (frozen stages stay frozen; the backbone gets lr x
+    backbone_lr_mult), and stops when the smoothed loss explodes. Suggests the valley and
+    the steepest-descent LR and plots loss vs LR. Model and optimizer are restored after:
+    nothing is trained or saved but the plot.
+
+      tlcli lr-find ../shared/data/hymenoptera_data --strategy partial
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
+    """
+
+    def body() -> None:
+        from tlcli.render import RichReporter, lr_find_table
+        from tlcli.tune.lr_find import find_lr, plot_path
+        from tlcli.tune.plots import plot_lr_find
+
+        cfg = job_config(
+            config,
+            set_,
+            model,
+            strategy,
+            trainable_stages,
+            batch_size,
+            device,
+            seed,
+            {"name": opt.value if opt else None, "backbone_lr_mult": backbone_lr_mult},
+        )
+        path = plot_path(out)
+        with RichReporter(stderr) as reporter:
+            result = find_lr(data_dir, cfg, reporter, num_iter, start_lr, end_lr).to_dict()
+        result["plot"] = str(plot_lr_find(result, path))
+        if json_:
+            print_json(result)
+        else:
+            stderr.print(lr_find_table(result))
+
+    run_command(body)
+
+
+class Pruner(str, Enum):
+    median = "median"
+    halving = "halving"
+    none = "none"
+
+
+@app.command()
+def tune(
+    data_dir: DataDirArg,
+    trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Finished trials this run dir adds to the study; rerunning the same command "
+            "runs only the missing ones.",
+        ),
+    ],
+    epochs_per_trial: Annotated[int, typer.Option(min=1, help="Epochs of each trial.")] = 3,
+    space: Annotated[
+        Path | None,
+        typer.Option(help="YAML search space: entries override the defaults (docs/tune.md)."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)."),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default tune-<data folder name>).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run dir (default runs/tune-<data folder name>); reopened to resume.",
+        ),
+    ] = None,
+    pruner: Annotated[
+        Pruner,
+        typer.Option(help="Stop trials behind the others' val accuracy: median, halving, none."),
+    ] = Pruner.median,
+    lr_find: Annotated[
+        bool,
+        typer.Option(
+            "--lr-find/--no-lr-find",
+            help="Centre the LR range on an LR range test (else on optim.lr).",
+        ),
+    ] = True,
+    model: ModelOpt = None,
+    strategy: JobStrategyOpt = None,
+    trainable_stages: TrainableStagesOpt = None,
+    batch_size: JobBatchSizeOpt = None,
+    device: JobDeviceOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Search hyperparameters: random trials (coarse), then TPE around the best (fine).
+
+    Each trial is a short finetune; trials behind the others after an epoch are pruned.
+    Searches the LR (log scale, around lr-find's suggestion), backbone LR multiplier, weight
+    decay, optimizer, label smoothing, augmentation, drop-path, and the strategy unless
+    --strategy fixes it. Writes OUT/study.db, trials/, trials.csv, tune.png and best.yaml
+    (use it as: tlcli finetune DATA_DIR --config OUT/best.yaml).
+
+      tlcli tune ../shared/data/hymenoptera_data --trials 12 --strategy partial
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k --out runs/tune-ants
+
+    Two workers on one study (each adds its own --trials, each with its own --out):
+
+      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants --out runs/w1
+      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants --out runs/w2
+    """
+
+    def body() -> None:
+        from tlcli.render import RichReporter, tune_trials_table
+        from tlcli.tune.search import TuneSettings
+        from tlcli.tune.search import tune as run_tune
+
+        cfg = job_config(config, set_, model, strategy, trainable_stages, batch_size, device, seed)
+        settings = TuneSettings(
+            trials=trials,
+            epochs_per_trial=epochs_per_trial,
+            space_file=space,
+            storage=storage,
+            study=study,
+            pruner=pruner.value,
+            lr_find=lr_find,
+        )
+        with RichReporter(stderr) as reporter:
+            summary = run_tune(data_dir, cfg, settings, out=out, reporter=reporter)
+        if json_:
+            print_json(summary)
+            return
+        best = summary["best"]
+        stderr.print(tune_trials_table(summary["trials"], best["number"]))
+        stderr.print(
+            f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
+            f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})\n"
+            f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     run_command(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -138,6 +139,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _grid(title: str) -> Table:
+    """A borderless table: many numeric columns still fit an 80-column terminal or log."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
 def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     """`tlcli evaluate`: models side by side, then the primary model's detail."""
     tables = []
@@ -145,7 +158,7 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     head = Table(title="evaluation", show_header=False, title_justify="left")
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("data", f"{folders} (split {report['split']})")
+    head.add_row("data", escape(f"{folders} (split {report['split']})"))
     head.add_row(
         "images",
         f"{report['num_images']} scored, {len(report['skipped'])} skipped; classes present "
@@ -154,23 +167,30 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     head.add_row("test-time augmentation", report["tta"] or "off")
     tables.append(head)
 
-    models = Table(title="models", title_justify="left")
-    for name in ("model", "weights", "top-1", "top-5", "loss", "balanced acc", "macro F1", "ECE"):
-        models.add_column(name, justify="left" if name in ("model", "weights") else "right")
     entries = [(m["name"], m["weights"], m["summary"]) for m in report["models"]]
     if report["ensemble"]:
-        entries.append(("ensemble (mean prob.)", "-", report["ensemble"]["summary"]))
+        entries.append(("ensemble", "-", report["ensemble"]["summary"]))
+    has_top5 = entries[0][2]["top5"] is not None  # None below 5 classes: no column
+    models = _grid("models")
+    models.add_column("model", overflow="fold")
+    models.add_column("weights")
+    metrics = ["top-1", "correct", *(["top-5"] if has_top5 else []), "loss", "bal. acc"]
+    for name in [*metrics, "macro F1", "ECE"]:
+        models.add_column(name, justify="right")
+    if report["ensemble"]:
+        models.caption = "ensemble: mean of the models' softmax probabilities"
     for name, weights, s in entries:
         models.add_row(
-            name,
+            escape(name),
             weights,
-            f"{_pct(s['top1'])} ({s['num_correct']})",
-            _pct(s["top5"]),
+            _pct(s["top1"]),
+            f"{s['num_correct']}/{report['num_images']}",
+            *([_pct(s["top5"])] if has_top5 else []),
             f"{s['loss']:.4f}",
             _pct(s["balanced_accuracy"]),
             f"{s['macro_f1']:.4f}",
             f"{s['ece']:.4f}",
-            style="bold" if name.startswith("ensemble") else None,
+            style="bold" if name == "ensemble" else None,
         )
     tables.append(models)
 
@@ -180,31 +200,32 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         if report["ensemble"]
         else next(m["report"] for m in report["models"] if m["name"] == primary)
     )
-    per_class = Table(title=f"per class ({primary})", title_justify="left")
-    for name in ("class", "precision", "recall", "F1", "support"):
-        per_class.add_column(name, justify="left" if name == "class" else "right")
+    per_class = _grid(f"per class ({escape(primary)})")
+    per_class.add_column("class", overflow="fold")
+    for name in ("precision", "recall", "F1", "support"):
+        per_class.add_column(name, justify="right")
     for row in detail["per_class"]:
         per_class.add_row(
-            row["class"],
+            escape(row["class"]),
             f"{row['precision']:.4f}",
             f"{row['recall']:.4f}",
             f"{row['f1']:.4f}",
             str(row["support"]),
         )
-    per_class.add_row(
-        "macro / weighted F1", "", "", f"{detail['macro_f1']:.4f} / {detail['weighted_f1']:.4f}", ""
+    per_class.caption = (
+        f"macro F1 {detail['macro_f1']:.4f}, weighted F1 {detail['weighted_f1']:.4f}"
     )
     tables.append(per_class)
 
     classes = report["classes"]
     if len(classes) <= TERMINAL_CM_MAX_CLASSES:
-        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm = _grid("confusion matrix (rows: true, columns: predicted)")
         cm.add_column("true \\ pred", style="bold")
         for name in classes:
-            cm.add_column(name, justify="right")
+            cm.add_column(escape(name), justify="right")
         for i, row in enumerate(detail["confusion_matrix"]):
             cm.add_row(
-                classes[i],
+                escape(classes[i]),
                 *(
                     f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]")
                     for j, v in enumerate(row)
@@ -213,27 +234,31 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         tables.append(cm)
 
     if detail["most_confused"]:
-        confused = Table(title="most confused", title_justify="left")
-        for name in ("true", "predicted as", "count"):
-            confused.add_column(name, justify="right" if name == "count" else "left")
+        confused = _grid("most confused")
+        confused.add_column("true")
+        confused.add_column("predicted as")
+        confused.add_column("count", justify="right")
         for pair in detail["most_confused"][:TERMINAL_TOP_CONFUSED]:
-            confused.add_row(pair["true"], pair["predicted"], str(pair["count"]))
+            confused.add_row(escape(pair["true"]), escape(pair["predicted"]), str(pair["count"]))
         tables.append(confused)
 
     wrong = detail["misclassified"]
     if wrong:
         shown = wrong[:TERMINAL_MISCLASSIFIED]
-        missed = Table(
-            title=f"misclassified, most confident first ({len(shown)} of {len(wrong)}; "
-            "all in --json / --report-dir)",
-            title_justify="left",
+        missed = _grid(
+            f"misclassified, most confident first ({len(shown)} of {len(wrong)}; "
+            "all in --json / --report-dir)"
         )
         missed.add_column("file", overflow="fold")  # a path is useless cut short
-        for name in ("true", "predicted", "confidence"):
-            missed.add_column(name, justify="right" if name == "confidence" else "left")
+        missed.add_column("true")
+        missed.add_column("predicted")
+        missed.add_column("confidence", justify="right")
         for item in shown:
             missed.add_row(
-                item["path"], item["true"], item["predicted"], f"{item['confidence']:.3f}"
+                escape(item["path"]),
+                escape(item["true"]),
+                escape(item["predicted"]),
+                f"{item['confidence']:.3f}",
             )
         tables.append(missed)
 
@@ -242,8 +267,8 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     calibration.add_column()
     calibration.add_row(
         "expected calibration error",
-        f"{detail['ece']:.4f} ({len(detail['reliability'])} bins; the reliability diagram is "
-        "in --report-dir)",
+        f"{detail['ece']:.4f} ({len(detail['reliability'])} bins; reliability diagram with "
+        "--report-dir)",
     )
     mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
         detail["n"], 1
@@ -257,14 +282,16 @@ def prediction_table(report: dict[str, Any]) -> Table:
     """`tlcli predict`: one row per file, the top label and the runners-up."""
     names = ", ".join(m["name"] for m in report["models"])
     title = f"predictions ({names}" + (", ensemble" if report["combine"] else "") + ")"
-    table = Table(title=title, title_justify="left")
+    table = _grid(escape(title))
     table.add_column("file", overflow="fold")
     table.add_column("label", style="bold")
     table.add_column("probability", justify="right")
     table.add_column("next")
     for item in report["predictions"]:
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top_k"][1:])
-        table.add_row(item["path"], item["label"], f"{item['confidence']:.3f}", rest)
+        table.add_row(
+            escape(item["path"]), escape(item["label"]), f"{item['confidence']:.3f}", escape(rest)
+        )
     if report["skipped"]:
         table.caption = f"{len(report['skipped'])} file(s) skipped (listed above)"
     return table
@@ -277,26 +304,26 @@ def export_table(result: dict[str, Any]) -> Table:
     table.add_column()
     pre = result["preprocessing"]
     parity = result["parity"]
-    table.add_row("model", f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)")
-    table.add_row("preprocessing", result["paths"]["sidecar"])
+    table.add_row("model", escape(f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)"))
+    table.add_row("preprocessing", escape(result["paths"]["sidecar"]))
     table.add_row(
         "input",
         f"N x {' x '.join(map(str, pre['input_size']))} (dynamic batch); resize "
         f"{pre['resize_shorter_side_to']} {pre['interpolation']}, center crop "
-        f"{pre['center_crop']}, mean {pre['mean']}, std {pre['std']}",
+        f"{pre['center_crop']}, mean {escape(str(pre['mean']))}, std {escape(str(pre['std']))}",
     )
-    table.add_row("classes", ", ".join(result["classes"]))
+    table.add_row("classes", escape(", ".join(result["classes"])))
     if parity["checked"]:
         verdict = "[green]passed[/]" if parity["passed"] else "[red]FAILED[/]"
         table.add_row(
             "parity vs PyTorch",
             f"{verdict}: max |prob diff| {parity['max_abs_prob_diff']:.2e} <= tolerance "
             f"{parity['tolerance']:.0e}, top-1 agreement {_pct(parity['top1_agreement'])} on "
-            f"{parity['images']} images ({parity['source']}), batch sizes "
+            f"{parity['images']} images ({escape(parity['source'])}), batch sizes "
             f"{', '.join(map(str, parity['batch_sizes']))}",
         )
     else:
-        table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {parity['reason']}")
+        table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {escape(parity['reason'])}")
     return table
 
 

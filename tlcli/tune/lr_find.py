@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tlcli.config import Config
-from tlcli.errors import ConfigError
+from tlcli.errors import ConfigError, RunDirError
 from tlcli.strategy import set_train_mode
 from tlcli.train.loop import LoopSetup, batch_indices, forward_backward, gather, sorted_labels
 from tlcli.train.optim import create_optimizer, set_lr
@@ -228,6 +228,18 @@ def range_test(
             module.train(training)
         torch.set_rng_state(saved_rng)
     return RangeTest(lrs, losses, smoothed, stop_reason, num_iter)
+
+
+def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
+    """Where the plot goes: a .png file, or default_name in a folder; never overwritten."""
+    path = Path(default_name) if out is None else Path(out)
+    if out is not None and (path.is_dir() or path.suffix == ""):
+        path = path / default_name
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the plot is a PNG; give a .png file or a folder")
+    if path.exists():
+        raise RunDirError(f"{path} already exists; pass another --out (lr-find never overwrites)")
+    return path
 
 
 def find_lr(

@@ -1,0 +1,166 @@
+"""Image folders generated at test time (no committed binaries): good tiny sets and a corpus of
+the files people really keep in photo folders, each with the outcome tlcli must give it.
+
+`make_bad_image_folder(root)` returns {relative path: outcome}, where outcome is
+  "ok"       a usable image (possibly in an odd format) that must be trained on,
+  "skipped"  reported by name in the skipped list (at scan, or at decode for SKIPPED_AT_DECODE),
+  "ignored"  hidden files and folders: neither trained on nor reported.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Per-class base colours so tiny models can actually learn the classes.
+CLASS_COLOURS = ((220, 60, 40), (40, 80, 220), (60, 200, 80), (200, 200, 40))
+GOOD_SIDE = 24  # pixels; small images keep decoding and training instant
+EXIF_ORIENTATION = 0x0112
+ROTATE_90_CW = 6  # EXIF orientation 6: the stored image must be turned 90 degrees clockwise
+BOMB_SIDE = 20_000  # declared in the header only: 400 M pixels > PIL's 178,956,970
+
+# Classes of the bad corpus: plain, and one with unicode and a space in its name.
+BAD_CORPUS_CLASSES = ("ants", "bees", "crème brûlée")
+# Files in the bad corpus that load_rgb must handle, by what they test.
+PNG_NAMED_JPG = "ants/really a png.jpg"
+CMYK_JPEG = "ants/cmyk.jpg"
+GRAY16_PNG = "ants/gray16.png"
+RGBA_PNG = "ants/rgba.png"
+PALETTE_PNG = "ants/palette_transparent.png"
+ONE_BIT_PNG = "ants/one_bit.png"
+LA_PNG = "ants/la.png"
+EXIF_JPEG = "bees/exif_rotated.jpg"
+ANIMATED_GIF = "bees/animated.gif"
+UPPER_JPG = "bees/UPPER.JPG"
+BRACKETS_JPG = "bees/IMG [1] (copy).jpg"  # [...] is Rich markup: must be printed as is
+UNICODE_JPG = "crème brûlée/photo ünï 0.jpg"
+# Files that must be skipped, and the words their reason must contain.
+TRUNCATED_JPEG = "bees/truncated [draft].jpg"
+SKIP_REASONS = {
+    "ants/empty.jpg": "empty",
+    "ants/text.jpg": "not an image",
+    "bees/page.jpg": "not an image",
+    "bees/notes.txt": "not an image",
+    "crème brûlée/bomb.png": "decompression bomb",
+    TRUNCATED_JPEG: "truncated",
+}
+# The scan reads headers only; these pass it and fail when decoded.
+SKIPPED_AT_DECODE = frozenset({TRUNCATED_JPEG})
+GOOD_PER_CLASS = 8
+
+
+def random_image(rng: np.random.Generator, label: int, side: int = GOOD_SIDE) -> Image.Image:
+    """An RGB image: the class colour plus noise."""
+    base = np.array(CLASS_COLOURS[label % len(CLASS_COLOURS)], dtype=np.float64)
+    noise = rng.normal(0, 30, size=(side, side, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def make_image_folder(
+    root: Path,
+    counts: dict[str, int] | None = None,
+    layout: str = "flat",
+    val_counts: dict[str, int] | None = None,
+    side: int = GOOD_SIDE,
+    ext: str = ".png",
+    seed: int = 0,
+) -> Path:
+    """root/<class>/*.ext (flat) or root/train|val/<class>/*.ext (split); returns root."""
+    rng = np.random.default_rng(seed)
+    counts = counts if counts is not None else {"a": 8, "b": 8}
+    splits = {"": counts} if layout == "flat" else {"train": counts, "val": val_counts or counts}
+    for split, by_class in splits.items():
+        for label, (name, n) in enumerate(by_class.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                random_image(rng, label, side).save(folder / f"{name}_{i}{ext}")
+    return root
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG that declares width x height (a decompression bomb header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    idat = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _two_halves(mode: str, left, right, size=(32, 16)) -> Image.Image:
+    """Left half one colour, right half another (to check orientation and compositing)."""
+    img = Image.new(mode, size, left)
+    img.paste(right, (size[0] // 2, 0, size[0], size[1]))
+    return img
+
+
+def make_bad_image_folder(root: Path) -> dict[str, str]:
+    """Write the corpus under root (flat layout, 3 classes); returns {relative path: outcome}."""
+    rng = np.random.default_rng(0)
+    outcomes: dict[str, str] = {}
+
+    def write(rel: str, data: bytes | Image.Image, outcome: str, **save) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, Image.Image):
+            data.save(path, **save)
+        else:
+            path.write_bytes(data)
+        outcomes[rel] = outcome
+
+    for label, name in enumerate(BAD_CORPUS_CLASSES):
+        for i in range(GOOD_PER_CLASS):
+            file_name = f"photo ünï {i}.jpg" if name == "crème brûlée" else f"{name}_{i}.jpg"
+            write(f"{name}/{file_name}", jpeg_bytes(random_image(rng, label)), "ok")
+
+    # Odd but valid formats: decoded to RGB and trained on.
+    write(PNG_NAMED_JPG, random_image(rng, 0), "ok", format="PNG")
+    write(CMYK_JPEG, Image.new("CMYK", (24, 24), (255, 0, 0, 0)), "ok", format="JPEG")
+    gradient = np.tile(np.linspace(0, 65535, 64), (16, 1)).astype(np.uint16)
+    write(GRAY16_PNG, Image.fromarray(gradient), "ok")
+    write(RGBA_PNG, _two_halves("RGBA", (0, 0, 0, 0), (255, 0, 0, 255)), "ok")
+    palette = _two_halves("P", 0, 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 black, 1 blue
+    write(PALETTE_PNG, palette, "ok", transparency=0)
+    write(ONE_BIT_PNG, _two_halves("1", 0, 1), "ok")
+    write(LA_PNG, _two_halves("LA", (0, 0), (100, 255)), "ok")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = ROTATE_90_CW
+    stored = _two_halves("RGB", (255, 0, 0), (0, 0, 255), size=(40, 20))  # red left, blue right
+    write(EXIF_JPEG, jpeg_bytes(stored, exif=exif.tobytes()), "ok")
+    frames = [Image.new("RGB", (24, 24), c) for c in ((255, 0, 0), (0, 0, 255))]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    write(ANIMATED_GIF, gif.getvalue(), "ok")
+    write(UPPER_JPG, jpeg_bytes(random_image(rng, 1)), "ok")
+    write(BRACKETS_JPG, jpeg_bytes(random_image(rng, 1)), "ok")
+
+    # Files that cannot be used: each reported by name.
+    good_jpeg = jpeg_bytes(random_image(rng, 1, side=64))
+    write(TRUNCATED_JPEG, good_jpeg[: len(good_jpeg) // 2], "skipped")
+    write("ants/empty.jpg", b"", "skipped")
+    write("ants/text.jpg", b"this is not a picture\n", "skipped")
+    write("bees/page.jpg", b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n", "skipped")
+    write("bees/notes.txt", b"shot on a sunny day\n", "skipped")
+    write("crème brûlée/bomb.png", png_header_only(BOMB_SIDE, BOMB_SIDE), "skipped")
+
+    # Hidden files and folders (OS thumbnails, editor droppings): silently left out.
+    write("ants/.hidden.jpg", jpeg_bytes(random_image(rng, 0)), "ignored")
+    write("bees/.thumbnails/thumb.jpg", jpeg_bytes(random_image(rng, 1)), "ignored")
+    write(".hidden class/x.jpg", jpeg_bytes(random_image(rng, 2)), "ignored")
+    assert set(SKIP_REASONS) == {k for k, v in outcomes.items() if v == "skipped"}
+    return outcomes

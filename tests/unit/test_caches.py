@@ -1,0 +1,188 @@
+"""Decode and feature caches: the same inputs reuse one cache file; any change gets a new one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from corpus import random_image
+
+import tlcli.data.cache as decode_cache
+import tlcli.train.head_fit as head_fit
+from tlcli.config import Config
+from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import cache_root, decode_images
+from tlcli.data.scan import Sample
+from tlcli.models import create_model, data_spec_of
+from tlcli.train.progress import NullReporter
+
+SIZE = 20  # decoded square side: tiny, so decoding is instant
+IMAGE_SIZE = 16  # model input for the feature cache tests
+
+
+def _samples(root: Path) -> list[Sample]:
+    paths = sorted(root.rglob("*.png"))
+    classes = sorted({p.parent.name for p in paths})
+    return [Sample(p, classes.index(p.parent.name)) for p in paths]
+
+
+def _cache_files(kind: str, suffix: str) -> list[Path]:
+    return sorted((cache_root() / kind).glob(f"*{suffix}"))
+
+
+def _bump_mtime(path: Path) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[int]:
+    """Counts real decodes: a cache hit must not decode anything."""
+    calls: list[int] = []
+    real = decode_cache._decode_all
+
+    def counting(jobs, out, workers, on_advance):
+        calls.append(len(jobs))
+        return real(jobs, out, workers, on_advance)
+
+    monkeypatch.setattr(decode_cache, "_decode_all", counting)
+    return calls
+
+
+# --- decode cache ----------------------------------------------------------------------------
+
+
+def test_same_files_reuse_the_decode_cache(image_folder, decode_calls):
+    samples = _samples(image_folder())
+    first = decode_images(samples, SIZE)
+    second = decode_images(samples, SIZE)
+    assert len(_cache_files("images", ".npy")) == 1
+    assert decode_calls == [len(samples)]  # the second call read the cache
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["touch", "content", "add file", "size", "interpolation"],
+)
+def test_any_change_gets_a_new_decode_cache(image_folder, decode_calls, change):
+    root = image_folder()
+    samples = _samples(root)
+    before = decode_images(samples, SIZE, "bicubic")
+    size, interpolation = SIZE, "bicubic"
+    if change == "touch":
+        _bump_mtime(samples[0].path)
+    elif change == "content":
+        random_image(np.random.default_rng(99), 1, side=31).save(samples[0].path)
+    elif change == "add file":
+        extra = samples[0].path.with_name("extra.png")
+        random_image(np.random.default_rng(7), 0).save(extra)
+        samples = _samples(root)
+    elif change == "size":
+        size = SIZE + 4
+    else:
+        interpolation = "nearest"
+    after = decode_images(samples, size, interpolation)
+    assert len(_cache_files("images", ".npy")) == 2
+    assert len(decode_calls) == 2  # decoded again, not read from the old file
+    if change == "content":
+        assert not np.array_equal(before.pixels[0], after.pixels[0])
+
+
+def test_decode_cache_off_writes_nothing(image_folder):
+    decode_images(_samples(image_folder()), SIZE, disk_cache=False)
+    assert not (cache_root() / "images").exists()
+
+
+# --- feature cache ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def extract_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = head_fit.extract_features
+
+    def counting(model, images, *args, **kwargs):
+        calls.append(len(images))
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(head_fit, "extract_features", counting)
+    return calls
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("test_resnet", 2, pretrained=False).eval()
+
+
+def _features(model, samples, image_size=IMAGE_SIZE, cfg=None):
+    spec = data_spec_of(model, image_size)
+    images = decode_images(samples, spec.cache_size, spec.interpolation)
+    augmenter = BatchAugmenter(PRESETS["standard"], spec.input_size, spec.mean, spec.std, 2)
+    return head_fit.cached_features(
+        model,
+        images,
+        augmenter,
+        torch.device("cpu"),
+        cfg or Config(),
+        spec,
+        NullReporter(),
+        "features-train",
+        0,
+    )
+
+
+def test_same_inputs_reuse_the_feature_cache(image_folder, extract_calls):
+    samples = _samples(image_folder())
+    model = _model(0)
+    x1, y1 = _features(model, samples)
+    x2, y2 = _features(model, samples)
+    assert len(_cache_files("features", ".pt")) == 1
+    assert extract_calls == [len(samples)]
+    torch.testing.assert_close(x1, x2)
+    assert torch.equal(y1, y2)
+
+
+def test_the_head_is_not_part_of_the_feature_key(image_folder, extract_calls):
+    """The head is refit every run: a different head on the same backbone reuses features."""
+    samples = _samples(image_folder())
+    model = _model(0)
+    _features(model, samples)
+    with torch.no_grad():
+        model.get_classifier().weight.add_(1.0)
+    _features(model, samples)
+    assert len(extract_calls) == 1
+
+
+@pytest.mark.parametrize("change", ["weights", "transform", "touch file", "add file"])
+def test_any_change_gets_a_new_feature_cache(image_folder, extract_calls, change):
+    root = image_folder()
+    samples = _samples(root)
+    _features(_model(0), samples)
+    model, image_size = _model(0), IMAGE_SIZE
+    if change == "weights":
+        model = _model(1)  # same architecture, other weights
+    elif change == "transform":
+        image_size = IMAGE_SIZE + 8
+    elif change == "touch file":
+        _bump_mtime(samples[-1].path)
+    else:
+        random_image(np.random.default_rng(3), 1).save(samples[-1].path.with_name("new.png"))
+        samples = _samples(root)
+    _features(model, samples, image_size)
+    assert len(_cache_files("features", ".pt")) == 2
+    assert len(extract_calls) == 2
+
+
+def test_feature_cache_off_extracts_every_time(image_folder, extract_calls):
+    samples = _samples(image_folder())
+    cfg = Config()
+    cfg.data.cache = False
+    model = _model(0)
+    _features(model, samples, cfg=cfg)
+    _features(model, samples, cfg=cfg)
+    assert len(extract_calls) == 2
+    assert not (cache_root() / "features").exists()
