@@ -619,6 +619,9 @@ TrainableStagesOpt = Annotated[
 JobBatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
 JobDeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (split, order, init).")]
+NoPretrainedOpt = Annotated[
+    bool, typer.Option("--no-pretrained", help="Random init instead of pretrained weights.")
+]
 
 
 def job_config(
@@ -631,12 +634,13 @@ def job_config(
     device: str | None,
     seed: int | None,
     optim: dict[str, Any] | None = None,
+    no_pretrained: bool = False,
 ) -> Any:
     return build_config(
         config,
         sets,
         {
-            "model": {"name": model},
+            "model": {"name": model, "pretrained": False if no_pretrained else None},
             "strategy": {
                 "name": strategy.value if strategy else None,
                 "trainable_stages": trainable_stages,
@@ -652,6 +656,7 @@ def job_config(
 def lr_find(
     data_dir: DataDirArg,
     model: ModelOpt = None,
+    no_pretrained: NoPretrainedOpt = False,
     strategy: JobStrategyOpt = None,
     trainable_stages: TrainableStagesOpt = None,
     opt: Annotated[Optimizer | None, typer.Option("--opt", help="Optimizer.")] = None,
@@ -705,6 +710,7 @@ def lr_find(
             device,
             seed,
             {"name": opt.value if opt else None, "backbone_lr_mult": backbone_lr_mult},
+            no_pretrained,
         )
         path = plot_path(out)
         with RichReporter(stderr) as reporter:
@@ -767,6 +773,7 @@ def tune(
         ),
     ] = True,
     model: ModelOpt = None,
+    no_pretrained: NoPretrainedOpt = False,
     strategy: JobStrategyOpt = None,
     trainable_stages: TrainableStagesOpt = None,
     batch_size: JobBatchSizeOpt = None,
@@ -798,7 +805,17 @@ def tune(
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
-        cfg = job_config(config, set_, model, strategy, trainable_stages, batch_size, device, seed)
+        cfg = job_config(
+            config,
+            set_,
+            model,
+            strategy,
+            trainable_stages,
+            batch_size,
+            device,
+            seed,
+            no_pretrained=no_pretrained,
+        )
         settings = TuneSettings(
             trials=trials,
             epochs_per_trial=epochs_per_trial,

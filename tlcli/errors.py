@@ -6,6 +6,9 @@ with `--debug`. Internal bugs are not TlcliErrors and crash loudly.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+
 # Exit codes, documented in the README. 1 is left to unexpected crashes, 2 to typer's
 # own usage errors, 130 to Ctrl-C (128 + SIGINT, the shell convention).
 EXIT_CONFIG = 2
@@ -15,6 +18,9 @@ EXIT_CHECKPOINT = 5
 EXIT_RUN_DIR = 6
 EXIT_RESOURCE = 7
 EXIT_INTERRUPTED = 130
+
+# errno values that mean "out of disk" to the user: no space, quota, file size limit.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class TlcliError(Exception):
@@ -61,3 +67,24 @@ class ResourceError(TlcliError):
     """Out of disk or device memory."""
 
     exit_code = EXIT_RESOURCE
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """exc, then what it was raised from or while handling, and so on."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def disk_error_of(exc: BaseException | None) -> OSError | None:
+    """The out-of-disk OSError behind exc, if any.
+
+    torch.save reports a failed write to its file handle as a RuntimeError whose
+    __context__ is the OSError, so the whole chain is searched.
+    """
+    for item in exception_chain(exc):
+        if isinstance(item, OSError) and item.errno in DISK_FULL_ERRNOS:
+            return item
+    return None

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from tlcli import __version__
-from tlcli.errors import CheckpointError, ResourceError
+from tlcli.errors import CheckpointError, ResourceError, disk_error_of, exception_chain
 
 FORMAT = "tlcli-checkpoint"
 FORMAT_VERSION = 1
+TEMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp next to the checkpoint while it is written
 
 
 def library_versions() -> dict[str, str]:
@@ -76,29 +77,55 @@ def _tuples(value: Any) -> Any:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target.
 
-    A crash or a full disk mid-write leaves the previous checkpoint in place, never a
-    truncated one (os.replace is atomic on POSIX).
+    A crash, a kill or a full disk mid-write leaves the previous checkpoint in place, never
+    a truncated one (os.replace is atomic on POSIX); a killed process may leave its temp
+    file, which `remove_stale_temp_files` clears when the run is resumed.
     """
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+        _fsync_dir(path.parent)
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno == 28:  # ENOSPC
+        # torch.save turns an exception raised inside handle.write (Ctrl-C, ENOSPC) into a
+        # RuntimeError; give the caller the real one.
+        if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
+            raise KeyboardInterrupt from None
+        if disk_error_of(exc) is not None:
             raise ResourceError(
-                f"disk full while writing {path}; the previous checkpoint is intact: "
-                "free space and run again with --resume"
+                f"disk full while writing {path} ({disk_error_of(exc).strerror}); the previous "
+                "checkpoint is intact: free space and run again with --resume"
             ) from None
         raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut after it keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes a killed process left behind."""
+    removed = []
+    for tmp in Path(folder).glob(f".*.pt.*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

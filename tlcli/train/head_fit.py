@@ -225,6 +225,10 @@ def fit_head_on_features(
 ) -> tuple[LoopState, Any]:
     """Fit model's classifier in place; returns a LoopState with one history row."""
     started = time.perf_counter()
+    reporter.note(
+        "head-only: features computed once, head fit by full-batch L-BFGS (one pass replaces "
+        f"--epochs {cfg.train.epochs}; --set strategy.head_fit=epochs trains it epoch by epoch)"
+    )
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")

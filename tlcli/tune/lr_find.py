@@ -17,7 +17,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from tlcli.strategy import set_train_mode
 from tlcli.train.loop import LoopSetup, batch_indices, forward_backward, gather, sorted_labels
 from tlcli.train.optim import create_optimizer, set_lr
 from tlcli.train.progress import NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from tlcli.train.run import TrainingJob
 
 # The range fastai and Smith sweep: from "nothing moves" to "everything explodes".
 START_LR = 1e-7
@@ -145,8 +148,9 @@ def suggest_valley(losses: np.ndarray) -> int:
         if length[i] > length[best_end]:
             best_end = i
             best_start = i - length[i]
+    # best_start is one before the run (fastai's arithmetic): -1 when it starts at index 0.
     third = (best_end - best_start) / 3
-    return min(best_start + int(third) + int(third / 2), n - 1)
+    return min(max(best_start + int(third) + int(third / 2), 0), n - 1)
 
 
 def suggest_lrs(lrs: list[float], smoothed: list[float], num_iter: int) -> Suggestions:
@@ -242,37 +246,14 @@ def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
     return path
 
 
-def find_lr(
-    data_dir: Path,
-    cfg: Config,
-    reporter: Reporter | None = None,
-    num_iter: int = NUM_ITER,
-    start_lr: float = START_LR,
-    end_lr: float = END_LR,
-) -> LRFindResult:
-    """Prepare the job as finetune would (data, model, strategy) and run the range test."""
-    from tlcli.train.run import amp_dtype_for, prepare_job
+def range_test_setup(job: TrainingJob) -> LoopSetup:
+    """The training loop's setup for a prepared job, with a fresh optimizer (as finetune's)."""
+    from tlcli.train.run import amp_dtype_for
 
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
-    if num_iter < MIN_NUM_ITER:
-        raise ConfigError(
-            f"--num-iter {num_iter} is too few steps for a range test; use >= {MIN_NUM_ITER}"
-        )
-    reporter = reporter or NullReporter()
-    started = time.perf_counter()
-    job = prepare_job(data_dir, cfg, reporter)
-    cfg = job.cfg  # auto strategy resolved
-    if job.plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
-        reporter.note(
-            "head-only fits its head with L-BFGS, which takes no learning rate; the suggestion "
-            "applies with --set strategy.head_fit=epochs",
-            "warning",
-        )
-    optimizer = create_optimizer(job.model, job.lr_mults, cfg.optim)
-    setup = LoopSetup(
+    cfg = job.cfg
+    return LoopSetup(
         model=job.model,
-        optimizer=optimizer,
+        optimizer=create_optimizer(job.model, job.lr_mults, cfg.optim),
         augmenter=job.augmenter,
         device=job.device,
         train_pixels=job.train_data.pixels,
@@ -291,6 +272,36 @@ def find_lr(
         amp_dtype=amp_dtype_for(job.device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
     )
+
+
+def find_lr(
+    data_dir: Path,
+    cfg: Config,
+    reporter: Reporter | None = None,
+    num_iter: int = NUM_ITER,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+) -> LRFindResult:
+    """Prepare the job as finetune would (data, model, strategy) and run the range test."""
+    from tlcli.train.run import prepare_job
+
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(f"--start-lr {start_lr:g} must be > 0 and below --end-lr {end_lr:g}")
+    if num_iter < MIN_NUM_ITER:
+        raise ConfigError(
+            f"--num-iter {num_iter} is too few steps for a range test; use >= {MIN_NUM_ITER}"
+        )
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    job = prepare_job(data_dir, cfg, reporter)
+    cfg = job.cfg  # auto strategy resolved
+    if job.plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
+        reporter.note(
+            "head-only fits its head with L-BFGS, which takes no learning rate; the suggestion "
+            "applies with --set strategy.head_fit=epochs",
+            "warning",
+        )
+    setup = range_test_setup(job)
     test = range_test(setup, cfg.optim.lr, num_iter, start_lr, end_lr, reporter)
     return LRFindResult(
         test=test,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tlcli.config import Config, apply_overrides, config_to_dict
+from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.errors import ConfigError, RunDirError, TlcliError
 from tlcli.train.progress import NullReporter, Reporter
 from tlcli.tune.space import (
@@ -169,6 +169,18 @@ def open_storage(url: str) -> Any:
     raise AssertionError("unreachable")
 
 
+def create_study_record(storage: Any, study_name: str) -> bool:
+    """Create the study unless it exists; True for the one worker whose call created it
+    (the database's unique study name decides, however many workers start at once)."""
+    import optuna
+
+    try:
+        storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], study_name)
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
+
+
 def create_sampler(trials: int) -> Any:
     """Random for the first third (coarse), then TPE around the best (fine)."""
     import optuna
@@ -255,6 +267,37 @@ class TrialReporter:
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def fail_dead_trials(study: Any, reporter: Reporter) -> None:
+    """Mark FAIL the running trials of killed workers on this host and queue their params
+    again. Optuna's heartbeat finds them too, but only after GRACE_SECONDS; a resumed
+    command should not show the killed trial as running, nor lose the baseline trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or process_alive(pid):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker resuming at the same time got there first
+        note = f"retry of killed trial {t.number}"
+        study.enqueue_trial(dict(t.params), user_attrs={"note": note})
+        reporter.note(f"trial {t.number} was killed (process {pid} is gone): queued again")
+
+
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
     """Plain rows for the table, CSV, plot and JSON; pruned trials show their last epoch."""
     rows = []
@@ -298,19 +341,32 @@ def write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def write_best_config(path: Path, trial: Any, epochs: int) -> None:
+def best_config(trial: Any, final_epochs: int) -> dict[str, Any]:
+    """The best trial's full config for the final run: its settings, with train.epochs the
+    final run's length instead of the trials' short one (coarse to fine)."""
+    cfg = apply_overrides(
+        config_from_dict(trial.user_attrs["config"]),
+        {"train": {"epochs": final_epochs}},
+        "best.yaml",
+    )
+    return config_to_dict(cfg)
+
+
+def write_best_config(path: Path, trial: Any, trial_epochs: int, final_epochs: int) -> None:
     """A full config `tlcli finetune --config` accepts unchanged, with where it came from."""
     header = (
         f"# tlcli tune: best of the study, trial {trial.number}, val accuracy {trial.value:.4f}\n"
-        f"# after {epochs} epochs. Use: tlcli finetune DATA_DIR --config {path.name}\n"
-        "# (raise train.epochs for the final, longer run: coarse to fine).\n"
+        f"# after {trial_epochs} epoch(s); train.epochs is set to the final run's {final_epochs}.\n"
+        f"# Use: tlcli finetune DATA_DIR --config {path.name}\n"
     )
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.safe_dump(trial.user_attrs["config"], sort_keys=False))
+    tmp.write_text(header + yaml.safe_dump(best_config(trial, final_epochs), sort_keys=False))
     os.replace(tmp, path)
 
 
-def write_outputs(paths: TunePaths, study: Any, epochs: int) -> tuple[list[dict], Any]:
+def write_outputs(
+    paths: TunePaths, study: Any, trial_epochs: int, final_epochs: int
+) -> tuple[list[dict], Any]:
     """trials.csv, tune.png and best.yaml from the whole study (all workers' trials)."""
     from tlcli.tune.plots import plot_tune_trials
 
@@ -320,7 +376,7 @@ def write_outputs(paths: TunePaths, study: Any, epochs: int) -> tuple[list[dict]
     write_trials_csv(paths.table, rows)
     plot_tune_trials(rows, paths.plot, best.number if best else None)
     if best is not None and "config" in best.user_attrs:
-        write_best_config(paths.best, best, epochs)
+        write_best_config(paths.best, best, trial_epochs, final_epochs)
     return rows, best
 
 
@@ -347,6 +403,9 @@ def lr_center_for(
     cfg = apply_overrides(base, {"strategy": {"name": strategy}}, "lr-find")
     reporter.note(f"LR range test ({strategy}) to centre the LR range")
     result = find_lr(data_dir, cfg, _Quiet(reporter))
+    stored = study.user_attrs.get("lr_center")
+    if stored is not None:  # another worker finished its range test first: share its range
+        return float(stored)
     low, high = LR_CENTER_RANGE
     center = min(max(result.suggestions.valley, low), high)
     reporter.note(
@@ -413,14 +472,17 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = optuna.create_study(
+    storage = open_storage(storage_url)
+    created = create_study_record(storage, study_name)
+    study = optuna.load_study(
         study_name=study_name,
-        storage=open_storage(storage_url),
+        storage=storage,
         sampler=create_sampler(settings.trials),
         pruner=create_pruner(settings.pruner),
-        direction="maximize",
-        load_if_exists=True,
     )
+    worker = f"{socket.gethostname()}:{paths.root.resolve()}"
+    if created:
+        study.set_user_attr("creator", worker)
     signature = study_signature(base, settings, user_space)
     saved = study.user_attrs.get("tlcli")
     if saved is None:
@@ -436,7 +498,7 @@ def tune(
     space = resolve_space(user_space, base, center)
     study.set_user_attr("space", space_to_dict(space))
 
-    worker = f"{socket.gethostname()}:{paths.root.resolve()}"
+    fail_dead_trials(study, reporter)
 
     def finished_here() -> list[Any]:
         return [
@@ -452,14 +514,19 @@ def tune(
             f"resuming: {len(mine)} of {settings.trials} trials of this run dir are finished; "
             f"running {max(remaining, 0)} more"
         )
-    if not study.get_trials(deepcopy=False):
-        # The defaults as the first trial: the search starts from what finetune would do.
+    if study.user_attrs.get("creator") == worker and not study.user_attrs.get("baseline"):
+        # The defaults as a trial, so the search never reports a best below what finetune
+        # would do. Only the worker that created the study enqueues it: two workers that
+        # both saw an empty study would otherwise run it twice.
         study.enqueue_trial(baseline_params(space, base), skip_if_exists=True)
+        study.set_user_attr("baseline", True)
 
     def objective(trial: Any) -> float:
         from tlcli.train.run import finetune
 
         trial.set_user_attr("worker", worker)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         trial_cfg = sample_config(trial, space, base)
         trial.set_user_attr("config", config_to_dict(trial_cfg))
         head_only_fit = (
@@ -486,7 +553,7 @@ def tune(
         return float(summary["val_acc"])
 
     def after_trial(study: Any, trial: Any) -> None:
-        rows, best = write_outputs(paths, study, settings.epochs_per_trial)
+        rows, best = write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
         row = next(r for r in rows if r["number"] == trial.number)
         value = "-" if row["value"] is None else f"{row['value']:.4f}"
         best_text = f"; best {best.value:.4f} (trial {best.number})" if best else ""
@@ -505,9 +572,9 @@ def tune(
                 "command to resume"
             ) from None
         except TlcliError:
-            write_outputs(paths, study, settings.epochs_per_trial)
+            write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
             raise
-    rows, best = write_outputs(paths, study, settings.epochs_per_trial)
+    rows, best = write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
     if best is None:
         raise_no_best(paths, rows)
     return {
