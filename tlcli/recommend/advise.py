@@ -122,6 +122,7 @@ def recommend(
                     workers,
                     cfg.data.cache,
                     cfg.data.max_pixels,
+                    cfg.model.pretrained,
                 )
             )
         except ModelError:

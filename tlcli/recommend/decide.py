@@ -121,6 +121,13 @@ def decide(signals: Signals) -> Recommendation:
                 f"({last_name}: {last_acc:.3f}): the late layers are too specific for this data"
             )
             dissimilar_votes.append("earlier-stage")
+        elif len(signals.stage_probes) >= 2:
+            name, acc = max(signals.stage_probes[:-1], key=lambda p: p[1])
+            last_name, last_acc = signals.stage_probes[-1]
+            reasons.append(
+                f"no earlier stage beats the last by more than {EARLIER_STAGE_MARGIN} "
+                f"(best earlier {name}: {acc:.3f}, last {last_name}: {last_acc:.3f})"
+            )
         if signals.head_max_prob is not None and signals.head_max_prob < LOW_HEAD_CONFIDENCE:
             reasons.append(
                 f"the original head is unsure on these images (mean max probability "

@@ -313,10 +313,14 @@ def measure_similarity(
     workers: int = 1,
     disk_cache: bool = True,
     max_pixels: int = 178_956_970,
+    pretrained: bool = True,
 ) -> Similarity:
-    """Probe a pretrained backbone's frozen features on a class-stratified sample."""
+    """Probe a pretrained backbone's frozen features on a class-stratified sample.
+
+    pretrained=False measures a random-init backbone (tests, or a floor to compare with).
+    """
     sample = stratified_sample(samples, num_classes, budget.per_class, budget.total, seed)
-    model = create_model(model_name, None, pretrained=True)
+    model = create_model(model_name, None, pretrained=pretrained)
     if hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(False)
     model.to(memory_format=torch.channels_last)

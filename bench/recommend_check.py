@@ -1,0 +1,152 @@
+"""Did `recommend` pick well? Train head-only, partial and full with default settings (and the
+recommended plan when it differs) on each shared dataset and compare val accuracy.
+
+    python bench/recommend_check.py [--datasets hymenoptera clothing_small] [--epochs 5] [--write]
+
+Every run is the real CLI (`python -m tlcli finetune ... --json`) on the same split and seed,
+so the accuracies differ only by strategy. "Picked well" means the recommended plan's val
+accuracy is the best or within 1 point of the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import measure
+
+SECTION = "recommend-check"
+WITHIN = 0.01  # "one within 1 point of the best"
+
+
+def run_cli(args: list[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlcli", *args, "--json"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"tlcli {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout)
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def plan_args(strategy: str, stages: int, warmup: int) -> list[str]:
+    args = ["--strategy", strategy]
+    if strategy == "partial":
+        args += ["--trainable-stages", str(stages)]
+    if warmup:
+        args += ["--set", f"strategy.head_warmup_epochs={warmup}"]
+    return args
+
+
+def check_dataset(data_dir: Path, model: str, epochs: int, work: Path) -> dict[str, Any]:
+    report = run_cli(["recommend", str(data_dir), "--model", model])
+    rec = report["recommendation"]
+    # Default settings of each strategy (partial: the default --trainable-stages), then the
+    # recommended plan itself when it is not one of those.
+    plans = {
+        "head-only": ("head-only", 0, 0),
+        "partial": ("partial", 2, 0),
+        "full": ("full", 0, 0),
+    }
+    chosen = (rec["strategy"], rec["trainable_stages"], rec["head_warmup_epochs"])
+    label = next((name for name, plan in plans.items() if plan == chosen), None)
+    if label is None:
+        label = f"recommended: {rec['strategy']}"
+        if rec["strategy"] == "partial":
+            label += f" K={rec['trainable_stages']}"
+        if rec["head_warmup_epochs"]:
+            label += f", head first {rec['head_warmup_epochs']} ep"
+        plans[label] = chosen
+    runs = {}
+    for name, (strategy, stages, warmup) in plans.items():
+        out = work / f"{data_dir.name}-{name.replace(' ', '_').replace(':', '')}"
+        args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
+        summary = run_cli(args + plan_args(strategy, stages, warmup) + ["--out", str(out)])
+        runs[name] = summary
+        print(f"{data_dir.name} {name}: val {summary['val_acc']:.4f}", file=sys.stderr)
+    best = max(r["val_acc"] for r in runs.values())
+    return {
+        "recommendation": rec,
+        "recommend_seconds": report["seconds"],
+        "recommended": label,
+        "runs": runs,
+        "best": best,
+        "picked_well": runs[label]["val_acc"] >= best - WITHIN,
+    }
+
+
+def report(results: dict[str, dict], epochs: int, model: str) -> str:
+    lines = [
+        "## Does `recommend` pick the best strategy?",
+        "",
+        f"Machine: {measure.machine_line()}; load average {measure.load_average()} at the end.",
+        f"Command: `{measure.command_line()}`",
+        "",
+        f"Each strategy trained with default settings for {epochs} epochs on {model}; val top-1 "
+        "is the best epoch's (the checkpoint `best.pt` keeps). Partial uses the default "
+        "`--trainable-stages 2`; the recommended plan is run as well when it differs.",
+        "",
+    ]
+    rows = []
+    for name, r in results.items():
+        for label, run in r["runs"].items():
+            mark = " (recommended)" if label == r["recommended"] else ""
+            rows.append(
+                [
+                    name,
+                    label + mark,
+                    f"{run['val_acc']:.4f}",
+                    run["best_epoch"],
+                    f"{run['wall_seconds']:.0f}",
+                ]
+            )
+    lines.append(
+        measure.markdown_table(["dataset", "strategy", "val top-1", "best epoch", "s"], rows)
+    )
+    lines.append("")
+    for name, r in results.items():
+        rec = r["recommendation"]
+        verdict = "yes" if r["picked_well"] else "no"
+        lines.append(
+            f"- {name}: recommend ({r['recommend_seconds']:.0f} s) said {rec['size']} + "
+            f"{rec['similarity']} -> {r['recommended']}; best {r['best']:.4f}; "
+            f"picked the best or within {WITHIN * 100:.0f} point: **{verdict}**."
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=measure.DEFAULT_SHARED)
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(measure.DATASETS), choices=list(measure.DATASETS)
+    )
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--json-out", type=Path, help="also save the raw results here")
+    args = parser.parse_args()
+    model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as work:
+        for name in args.datasets:
+            data_dir = args.shared / measure.DATASETS[name]
+            results[name] = check_dataset(data_dir, model, args.epochs, Path(work))
+            if args.json_out:
+                args.json_out.write_text(json.dumps(results, indent=1, default=str))
+    markdown = report(results, args.epochs, model.replace(str(args.shared.resolve()), "../shared"))
+    print(markdown)
+    if args.write:
+        measure.write_section(SECTION, markdown)
+
+
+if __name__ == "__main__":
+    main()
