@@ -67,9 +67,13 @@ def check_dataset(data_dir: Path, model: str, epochs: int, work: Path) -> dict[s
         plans[label] = chosen
     runs = {}
     for name, (strategy, stages, warmup) in plans.items():
-        out = work / f"{data_dir.name}-{name.replace(' ', '_').replace(':', '')}"
-        args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
-        summary = run_cli(args + plan_args(strategy, stages, warmup) + ["--out", str(out)])
+        out = work / f"{data_dir.name}-{epochs}ep-{strategy}-k{stages}-w{warmup}"
+        if (out / "summary.json").is_file():  # finished in an earlier call with this --work
+            summary = json.loads((out / "summary.json").read_text())
+            summary["wall_seconds"] = summary["seconds"]
+        else:
+            args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
+            summary = run_cli(args + plan_args(strategy, stages, warmup) + ["--out", str(out)])
         runs[name] = summary
         print(f"{data_dir.name} {name}: val {summary['val_acc']:.4f}", file=sys.stderr)
     best = max(r["val_acc"] for r in runs.values())
@@ -133,13 +137,18 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json-out", type=Path, help="also save the raw results here")
+    parser.add_argument(
+        "--work", type=Path, help="keep the run dirs here; finished runs are reused (default: temp)"
+    )
     args = parser.parse_args()
     model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
     results = {}
-    with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for name in args.datasets:
             data_dir = args.shared / measure.DATASETS[name]
-            results[name] = check_dataset(data_dir, model, args.epochs, Path(work))
+            results[name] = check_dataset(data_dir, model, args.epochs, work)
             if args.json_out:
                 args.json_out.write_text(json.dumps(results, indent=1, default=str))
     markdown = report(results, args.epochs, model.replace(str(args.shared.resolve()), "../shared"))

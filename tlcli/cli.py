@@ -7,6 +7,7 @@ and tables go to stderr; with --json, stdout carries only the JSON document.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tlcli.errors import EXIT_INTERRUPTED, TlcliError
+from tlcli.errors import EXIT_INTERRUPTED, TlcliError, resource_error_of
 
 app = typer.Typer(
     help=(
@@ -79,13 +80,22 @@ def run_command(body: Callable[[], Any]) -> Any:
     try:
         return body()
     except TlcliError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        exit_with_error(exc)
+    except (OSError, RuntimeError) as exc:  # a full disk or GPU: a user's problem, not a bug
+        error = resource_error_of(exc)
+        if error is None:
+            raise
+        exit_with_error(error)
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def exit_with_error(exc: TlcliError) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
 
 
 def print_json(data: Any) -> None:
@@ -279,6 +289,9 @@ def finetune(
         )
         from tlcli.render import RichReporter, finetune_summary_table
 
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone reports
+            run_finetune(data_dir, cfg, out=out, resume=resume)
+            return
         with RichReporter(stderr) as reporter:
             summary = run_finetune(data_dir, cfg, out=out, resume=resume, reporter=reporter)
         if json_:
@@ -741,7 +754,13 @@ def tune(
             "runs only the missing ones.",
         ),
     ],
-    epochs_per_trial: Annotated[int, typer.Option(min=1, help="Epochs of each trial.")] = 3,
+    epochs_per_trial: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Epochs of each trial (short: coarse). The final run's length is train.epochs.",
+        ),
+    ] = 2,
     space: Annotated[
         Path | None,
         typer.Option(help="YAML search space: entries override the defaults (docs/tune.md)."),
@@ -786,7 +805,7 @@ def tune(
     """Search hyperparameters: random trials (coarse), then TPE around the best (fine).
 
     Each trial is a short finetune; trials behind the others after an epoch are pruned.
-    Searches the LR (log scale, around lr-find's suggestion), backbone LR multiplier, weight
+    Searches the LR (log scale, centred by lr-find), backbone LR multiplier, weight
     decay, optimizer, label smoothing, augmentation, drop-path, and the strategy unless
     --strategy fixes it. Writes OUT/study.db, trials/, trials.csv, tune.png and best.yaml
     (use it as: tlcli finetune DATA_DIR --config OUT/best.yaml).
@@ -831,7 +850,9 @@ def tune(
             print_json(summary)
             return
         best = summary["best"]
-        stderr.print(tune_trials_table(summary["trials"], best["number"]))
+        table = tune_trials_table(summary["trials"], best["number"])
+        # One column per parameter: piped to a file or log, print it whole, not squeezed to 80.
+        stderr.print(table, width=None if stderr.is_terminal else 200, crop=stderr.is_terminal)
         stderr.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
             f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})\n"

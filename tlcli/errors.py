@@ -88,3 +88,21 @@ def disk_error_of(exc: BaseException | None) -> OSError | None:
         if isinstance(item, OSError) and item.errno in DISK_FULL_ERRNOS:
             return item
     return None
+
+
+def resource_error_of(exc: BaseException) -> ResourceError | None:
+    """A full disk or an exhausted GPU anywhere in a command, as a one-line user error.
+
+    The library raises precise ResourceErrors where it can (checkpoints, the training
+    step); this is the net for every other write and forward pass.
+    """
+    disk = disk_error_of(exc)
+    if disk is not None:
+        where = f" while writing {disk.filename}" if disk.filename else ""
+        return ResourceError(
+            f"disk full{where} ({disk.strerror}): free space or write elsewhere, and run again"
+        )
+    # By name: the CLI must not import torch to recognise torch.OutOfMemoryError.
+    if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("torch"):
+        return ResourceError("out of GPU memory: run again with a smaller --batch-size")
+    return None

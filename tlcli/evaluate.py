@@ -92,7 +92,8 @@ def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
         return "raw weights (the run kept no EMA)"
     if used == "ema":
         return "EMA weights: they scored higher on val than the raw ones during training"
-    return "raw weights: they scored higher on val than the EMA ones during training"
+    # A tie keeps the raw weights (train.loop picks EMA only when strictly better).
+    return "raw weights: the EMA ones scored no higher on val during training"
 
 
 def load_for_inference(path: Path, weights: str = "best", name: str | None = None) -> LoadedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich import box
@@ -133,6 +134,8 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
 TERMINAL_CM_MAX_CLASSES = 12
 TERMINAL_TOP_CONFUSED = 5
 TERMINAL_MISCLASSIFIED = 10
+# Paths up to this long keep their own line in predict's table; longer ones fold.
+TERMINAL_PATH_WIDTH = 60
 
 
 def _pct(value: float | None) -> str:
@@ -149,6 +152,12 @@ def _grid(title: str) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
+
+
+def _path_under(path: str, base: str) -> str:
+    """path relative to base when it lies under it, else as given."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, base) if full.startswith(base.rstrip(os.sep) + os.sep) else path
 
 
 def evaluation_tables(report: dict[str, Any]) -> list[Table]:
@@ -219,7 +228,8 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
 
     classes = report["classes"]
     if len(classes) <= TERMINAL_CM_MAX_CLASSES:
-        cm = _grid("confusion matrix (rows: true, columns: predicted)")
+        # Short title: Rich wraps a title to the table's width; the corner header says it all.
+        cm = _grid("confusion matrix")
         cm.add_column("true \\ pred", style="bold")
         for name in classes:
             cm.add_column(escape(name), justify="right")
@@ -234,7 +244,10 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         tables.append(cm)
 
     if detail["most_confused"]:
-        confused = _grid("most confused")
+        title = "most confused"
+        if len(classes) > TERMINAL_CM_MAX_CLASSES:
+            title += f" ({len(classes)} classes: the full matrix is in --report-dir's PNG)"
+        confused = _grid(title)
         confused.add_column("true")
         confused.add_column("predicted as")
         confused.add_column("count", justify="right")
@@ -245,17 +258,17 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     wrong = detail["misclassified"]
     if wrong:
         shown = wrong[:TERMINAL_MISCLASSIFIED]
-        missed = _grid(
-            f"misclassified, most confident first ({len(shown)} of {len(wrong)}; "
-            "all in --json / --report-dir)"
-        )
+        missed = _grid(f"misclassified, most confident first ({len(shown)} of {len(wrong)})")
+        # Relative to the folder scored (named in the head table): long paths wrapped the rows.
+        base = os.path.commonpath([os.path.abspath(f) for f in report["folders"]])
+        missed.caption = f"paths relative to the data folder above; --json lists all {len(wrong)}"
         missed.add_column("file", overflow="fold")  # a path is useless cut short
         missed.add_column("true")
         missed.add_column("predicted")
         missed.add_column("confidence", justify="right")
         for item in shown:
             missed.add_row(
-                escape(item["path"]),
+                escape(_path_under(item["path"], base)),
                 escape(item["true"]),
                 escape(item["predicted"]),
                 f"{item['confidence']:.3f}",
@@ -265,11 +278,11 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     calibration = Table(title="calibration", show_header=False, title_justify="left")
     calibration.add_column(style="bold")
     calibration.add_column()
+    diagram = (report.get("files") or {}).get("reliability")
     calibration.add_row(
-        "expected calibration error",
-        f"{detail['ece']:.4f} ({len(detail['reliability'])} bins; reliability diagram with "
-        "--report-dir)",
+        "expected calibration error", f"{detail['ece']:.4f} ({len(detail['reliability'])} bins)"
     )
+    calibration.add_row("reliability diagram", escape(diagram) if diagram else "with --report-dir")
     mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
         detail["n"], 1
     )
@@ -283,10 +296,12 @@ def prediction_table(report: dict[str, Any]) -> Table:
     names = ", ".join(m["name"] for m in report["models"])
     title = f"predictions ({names}" + (", ensemble" if report["combine"] else "") + ")"
     table = _grid(escape(title))
-    table.add_column("file", overflow="fold")
+    longest = max((len(item["path"]) for item in report["predictions"]), default=4)
+    # The runners-up column wraps before a path does: a path folded mid-name is hard to read.
+    table.add_column("file", overflow="fold", min_width=min(longest, TERMINAL_PATH_WIDTH))
     table.add_column("label", style="bold")
     table.add_column("probability", justify="right")
-    table.add_column("next")
+    table.add_column("next", overflow="fold")
     for item in report["predictions"]:
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top_k"][1:])
         table.add_row(
@@ -317,10 +332,15 @@ def export_table(result: dict[str, Any]) -> Table:
         verdict = "[green]passed[/]" if parity["passed"] else "[red]FAILED[/]"
         table.add_row(
             "parity vs PyTorch",
-            f"{verdict}: max |prob diff| {parity['max_abs_prob_diff']:.2e} <= tolerance "
-            f"{parity['tolerance']:.0e}, top-1 agreement {_pct(parity['top1_agreement'])} on "
-            f"{parity['images']} images ({escape(parity['source'])}), batch sizes "
-            f"{', '.join(map(str, parity['batch_sizes']))}",
+            f"{verdict}: top-1 agreement {_pct(parity['top1_agreement'])}, max |prob diff| "
+            f"{parity['max_abs_prob_diff']:.1e} (tolerance {parity['tolerance']:.0e}), max "
+            f"|logit diff| {parity['max_abs_logit_diff']:.1e} (tolerance "
+            f"{parity['logit_tolerance']:.0e})",
+        )
+        table.add_row(
+            "checked on",
+            f"{parity['images']} images in batches of "
+            f"{' and '.join(map(str, parity['batch_sizes']))}: {escape(parity['source'])}",
         )
     else:
         table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {escape(parity['reason'])}")
@@ -432,8 +452,8 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
 
 def lr_find_table(result: dict[str, Any]) -> Table:
     table = Table(title="LR range test", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # a long plot path wraps instead of losing its end
     strategy = result["strategy"] + (
         f" ({result['trainable_stages']} stages, backbone x{result['backbone_lr_mult']:g})"
         if result["strategy"] != "head-only"
@@ -460,12 +480,25 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+# Short column headers for the searched parameters: the table has one column per parameter.
+TUNE_PARAM_HEADERS = {
+    "backbone_lr_mult": "bb lr x",
+    "weight_decay": "wd",
+    "optimizer": "opt",
+    "label_smoothing": "smooth",
+    "trainable_stages": "stages",
+    "drop_path_rate": "drop path",
+}
+
+
 def tune_trials_table(rows: list[dict[str, Any]], best: int | None) -> Table:
     """One row per trial: state, val accuracy (pruned: at its last epoch), epochs, params."""
     names = sorted({name for r in rows for name in r["params"]})
-    table = Table(title="tune trials", title_justify="left")
-    for column in ("#", "state", "val acc", "epochs", "seconds", *names):
-        table.add_column(column, justify="right" if column not in ("state",) else "left")
+    table = Table(title="tune trials", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("#", "state", "val acc", "epochs", "seconds"):
+        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
+    for name in names:
+        table.add_column(TUNE_PARAM_HEADERS.get(name, name), justify="right", no_wrap=True)
     state_style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
     for r in rows:
         style = "bold" if r["number"] == best else ""

@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 from tlcli.cli import app
 from tlcli.config import Config, apply_overrides
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.errors import EXIT_CHECKPOINT, EXIT_RUN_DIR, CheckpointError, DataError
+from tlcli.errors import (
+    EXIT_CHECKPOINT,
+    EXIT_MODEL,
+    EXIT_RUN_DIR,
+    CheckpointError,
+    DataError,
+    ModelError,
+)
 from tlcli.evaluate import (
     _Probabilities,
     evaluate_models,
@@ -301,6 +308,35 @@ def test_export_without_onnxruntime_says_parity_was_not_checked(trained, tmp_pat
     assert (tmp_path / "m.onnx").is_file()
 
 
+def test_export_writes_nothing_when_the_exported_model_disagrees(trained, tmp_path, monkeypatch):
+    import tlcli.export
+
+    real_run = tlcli.export._run_torchscript
+
+    def off_by_a_bit(path, x):  # an exporter bug that shifts one logit
+        logits = real_run(path, x)
+        logits[:, 0] += 0.5
+        return logits
+
+    monkeypatch.setattr(tlcli.export, "_run_torchscript", off_by_a_bit)
+    (loaded,) = load_models(trained["ckpts"][:1])
+    out = tmp_path / "m.pt"
+    with pytest.raises(ModelError, match="parity check failed.*nothing was written"):
+        export_model(loaded, "torchscript", out, check_images=trained["root"] / "val")
+    assert list(tmp_path.iterdir()) == []  # no model, no sidecar, no temp file
+
+
+def test_export_without_the_onnx_package_says_how_to_install_it(trained, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = invoke("export", trained["ckpts"][0], "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == EXIT_MODEL
+    (line,) = error_lines(result)
+    assert "pip install 'tlcli[onnx]'" in line and "--format torchscript" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_cli_refuses_to_overwrite(trained, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"user's file")
@@ -340,14 +376,39 @@ def test_malicious_pickle_is_refused_and_never_runs(trained, tmp_path, writer, c
     assert result.exit_code == EXIT_CHECKPOINT
     (line,) = error_lines(result)
     assert "needs code to unpickle" in line
+    if writer == "torch.save":
+        assert "(exec)" in line  # names what it would have called
     assert not marker.exists()
     assert result.stdout == ""
+    assert not (tmp_path / "m.onnx").exists()
 
 
-def test_a_foreign_torch_file_is_refused(trained, tmp_path):
+def command_args(command: str, ckpt: Path, trained: dict, tmp_path: Path) -> tuple:
+    return {
+        "evaluate": ("evaluate", ckpt, trained["root"]),
+        "predict": ("predict", ckpt, trained["root"] / "val"),
+        "export": ("export", ckpt, "--format", "torchscript", "--out", tmp_path / "m.pt"),
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_plain_state_dict_is_refused(trained, tmp_path, command):
     foreign = tmp_path / "weights.pt"
-    torch.save({"fc.weight": torch.zeros(3, 4)}, foreign)
-    result = invoke("evaluate", foreign, trained["root"])
+    torch.save(read_checkpoint(trained["ckpts"][0])["state_dict"], foreign)
+    result = invoke(*command_args(command, foreign, trained, tmp_path))
     assert result.exit_code == EXIT_CHECKPOINT
     (line,) = error_lines(result)
-    assert "not a tlcli checkpoint" in line
+    assert "not a tlcli checkpoint (no tlcli format marker)" in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_checkpoint_is_one_line_not_a_traceback(trained, tmp_path, damage):
+    good = trained["ckpts"][0].read_bytes()
+    content = {"truncated": good[: len(good) // 2], "empty": b"", "garbage": b"\x00\x01" * 64}
+    broken = tmp_path / "best.pt"
+    broken.write_bytes(content[damage])
+    result = invoke("evaluate", broken, trained["root"])
+    assert result.exit_code == EXIT_CHECKPOINT
+    (line,) = error_lines(result)
+    assert "is not a readable checkpoint" in line and "Traceback" not in result.output

@@ -22,6 +22,7 @@ from PIL import Image
 
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
+from tlcli.errors import DISK_FULL_ERRNOS, ResourceError
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 1
@@ -105,6 +106,42 @@ def _store(i, result, out, failures, on_advance) -> None:
         on_advance(1)
 
 
+def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """A memory-mapped temp .npy with its blocks reserved up front.
+
+    A sparse memmap on a full disk fails later with SIGBUS (a crash with no message) when a
+    page is written; reserving the space turns that into an ENOSPC now.
+    """
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+    os.close(fd)
+    try:
+        pixels = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
+        _reserve_blocks(tmp)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise ResourceError(
+                f"disk full writing the decode cache in {folder}: free space, set "
+                "TLCLI_CACHE_DIR to another disk, or pass --no-cache"
+            ) from None
+        raise
+    return pixels, tmp
+
+
+def _reserve_blocks(path: str) -> None:
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the file stays sparse
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise
+        # A file system without fallocate: the file stays sparse.
+    finally:
+        os.close(fd)
+
+
 def decode_images(
     samples: Sequence[Sample],
     size: int,
@@ -131,9 +168,7 @@ def decode_images(
         jobs = [(str(p), size, resample, max_pixels) for p in paths]
         if disk_cache:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
-            os.close(fd)
-            pixels = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(paths), size, size, 3))
+            pixels, tmp = _create_cache_file(folder, (len(paths), size, size, 3))
             failures = _decode_all(jobs, pixels, workers, on_advance)
             pixels.flush()
             del pixels

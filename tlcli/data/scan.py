@@ -35,6 +35,8 @@ IMAGE_EXTENSIONS = frozenset(
         ".jfif",
     }
 )
+LOOP_REASON = "symbolic link loop (points back to the data folder): not followed"
+FOLDER_LINK_REASON = "link to a folder: not followed (it could loop); copy or move the images"
 SPLIT_NAMES = {
     "train": ("train", "training"),
     "val": ("val", "valid", "validation"),
@@ -107,6 +109,15 @@ def identify_image(path: Path, max_pixels: int) -> str | None:
     return None
 
 
+def _links_back(class_dir: Path, folder: Path) -> bool:
+    """A class folder that is a symbolic link to the data folder or above it: a loop that
+    would make a bogus class holding every image again."""
+    if not class_dir.is_symlink():
+        return False
+    target, here = class_dir.resolve(), folder.resolve()
+    return target == here or target in here.parents
+
+
 def _list_class_dirs(folder: Path) -> list[Path]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -116,10 +127,17 @@ def _list_class_dirs(folder: Path) -> list[Path]:
 
 
 def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
-    """Every non-hidden file below folder, in a stable order; symlinked folders not followed."""
+    """Every non-hidden file below folder, in a stable order; symlinked folders not followed
+    (one could loop back up), but named, as are folders that cannot be listed."""
+
+    def unlisted(exc: OSError) -> None:
+        skipped.append(Skipped(str(exc.filename), f"cannot list folder: {exc.strerror}"))
+
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            skipped.append(Skipped(os.path.join(dirpath, name), FOLDER_LINK_REASON))
         for name in sorted(filenames):
             if _is_hidden(name):
                 continue
@@ -139,6 +157,9 @@ def _scan_class_folders(
 ) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for class_dir in _list_class_dirs(folder):
+        if _links_back(class_dir, folder):
+            skipped.append(Skipped(str(class_dir), LOOP_REASON))
+            continue
         images: list[Path] = []
         for path in _walk_files(class_dir, skipped):
             if on_file is not None:

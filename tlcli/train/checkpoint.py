@@ -10,6 +10,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ def library_versions() -> dict[str, str]:
         "timm": timm.__version__,
         "python": platform.python_version(),
     }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG a run draws from: torch (init, dropout, RandAugment), numpy
+    (timm's mixup/cutmix) and python's. Seeding torch alone left mixup unreproducible."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,9 +106,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         # RuntimeError; give the caller the real one.
         if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
             raise KeyboardInterrupt from None
-        if disk_error_of(exc) is not None:
+        disk_error = disk_error_of(exc)
+        if disk_error is not None:
             raise ResourceError(
-                f"disk full while writing {path} ({disk_error_of(exc).strerror}); the previous "
+                f"disk full while writing {path} ({disk_error.strerror}); the previous "
                 "checkpoint is intact: free space and run again with --resume"
             ) from None
         raise
@@ -135,14 +145,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler names the class or function the file would call when it
+        # gets that far; an opcode it does not allow (framing of a plain pickle) stops it first.
+        called = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if called is None:
+            raise CheckpointError(
+                f"{path} is not a readable checkpoint: corrupt, or a pickle that needs code to "
+                "unpickle, which tlcli never runs; use a checkpoint written by tlcli finetune"
+            ) from None
         raise CheckpointError(
-            f"{path} is not a tlcli checkpoint: it needs code to unpickle, which tlcli never "
-            "runs; use a checkpoint written by tlcli finetune"
+            f"{path} is not a tlcli checkpoint: it needs code to unpickle ({called.group(1)}), "
+            "which tlcli never runs; use a checkpoint written by tlcli finetune"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = (
+            str(exc).splitlines()[0] if str(exc) else f"{type(exc).__name__}: empty or cut short"
+        )
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({exc}); "
+            f"{path} is not a readable checkpoint ({reason}); "
             "use a checkpoint written by tlcli finetune"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

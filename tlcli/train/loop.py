@@ -22,6 +22,7 @@ from torch import nn
 
 from tlcli.data.augment import BatchAugmenter
 from tlcli.strategy import set_train_mode
+from tlcli.train.distributed import SINGLE, World, shard_batches, sum_over_ranks, unwrap
 from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
 from tlcli.train.optim import lr_factor, set_lr
 from tlcli.train.progress import Reporter
@@ -67,6 +68,7 @@ class LoopSetup:
     ema: Any = None  # timm ModelEmaV3
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    world: World = SINGLE  # torchrun data parallel: this rank's slice of every global batch
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
@@ -170,8 +172,18 @@ def forward_backward(
 
 def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> dict[str, float]:
     model, optimizer = setup.model, setup.optimizer
+    world = setup.world
     generator = torch.Generator().manual_seed(setup.seed * EPOCH_SEED_STRIDE + state.epoch)
-    batches = batch_indices(len(setup.train_labels), setup.batch_size, generator)
+    # Every rank draws the same order and takes its part of each global batch; augmentation
+    # then draws from a per-rank stream (one process: the same generator, as before).
+    global_batches = batch_indices(
+        len(setup.train_labels), setup.batch_size * world.size, generator
+    )
+    batches = shard_batches(global_batches, world)
+    aug_generator = generator
+    if world.distributed:
+        aug_seed = (setup.seed * EPOCH_SEED_STRIDE + state.epoch) * world.size + world.rank
+        aug_generator = torch.Generator().manual_seed(aug_seed)
     total_steps = len(batches) * setup.epochs
     # Two-phase recipe (the lecture): train the fresh head on a frozen backbone first, so its
     # large early gradients do not disturb the pretrained layers; then unfreeze.
@@ -185,7 +197,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     for idx in batches:
         images = gather(setup.train_pixels, idx, setup.device)
         labels = sorted_labels(setup.train_labels, idx, setup.device)
-        x, targets = setup.augmenter(images, labels, generator)
+        x, targets = setup.augmenter(images, labels, aug_generator)
         if setup.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         set_lr(optimizer, lr_factor(state.step, total_steps, len(batches), setup.schedule))
@@ -197,7 +209,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         if sample_ratio:
             meter.measure()
         if setup.ema is not None:
-            setup.ema.update(getattr(model, "_orig_mod", model), step=state.step)
+            setup.ema.update(unwrap(model), step=state.step)
         state.step += 1
         hard = targets.argmax(1) if targets.ndim == 2 else targets
         correct += int((logits.argmax(1) == hard).sum())
@@ -205,6 +217,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         seen += len(idx)
         reporter.advance("train", len(idx))
     reporter.finish("train")
+    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], world)
     ratios = meter.medians()
     return {
         "train_loss": loss_sum / max(seen, 1),

@@ -24,7 +24,7 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
 from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
-from tlcli.errors import EXIT_INTERRUPTED, DataError, RunDirError, TlcliError
+from tlcli.errors import EXIT_INTERRUPTED, DataError, ResourceError, RunDirError, TlcliError
 from tlcli.models import (
     DataSpec,
     architecture_of,
@@ -37,9 +37,21 @@ from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.train.checkpoint import (
     library_versions,
     load_checkpoint,
+    remove_stale_temp_files,
     rng_state,
     save_checkpoint,
+    seed_everything,
     set_rng_state,
+)
+from tlcli.train.distributed import (
+    SINGLE,
+    World,
+    barrier,
+    broadcast_object,
+    close_world,
+    init_world,
+    rank_device,
+    wrap_model,
 )
 from tlcli.train.loop import LoopSetup, LoopState, run_epochs
 from tlcli.train.optim import create_optimizer
@@ -58,6 +70,8 @@ METRIC_COLUMNS = (
     "backbone_update_ratio",
     "seconds",
 )
+# Skipped files named on the terminal before "... and N more".
+MAX_SKIPPED_NOTES = 20
 
 
 class Interrupted(TlcliError):
@@ -157,7 +171,20 @@ def scan_with_progress(data_dir: Path, cfg: Config, reporter: Reporter) -> Folde
     reporter.finish("scan")
     for warning in scan.warnings:
         reporter.note(warning, "warning")
+    report_skipped(reporter, scan.skipped)
     return scan
+
+
+def report_skipped(reporter: Reporter, skipped: list[Skipped]) -> None:
+    """Name each file passed over (up to a screenful; summary.json lists them all)."""
+    for item in skipped[:MAX_SKIPPED_NOTES]:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    if len(skipped) > MAX_SKIPPED_NOTES:
+        reporter.note(
+            f"... and {len(skipped) - MAX_SKIPPED_NOTES} more skipped files "
+            "(all listed in summary.json / --json)",
+            "warning",
+        )
 
 
 def checkpoint_payload(
@@ -259,11 +286,12 @@ def prepare_job(
     reporter: Reporter,
     last: dict[str, Any] | None = None,
     split_path: Path | None = None,
+    world: World = SINGLE,
 ) -> TrainingJob:
     """Scan, split, build the model, resolve the strategy, decode: shared by finetune,
     lr-find and tune. With `last` (resume), the split and weights come from the run."""
-    torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    device = pick_device(rank_device(world, cfg.train.device))
     scan = scan_with_progress(data_dir, cfg, reporter)
     if last is not None and split_path is not None:
         classes, splits = load_split(split_path, Path(data_dir))
@@ -292,7 +320,10 @@ def prepare_job(
         if cfg.strategy.name == "auto":
             from tlcli.recommend.advise import auto_strategy
 
-            cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+            # Measured once, on rank 0; every rank follows the same decision.
+            if world.is_main:
+                cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+            cfg, reasons = broadcast_object((cfg, reasons), world)
         plan = plan_for_model(
             model,
             cfg.strategy.name,
@@ -305,10 +336,13 @@ def prepare_job(
         f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
         f"parameters; frozen: {', '.join(plan.frozen_stage_names) or 'nothing'}"
     )
+    if not world.is_main:
+        barrier(world)  # rank 0 fills the disk cache first; the others then read it
     train_data = decode_split(train_samples, spec, cfg, reporter, "train")
     val_data = decode_split(val_samples, spec, cfg, reporter, "val")
-    for item in train_data.skipped + val_data.skipped:
-        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    if world.distributed and world.is_main:
+        barrier(world)
+    report_skipped(reporter, train_data.skipped + val_data.skipped)
     missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
     if missing:
         raise DataError(
@@ -357,13 +391,36 @@ def finetune(
     resume: Path | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Train a classifier on an image folder; returns the run summary (also summary.json)."""
+    """Train a classifier on an image folder; returns the run summary (also summary.json).
+
+    Under torchrun, each process trains its share of every batch (DDP); rank 0 alone writes
+    files and reports."""
+    world = init_world(cfg.train.device)
+    try:
+        return _finetune(world, data_dir, cfg, out, resume, reporter if world.is_main else None)
+    finally:
+        close_world(world)
+
+
+def _finetune(
+    world: World,
+    data_dir: Path | None,
+    cfg: Config,
+    out: Path | None,
+    resume: Path | None,
+    reporter: Reporter | None,
+) -> dict[str, Any]:
     from tlcli.train.head_fit import fit_head_on_features
 
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     if resume is not None:
         paths = RunPaths(Path(resume))
+        if paths.config.is_file() and not paths.last.is_file():
+            raise RunDirError(
+                f"{resume} was stopped before its first checkpoint: nothing to resume; "
+                f"start again with a new --out (or delete {resume})"
+            )
         if not paths.last.is_file() or not paths.config.is_file():
             raise RunDirError(
                 f"{resume} is not a resumable run dir (no last.pt / config.yaml); "
@@ -374,13 +431,15 @@ def finetune(
         last = load_checkpoint(paths.last)
         if "train_state" not in last:
             raise RunDirError(f"{paths.root} finished (head-only L-BFGS fit): nothing to resume")
+        remove_stale_temp_files(paths.root)  # half-written checkpoints of a killed process
     else:
         if data_dir is None:
             raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
-        paths = create_run_dir(out or default_run_dir(data_dir))
+        root = create_run_dir(out or default_run_dir(data_dir)).root if world.is_main else None
+        paths = RunPaths(Path(broadcast_object(root, world)))
         last = None
-    job = prepare_job(data_dir, cfg, reporter, last, paths.split)
-    if last is None:
+    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world)
+    if last is None and world.is_main:
         # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(
             paths.split,
@@ -400,7 +459,9 @@ def finetune(
             )
         )
     cfg, plan = job.cfg, job.plan
-    if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
+    if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs" and not world.is_main:
+        state = LoopState()  # one full-batch fit, done by rank 0 alone
+    elif plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
         state, ema = fit_head_on_features(
             job.model,
             job.train_data,
@@ -414,12 +475,13 @@ def finetune(
         save_checkpoint(paths.best, job.checkpoint(ema, state))
         save_checkpoint(paths.last, job.checkpoint(ema, state))
     else:
-        state = _train_epochs(job, paths, last, reporter)
-    write_metrics(paths.metrics, state.history)
-    from tlcli.plots import plot_training_curves
+        state = _train_epochs(job, paths, last, reporter, world)
+    if world.is_main:
+        write_metrics(paths.metrics, state.history)
+        from tlcli.plots import plot_training_curves
 
-    if state.history:
-        plot_training_curves(state.history, paths.curves)
+        if state.history:
+            plot_training_curves(state.history, paths.curves)
     summary = {
         "run_dir": str(paths.root),
         "data_dir": str(job.data_dir),
@@ -438,6 +500,7 @@ def finetune(
         "trainable_params": plan.trainable_params,
         "total_params": plan.total_params,
         "device": str(job.device),
+        "world_size": world.size,
         "seconds": round(time.perf_counter() - started, 2),
         "skipped": [dataclasses.asdict(s) for s in job.skipped],
         "paths": {
@@ -449,12 +512,17 @@ def finetune(
         },
         "history": state.history,
     }
-    paths.summary.write_text(json.dumps(summary, indent=1))
+    if world.is_main:
+        paths.summary.write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def _train_epochs(
-    job: TrainingJob, paths: RunPaths, last: dict[str, Any] | None, reporter: Reporter
+    job: TrainingJob,
+    paths: RunPaths,
+    last: dict[str, Any] | None,
+    reporter: Reporter,
+    world: World = SINGLE,
 ) -> LoopState:
     from timm.utils import ModelEmaV3
 
@@ -500,9 +568,13 @@ def _train_epochs(
         ema=ema,
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
+        world=world,
     )
+    setup.model = wrap_model(model, world, device, cfg.strategy.head_warmup_epochs > 0)
     if cfg.train.compile and device.type == "cuda":
-        setup.model = torch.compile(model)
+        setup.model = torch.compile(setup.model)
+
+    saved_epoch = [state.epoch]  # what last.pt holds, for the messages
 
     def save_last(current: LoopState) -> None:
         payload = job.checkpoint(ema, current)
@@ -512,21 +584,46 @@ def _train_epochs(
             "rng": rng_state(),
         }
         save_checkpoint(paths.last, payload)
+        saved_epoch[0] = current.epoch
 
     def on_epoch_end(current: LoopState, improved: bool) -> None:
+        if not world.is_main:  # one writer
+            return
         if improved:
             save_checkpoint(paths.best, job.checkpoint(ema, current))
         save_last(current)
         write_metrics(paths.metrics, current.history)
 
-    if last is None:
+    if last is None and world.is_main:
         save_last(state)  # epoch 0: a run killed before its first epoch can still resume
     try:
         for _ in run_epochs(setup, state, reporter, on_epoch_end):
             pass
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted; {paths.last} holds epoch {state.epoch}: resume with "
+            f"interrupted; {paths.last} holds epoch {saved_epoch[0]}: resume with "
             f"tlcli finetune --resume {paths.root}"
         ) from None
+    except torch.cuda.OutOfMemoryError:
+        raise out_of_memory_error(cfg.data.batch_size, paths.last, saved_epoch[0]) from None
     return state
+
+
+def out_of_memory_error(batch_size: int, last: Path, epoch: int) -> ResourceError:
+    """Say which batch size to try: half, as the activations of a batch scale with it.
+
+    We do not halve automatically: a different batch size changes the optimization (LR
+    per sample, BatchNorm statistics, steps per epoch), so a run would silently differ from
+    its config, and a resumed run from its first part.
+    """
+    kept = f"{last} keeps epoch {epoch}"
+    if batch_size > 1:
+        return ResourceError(
+            f"out of GPU memory at batch size {batch_size} (validation uses "
+            f"{2 * batch_size}); run again with --batch-size {batch_size // 2} and a new --out "
+            f"({kept})"
+        )
+    return ResourceError(
+        "out of GPU memory even at batch size 1; use a smaller --image-size, "
+        f"--strategy head-only or --device cpu ({kept})"
+    )

@@ -9,9 +9,18 @@ import numpy as np
 
 from tlcli.plots import _finish, plt
 
-# Above the smoothed curve's maximum, raw batch losses are clipped out of view: the last
-# steps of a range test explode by orders of magnitude and would flatten the useful part.
-Y_MARGIN = 0.08
+# The y axis shows the fall of the smoothed loss (its highest point before the minimum down
+# to the minimum) with margins in units of that fall. The blow-up after the minimum leaves
+# the plot at the top: drawn in full it would squash the useful part into a thin band.
+Y_MARGIN_BELOW = 0.15
+Y_MARGIN_ABOVE = 0.6
+
+
+def loss_axis_limits(smooth: np.ndarray) -> tuple[float, float]:
+    low = float(smooth.min())
+    high = float(smooth[: int(smooth.argmin()) + 1].max())
+    fall = high - low or abs(low) * 0.1 or 1.0
+    return low - Y_MARGIN_BELOW * fall, high + Y_MARGIN_ABOVE * fall
 
 
 def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
@@ -41,8 +50,7 @@ def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
         linestyle=":",
         label=f"configured optim.lr {result['configured_lr']:.0e}",
     )
-    span = float(smooth.max() - smooth.min()) or 1.0
-    ax.set_ylim(smooth.min() - Y_MARGIN * span, smooth.max() + Y_MARGIN * span)
+    ax.set_ylim(*loss_axis_limits(smooth))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate of the head (log scale)")
     ax.set_ylabel("training loss")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import time
@@ -38,7 +39,9 @@ from tlcli.tune.space import (
     space_to_dict,
 )
 
-DEFAULT_EPOCHS_PER_TRIAL = 3
+# Coarse trials: with the default 1 warmup epoch, 2 epochs are a warmup and a short cosine
+# decay, the shape of the final run in miniature; the median pruner can stop a trial after 1.
+DEFAULT_EPOCHS_PER_TRIAL = 2
 PRUNERS = ("median", "halving", "none")
 # Coarse phase: this many random trials (at least MIN_RANDOM_TRIALS) before TPE takes over.
 RANDOM_FRACTION = 1 / 3
@@ -54,8 +57,11 @@ GRACE_SECONDS = 120
 SQLITE_TIMEOUT_SECONDS = 60
 # Two workers opening a fresh storage at once can race on creating its tables: retry.
 STORAGE_ATTEMPTS = 5
-# lr-find's suggestion is clamped into this range before the LR span is put around it.
+# The centre taken from lr-find is clamped into this range before the LR span is put around it.
 LR_CENTER_RANGE = (1e-6, 1.0)
+# The range test that centres the search skips the decades below 1e-5, where no fine-tuning
+# LR lives, at the standalone test's density of steps per decade: a quarter fewer batches.
+TUNE_RANGE_START_LR = 1e-5
 # Settings that may differ between workers of one study without changing the trials.
 MACHINE_KEYS = {("train", "device"), ("data", "workers"), ("data", "cache"), ("train", "compile")}
 FINISHED = ("COMPLETE", "PRUNED")
@@ -380,6 +386,17 @@ def write_outputs(
     return rows, best
 
 
+def lr_range_center(valley: float, steepest: float) -> float:
+    """The geometric mean of fastai's two suggestions, clamped to LR_CENTER_RANGE.
+
+    They bracket the useful LRs: the valley is the cautious one (early in the fall of the
+    loss), the steepest descent the bold one. Centred between them, the log-uniform range
+    (a decade either side) holds both unless they are more than 100x apart.
+    """
+    low, high = LR_CENTER_RANGE
+    return min(max(math.sqrt(valley * steepest), low), high)
+
+
 def lr_center_for(
     study: Any,
     data_dir: Path,
@@ -388,13 +405,13 @@ def lr_center_for(
     user_space: dict[str, ParamSpec | None],
     reporter: Reporter,
 ) -> float:
-    """The centre of the default LR range: lr-find's suggestion (run once per study and
+    """The centre of the default LR range: from lr-find's suggestions (run once per study and
     kept in the storage), or optim.lr. Not needed when the space gives the LR range."""
     if not settings.lr_find or "lr" in user_space or "optim.lr" in user_space:
         return base.optim.lr
     if "lr_center" in study.user_attrs:
         return float(study.user_attrs["lr_center"])
-    from tlcli.tune.lr_find import find_lr
+    from tlcli.tune.lr_find import END_LR, MIN_NUM_ITER, NUM_ITER, START_LR, find_lr
 
     # A searched strategy: the range test runs with partial, the middle of the three.
     strategy = base.strategy.name if base.strategy.name != "auto" else "partial"
@@ -402,12 +419,13 @@ def lr_center_for(
         return base.optim.lr  # no LR to search
     cfg = apply_overrides(base, {"strategy": {"name": strategy}}, "lr-find")
     reporter.note(f"LR range test ({strategy}) to centre the LR range")
-    result = find_lr(data_dir, cfg, _Quiet(reporter))
+    decades = math.log10(END_LR / TUNE_RANGE_START_LR) / math.log10(END_LR / START_LR)
+    num_iter = max(MIN_NUM_ITER, round(NUM_ITER * decades))
+    result = find_lr(data_dir, cfg, _Quiet(reporter), num_iter, TUNE_RANGE_START_LR, END_LR)
     stored = study.user_attrs.get("lr_center")
     if stored is not None:  # another worker finished its range test first: share its range
         return float(stored)
-    low, high = LR_CENTER_RANGE
-    center = min(max(result.suggestions.valley, low), high)
+    center = lr_range_center(result.suggestions.valley, result.suggestions.steepest)
     reporter.note(
         f"lr-find: valley {result.suggestions.valley:.2e}, steepest "
         f"{result.suggestions.steepest:.2e}; LR range centred on {center:.2e}"

@@ -42,7 +42,7 @@ PARAM_KEYS: dict[str, tuple[str, str]] = {
 TYPES = ("float", "int", "categorical")
 SPEC_KEYS = ("type", "low", "high", "log", "choices")
 
-# The default LR range: one decade either side of the centre (the lr-find suggestion, or
+# The default LR range: one decade either side of the centre (from the lr-find suggestions, or
 # optim.lr), log-uniform: the lecture's "search the learning rate on a log scale".
 LR_SPAN = 10.0
 
