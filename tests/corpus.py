@@ -9,7 +9,9 @@ the files people really keep in photo folders, each with the outcome tlcli must 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -164,3 +166,66 @@ def make_bad_image_folder(root: Path) -> dict[str, str]:
     write(".hidden class/x.jpg", jpeg_bytes(random_image(rng, 2)), "ignored")
     assert set(SKIP_REASONS) == {k for k, v in outcomes.items() if v == "skipped"}
     return outcomes
+
+
+# Cases that live in the file system rather than in file contents (links, permissions,
+# empty folders), added to a corpus by `add_filesystem_cases`.
+LOOP_FILES = ("ants/loop_a.jpg", "ants/loop_b.jpg")  # each a symlink to the other
+LOOP_CLASS = "all photos"  # a class folder that is a symlink to the data folder itself
+FOLDER_LINK = "bees/more ants"  # a symlink to another class folder inside a class
+LOCKED_FILE = "ants/locked.jpg"  # chmod 000
+LOCKED_FOLDER = "bees/private"  # chmod 000, with an image inside
+EMPTY_CLASS = "empty class"
+FS_SKIP_REASONS = {
+    LOOP_FILES[0]: "link loop",
+    LOOP_FILES[1]: "link loop",
+    LOOP_CLASS: "symbolic link loop",
+    FOLDER_LINK: "link to a folder",
+    LOCKED_FILE: "permission denied",
+    LOCKED_FOLDER: "cannot list folder",
+}
+
+
+def add_filesystem_cases(root: Path) -> dict[str, str]:
+    """Add links, locked files and an empty class to a corpus at root; {rel: outcome}."""
+    rng = np.random.default_rng(1)
+    (root / LOOP_FILES[0]).symlink_to(Path(LOOP_FILES[1]).name)
+    (root / LOOP_FILES[1]).symlink_to(Path(LOOP_FILES[0]).name)
+    (root / LOOP_CLASS).symlink_to(".", target_is_directory=True)
+    (root / FOLDER_LINK).symlink_to("../ants", target_is_directory=True)
+    (root / LOCKED_FILE).write_bytes(jpeg_bytes(random_image(rng, 0)))
+    (root / LOCKED_FOLDER).mkdir()
+    (root / LOCKED_FOLDER / "inside.jpg").write_bytes(jpeg_bytes(random_image(rng, 1)))
+    (root / EMPTY_CLASS).mkdir()
+    os.chmod(root / LOCKED_FILE, 0)
+    os.chmod(root / LOCKED_FOLDER, 0)
+    return {rel: "skipped" for rel in FS_SKIP_REASONS} | {EMPTY_CLASS: "left out"}
+
+
+def unlock(root: Path) -> None:
+    """Undo add_filesystem_cases' chmod 000 (so the folder can be deleted)."""
+    for rel in (LOCKED_FILE, LOCKED_FOLDER):
+        if (root / rel).exists():
+            os.chmod(root / rel, 0o755)
+
+
+def tree_digest(root: Path) -> dict[str, tuple]:
+    """Every entry under root (links not followed): kind, mode, mtime and content hash, so
+    any change a command makes to a user's folder shows up."""
+    digest: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                digest[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                digest[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+            else:
+                try:
+                    content = hashlib.sha256(path.read_bytes()).hexdigest()
+                except PermissionError:  # a locked file, when not root: its stat must do
+                    content = "unreadable"
+                digest[rel] = ("file", st.st_mode, st.st_mtime_ns, st.st_size, content)
+    return digest

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tlcli.errors import EXIT_INTERRUPTED, TlcliError, resource_error_of
+from tlcli.interrupt import raise_if_interrupted, recorded_sigint
 
 app = typer.Typer(
     help=(
@@ -78,7 +79,10 @@ def _root(
 def run_command(body: Callable[[], Any]) -> Any:
     """Turn user errors into one line on stderr and their exit code; Ctrl-C exits 130."""
     try:
-        return body()
+        with recorded_sigint():
+            result = body()
+            raise_if_interrupted()  # pressed, but swallowed where Python drops it
+            return result
     except TlcliError as exc:
         exit_with_error(exc)
     except (OSError, RuntimeError) as exc:  # a full disk or GPU: a user's problem, not a bug

@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tlcli.interrupt import raise_if_interrupted
+
 LEVEL_STYLE = {"info": "dim", "warning": "yellow", "error": "red"}
 
 
@@ -47,10 +49,12 @@ class RichReporter:
         self.progress.stop()
 
     def start(self, task: str, total: int | None, description: str = "") -> None:
+        raise_if_interrupted()  # a Ctrl-C that Python swallowed (see tlcli/interrupt.py)
         self.finish(task)
         self.tasks[task] = self.progress.add_task(description or task, total=total)
 
     def advance(self, task: str, amount: int = 1) -> None:
+        raise_if_interrupted()
         if task in self.tasks:
             self.progress.advance(self.tasks[task], amount)
 
@@ -134,8 +138,8 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
 TERMINAL_CM_MAX_CLASSES = 12
 TERMINAL_TOP_CONFUSED = 5
 TERMINAL_MISCLASSIFIED = 10
-# Paths up to this long keep their own line in predict's table; longer ones fold.
-TERMINAL_PATH_WIDTH = 60
+# predict's runners-up column: about two "class 0.123" entries per line.
+TERMINAL_RUNNERS_UP_WIDTH = 30
 
 
 def _pct(value: float | None) -> str:
@@ -293,20 +297,23 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
 
 def prediction_table(report: dict[str, Any]) -> Table:
     """`tlcli predict`: one row per file, the top label and the runners-up."""
-    names = ", ".join(m["name"] for m in report["models"])
-    title = f"predictions ({names}" + (", ensemble" if report["combine"] else "") + ")"
+    models = report["models"]
+    # Several names would wrap the title over the narrow table; --json lists them.
+    title = f"predictions ({models[0]['name']})"
+    if len(models) > 1:
+        title = f"predictions (ensemble of {len(models)} checkpoints)"
     table = _grid(escape(title))
-    longest = max((len(item["path"]) for item in report["predictions"]), default=4)
-    # The runners-up column wraps before a path does: a path folded mid-name is hard to read.
-    table.add_column("file", overflow="fold", min_width=min(longest, TERMINAL_PATH_WIDTH))
+    table.add_column("file", overflow="fold")
     table.add_column("label", style="bold")
-    table.add_column("probability", justify="right")
-    table.add_column("next", overflow="fold")
+    table.add_column("prob.", justify="right")
+    runners_up = any(len(item["top_k"]) > 1 for item in report["predictions"])  # --top-k 1
+    if runners_up:
+        # Capped, so the runners-up wrap before a path is folded mid-name.
+        table.add_column("next", overflow="fold", max_width=TERMINAL_RUNNERS_UP_WIDTH)
     for item in report["predictions"]:
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top_k"][1:])
-        table.add_row(
-            escape(item["path"]), escape(item["label"]), f"{item['confidence']:.3f}", escape(rest)
-        )
+        cells = [escape(item["path"]), escape(item["label"]), f"{item['confidence']:.3f}"]
+        table.add_row(*cells, *([escape(rest)] if runners_up else []))
     if report["skipped"]:
         table.caption = f"{len(report['skipped'])} file(s) skipped (listed above)"
     return table
