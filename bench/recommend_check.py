@@ -137,12 +137,14 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json-out", type=Path, help="also save the raw results here")
+    parser.add_argument("--merge", type=Path, help="a JSON from an earlier --json-out to include")
     parser.add_argument(
         "--work", type=Path, help="keep the run dirs here; finished runs are reused (default: temp)"
     )
     args = parser.parse_args()
     model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
-    results = {}
+    # Results of datasets measured in an earlier call (its --json-out), shown alongside.
+    results = json.loads(args.merge.read_text()) if args.merge else {}
     with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
