@@ -415,6 +415,16 @@ class FailsInFinalizer:
         raise ValueError("a real bug in a finalizer")
 
 
+@pytest.fixture
+def ctrl_c_delivered():
+    """Python's own SIGINT handler, as in a terminal: a test run started in the background
+    (`cmd &` in a script) inherits SIGINT ignored, and tlcli rightly leaves it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_delivered")
 def test_a_swallowed_ctrl_c_is_raised_again_and_not_printed(monkeypatch):
     from tlcli.interrupt import raise_if_interrupted, recorded_sigint
 
@@ -429,6 +439,7 @@ def test_a_swallowed_ctrl_c_is_raised_again_and_not_printed(monkeypatch):
     assert printed == [ValueError]
 
 
+@pytest.mark.usefixtures("ctrl_c_delivered")
 def test_a_swallowed_ctrl_c_still_stops_finetune_with_exit_130(tmp_path, monkeypatch):
     from tlcli.train import loop
 
