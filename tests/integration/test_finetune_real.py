@@ -39,6 +39,12 @@ def run_cli(*args: str, cache: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def run_finetune(data: Path, model: str, out: Path, cache: Path, *options: str) -> dict:
+    return run_cli(
+        "finetune", str(data), "--model", model, "--out", str(out), *options, cache=cache
+    )
+
+
 def backbone_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("classifier.")}
 
@@ -52,18 +58,8 @@ def pretrained_state(model: str) -> dict[str, torch.Tensor]:
 def test_head_only_reaches_094_and_backbone_is_bit_identical(real, tmp_path, tmp_cache_dir):
     data, model = real
     out = tmp_path / "run"
-    summary = run_cli(
-        "finetune",
-        str(data),
-        "--model",
-        model,
-        "--strategy",
-        "head-only",
-        "--epochs",
-        "5",
-        "--out",
-        str(out),
-        cache=tmp_cache_dir,
+    summary = run_finetune(
+        data, model, out, tmp_cache_dir, "--strategy", "head-only", "--epochs", "5"
     )
     assert summary["strategy"] == "head-only"
     assert summary["val_acc"] >= 0.94
@@ -82,20 +78,17 @@ def test_head_only_reaches_094_and_backbone_is_bit_identical(real, tmp_path, tmp
 def test_partial_one_epoch_keeps_early_stages_frozen(real, tmp_path, tmp_cache_dir):
     data, model = real
     out = tmp_path / "run"
-    summary = run_cli(
-        "finetune",
-        str(data),
-        "--model",
+    summary = run_finetune(
+        data,
         model,
+        out,
+        tmp_cache_dir,
         "--strategy",
         "partial",
         "--trainable-stages",
         "2",
         "--epochs",
         "1",
-        "--out",
-        str(out),
-        cache=tmp_cache_dir,
     )
     assert summary["val_acc"] >= 0.93
     ckpt = torch.load(out / "last.pt", weights_only=True)

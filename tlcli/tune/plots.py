@@ -14,6 +14,8 @@ from tlcli.plots import _finish, plt
 # the plot at the top: drawn in full it would squash the useful part into a thin band.
 Y_MARGIN_BELOW = 0.15
 Y_MARGIN_ABOVE = 0.6
+# The tune plot's x axis: the searched range, widened by this factor on a log scale.
+RANGE_MARGIN = 1.3
 
 
 def loss_axis_limits(smooth: np.ndarray) -> tuple[float, float]:
@@ -67,20 +69,33 @@ def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
     return _finish(fig, path)
 
 
-def plot_tune_trials(rows: list[dict[str, Any]], path: Path, best: int | None) -> Path:
-    """Val accuracy vs LR and vs weight decay (log x); pruned trials at their last epoch."""
+def plot_tune_trials(
+    rows: list[dict[str, Any]],
+    path: Path,
+    best: int | None,
+    space: dict[str, Any] | None = None,
+) -> Path:
+    """Val accuracy vs LR and vs weight decay (log x, the searched range shaded); pruned
+    trials at their last epoch. One legend under both panels, so it hides no point."""
     params = ("lr", "weight_decay")
-    fig, axes = plt.subplots(1, len(params), figsize=(11, 4.4), sharey=True)
+    space = space or {}
+    fig, axes = plt.subplots(1, len(params), figsize=(11, 4.6), sharey=True)
+    styles = (
+        ("COMPLETE", "tab:blue", "o", "complete"),
+        ("PRUNED", "tab:gray", "x", "pruned (val acc at its last epoch)"),
+    )
+    handles: dict[str, Any] = {}
     for ax, name in zip(axes, params, strict=True):
         shown = [r for r in rows if r["value"] is not None and name in r["params"]]
-        styles = (
-            ("COMPLETE", "tab:blue", "o", "complete"),
-            ("PRUNED", "tab:gray", "x", "pruned (last epoch)"),
-        )
+        spec = space.get(name) or {}
+        if spec.get("low") and spec.get("high"):
+            low, high = spec["low"], spec["high"]
+            handles["range"] = ax.axvspan(low, high, color="tab:green", alpha=0.07, lw=0)
+            ax.set_xlim(low / RANGE_MARGIN, high * RANGE_MARGIN)
         for state, colour, marker, label in styles:
             points = [r for r in shown if r["state"] == state]
             if points:
-                ax.scatter(
+                handles[label] = ax.scatter(
                     [r["params"][name] for r in points],
                     [r["value"] for r in points],
                     c=colour,
@@ -89,7 +104,7 @@ def plot_tune_trials(rows: list[dict[str, Any]], path: Path, best: int | None) -
                 )
         top = [r for r in shown if r["number"] == best]
         if top:
-            ax.scatter(
+            handles["best"] = ax.scatter(
                 top[0]["params"][name],
                 top[0]["value"],
                 s=220,
@@ -100,11 +115,21 @@ def plot_tune_trials(rows: list[dict[str, Any]], path: Path, best: int | None) -
             )
         if shown:
             ax.set_xscale("log")
-            ax.legend(fontsize=8, loc="lower left")
         else:
             ax.text(0.5, 0.5, f"{name} not searched", ha="center", transform=ax.transAxes)
         ax.set_xlabel(f"{name} (log scale)")
         ax.grid(True, which="both", alpha=0.3)
+    if "range" in handles:
+        handles["range"].set_label("searched range")
     axes[0].set_ylabel("val accuracy")
     fig.suptitle(f"tlcli tune: {len(rows)} trials", fontsize=11)
+    if handles:
+        fig.legend(
+            handles=list(handles.values()),
+            loc="lower center",
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
+        fig.subplots_adjust(bottom=0.2)
     return _finish(fig, path)

@@ -59,9 +59,6 @@ SQLITE_TIMEOUT_SECONDS = 60
 STORAGE_ATTEMPTS = 5
 # The centre taken from lr-find is clamped into this range before the LR span is put around it.
 LR_CENTER_RANGE = (1e-6, 1.0)
-# The range test that centres the search skips the decades below 1e-5, where no fine-tuning
-# LR lives, at the standalone test's density of steps per decade: a quarter fewer batches.
-TUNE_RANGE_START_LR = 1e-5
 # Settings that may differ between workers of one study without changing the trials.
 MACHINE_KEYS = {("train", "device"), ("data", "workers"), ("data", "cache"), ("train", "compile")}
 FINISHED = ("COMPLETE", "PRUNED")
@@ -317,6 +314,7 @@ def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
                 "number": t.number,
                 "state": t.state.name,
                 "value": value,
+                "val_loss": t.user_attrs.get("val_loss"),
                 "epochs_run": t.user_attrs.get("epochs_run", max(t.intermediate_values, default=0)),
                 "seconds": round(duration, 1) if duration is not None else None,
                 "params": dict(t.params),
@@ -328,14 +326,31 @@ def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
 
 
 def best_trial(trials: list[Any]) -> Any | None:
-    """The complete trial with the highest val accuracy (the earliest on a tie)."""
+    """The complete trial with the highest val accuracy; on a tie the lower val loss, then
+    the earliest. Ties are common: on a small val split accuracy moves in steps of 1/N and
+    short trials of good configs often land on the same count."""
     done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+    def rank(t: Any) -> tuple[float, float, int]:
+        return (t.value, -t.user_attrs.get("val_loss", math.inf), -t.number)
+
+    return max(done, key=rank) if done else None
+
+
+def best_epoch_val_loss(summary: dict[str, Any]) -> float | None:
+    """The val loss of the weights a finetune kept (its best epoch, raw or EMA)."""
+    history = summary.get("history") or []
+    if not 1 <= summary.get("best_epoch", 0) <= len(history):
+        return None
+    row = history[summary["best_epoch"] - 1]
+    loss = row.get("ema_val_loss") if summary.get("best_weights") == "ema" else None
+    return loss if loss is not None else row.get("val_loss")
 
 
 def write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     names = sorted({name for r in rows for name in r["params"]})
-    columns = ["number", "state", "value", "epochs_run", "seconds", *names, "note", "worker"]
+    columns = ["number", "state", "value", "val_loss", "epochs_run", "seconds", *names]
+    columns += ["note", "worker"]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -380,7 +395,7 @@ def write_outputs(
     rows = trial_rows(trials)
     best = best_trial(trials)
     write_trials_csv(paths.table, rows)
-    plot_tune_trials(rows, paths.plot, best.number if best else None)
+    plot_tune_trials(rows, paths.plot, best.number if best else None, study.user_attrs.get("space"))
     if best is not None and "config" in best.user_attrs:
         write_best_config(paths.best, best, trial_epochs, final_epochs)
     return rows, best
@@ -411,7 +426,7 @@ def lr_center_for(
         return base.optim.lr
     if "lr_center" in study.user_attrs:
         return float(study.user_attrs["lr_center"])
-    from tlcli.tune.lr_find import END_LR, MIN_NUM_ITER, NUM_ITER, START_LR, find_lr
+    from tlcli.tune.lr_find import find_lr
 
     # A searched strategy: the range test runs with partial, the middle of the three.
     strategy = base.strategy.name if base.strategy.name != "auto" else "partial"
@@ -419,9 +434,9 @@ def lr_center_for(
         return base.optim.lr  # no LR to search
     cfg = apply_overrides(base, {"strategy": {"name": strategy}}, "lr-find")
     reporter.note(f"LR range test ({strategy}) to centre the LR range")
-    decades = math.log10(END_LR / TUNE_RANGE_START_LR) / math.log10(END_LR / START_LR)
-    num_iter = max(MIN_NUM_ITER, round(NUM_ITER * decades))
-    result = find_lr(data_dir, cfg, _Quiet(reporter), num_iter, TUNE_RANGE_START_LR, END_LR)
+    # The same sweep as `tlcli lr-find`: fastai's valley depends on how long the flat start
+    # is, so a shorter sweep would centre the search elsewhere than lr-find suggests.
+    result = find_lr(data_dir, cfg, _Quiet(reporter))
     stored = study.user_attrs.get("lr_center")
     if stored is not None:  # another worker finished its range test first: share its range
         return float(stored)
@@ -568,6 +583,9 @@ def tune(
             trial.set_user_attr("epochs_run", trial_reporter.epochs_run)
             # Trials are not resumed: last.pt only costs disk. best.pt stays for inspection.
             (trial_dir / "last.pt").unlink(missing_ok=True)
+        val_loss = best_epoch_val_loss(summary)
+        if val_loss is not None:
+            trial.set_user_attr("val_loss", float(val_loss))  # breaks ties in best_trial
         return float(summary["val_acc"])
 
     def after_trial(study: Any, trial: Any) -> None:
