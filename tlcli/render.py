@@ -499,10 +499,11 @@ TUNE_PARAM_HEADERS = {
 
 
 def tune_trials_table(rows: list[dict[str, Any]], best: int | None) -> Table:
-    """One row per trial: state, val accuracy (pruned: at its last epoch), epochs, params."""
+    """One row per trial: state, val accuracy (pruned: at its last epoch), val loss (breaks
+    accuracy ties for the best, *), epochs, params."""
     names = sorted({name for r in rows for name in r["params"]})
     table = Table(title="tune trials", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("#", "state", "val acc", "epochs", "seconds"):
+    for column in ("#", "state", "val acc", "val loss", "epochs", "seconds"):
         table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
     for name in names:
         table.add_column(TUNE_PARAM_HEADERS.get(name, name), justify="right", no_wrap=True)
@@ -513,6 +514,7 @@ def tune_trials_table(rows: list[dict[str, Any]], best: int | None) -> Table:
             f"{r['number']}{' *' if r['number'] == best else ''}",
             f"[{state_style.get(r['state'], '')}]{r['state'].lower()}[/]",
             _fmt(r["value"], ".4f"),
+            _fmt(r.get("val_loss"), ".4f"),
             str(r["epochs_run"]),
             _fmt(r["seconds"], ".0f"),
             *(_param_text(r["params"][n]) if n in r["params"] else "-" for n in names),

@@ -418,6 +418,7 @@ def test_killed_search_resumes_with_the_same_command(images, tmp_path):
     result = _invoke(*args)  # the same command
     assert result.exit_code == 0, result.stderr
     assert "trial 1 was killed" in result.stderr
+    assert "tune trials" in result.stderr and "val loss" in result.stderr  # the table
     finished = _finished(study)
     assert len(finished) == 3 and _snapshot(finished)[:1] == before  # trial 0 not redone
     assert study.trials[1].state == optuna.trial.TrialState.FAIL
