@@ -292,6 +292,8 @@ def prepare_job(
     lr-find and tune. With `last` (resume), the split and weights come from the run."""
     seed_everything(cfg.train.seed)
     device = pick_device(rank_device(world, cfg.train.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels
     scan = scan_with_progress(data_dir, cfg, reporter)
     if last is not None and split_path is not None:
         classes, splits = load_split(split_path, Path(data_dir))
