@@ -15,7 +15,6 @@ Wall time is the whole `finetune` call (scan, model build, fit or epochs, checkp
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -184,16 +183,9 @@ def report(results: dict[str, dict], epochs: int, model: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", type=Path, default=measure.DEFAULT_SHARED)
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(measure.DATASETS), choices=list(measure.DATASETS)
-    )
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser = measure.dataset_parser(__doc__.split("\n")[0])
     args = parser.parse_args()
-    model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
+    model = measure.model_name(args)
     results = {}
     with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as work:
         for name in args.datasets:

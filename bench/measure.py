@@ -7,6 +7,7 @@ re-running one benchmark never touches another's numbers.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -140,3 +141,20 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def dataset_parser(description: str) -> argparse.ArgumentParser:
+    """The options every per-dataset benchmark takes: --shared, --datasets, --epochs,
+    --model, --write."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    return parser
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """--model, or the Lite0 weights in --shared as a local-dir: name."""
+    return args.model or f"local-dir:{(args.shared / LITE0_DIR).resolve()}"

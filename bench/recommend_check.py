@@ -10,7 +10,6 @@ accuracy is the best or within 1 point of the best.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -128,21 +127,14 @@ def report(results: dict[str, dict], epochs: int, model: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", type=Path, default=measure.DEFAULT_SHARED)
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(measure.DATASETS), choices=list(measure.DATASETS)
-    )
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser = measure.dataset_parser(__doc__.split("\n")[0])
     parser.add_argument("--json-out", type=Path, help="also save the raw results here")
     parser.add_argument("--merge", type=Path, help="a JSON from an earlier --json-out to include")
     parser.add_argument(
         "--work", type=Path, help="keep the run dirs here; finished runs are reused (default: temp)"
     )
     args = parser.parse_args()
-    model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
+    model = measure.model_name(args)
     # Results of datasets measured in an earlier call (its --json-out), shown alongside.
     results = json.loads(args.merge.read_text()) if args.merge else {}
     with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as tmp:

@@ -302,7 +302,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model = args.model or f"local-dir:{(args.shared / measure.LITE0_DIR).resolve()}"
+    model = measure.model_name(args)
     if args.side:
         run_side(args.side, args.data, model, args.epochs, args.result)
         return
