@@ -7,7 +7,6 @@ and tables go to stderr; with --json, stdout carries only the JSON document.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -292,8 +291,9 @@ def finetune(
             },
         )
         from tlcli.render import RichReporter, finetune_summary_table
+        from tlcli.train.distributed import is_main_process
 
-        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone reports
+        if not is_main_process():  # torchrun: rank 0 alone reports
             run_finetune(data_dir, cfg, out=out, resume=resume)
             return
         with RichReporter(stderr) as reporter:

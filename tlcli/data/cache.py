@@ -22,7 +22,7 @@ from PIL import Image
 
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
-from tlcli.errors import DISK_FULL_ERRNOS, ResourceError
+from tlcli.errors import ResourceError, disk_error_of
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 1
@@ -119,7 +119,7 @@ def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
         _reserve_blocks(tmp)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno in DISK_FULL_ERRNOS:
+        if disk_error_of(exc) is not None:
             raise ResourceError(
                 f"disk full writing the decode cache in {folder}: free space, set "
                 "TLCLI_CACHE_DIR to another disk, or pass --no-cache"
@@ -135,7 +135,7 @@ def _reserve_blocks(path: str) -> None:
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:
+        if disk_error_of(exc) is not None:
             raise
         # A file system without fallocate: the file stays sparse.
     finally:

@@ -42,6 +42,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (read before the process group exists), or a lone process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init_world(device_request: str) -> World:
     """Join the torchrun process group (NCCL for CUDA, gloo for CPU); a world of one otherwise."""
     if not launched_by_torchrun():

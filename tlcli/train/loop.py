@@ -173,7 +173,8 @@ def forward_backward(
 def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> dict[str, float]:
     model, optimizer = setup.model, setup.optimizer
     world = setup.world
-    generator = torch.Generator().manual_seed(setup.seed * EPOCH_SEED_STRIDE + state.epoch)
+    epoch_seed = setup.seed * EPOCH_SEED_STRIDE + state.epoch
+    generator = torch.Generator().manual_seed(epoch_seed)
     # Every rank draws the same order and takes its part of each global batch; augmentation
     # then draws from a per-rank stream (one process: the same generator, as before).
     global_batches = batch_indices(
@@ -182,8 +183,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     batches = shard_batches(global_batches, world)
     aug_generator = generator
     if world.distributed:
-        aug_seed = (setup.seed * EPOCH_SEED_STRIDE + state.epoch) * world.size + world.rank
-        aug_generator = torch.Generator().manual_seed(aug_seed)
+        aug_generator = torch.Generator().manual_seed(epoch_seed * world.size + world.rank)
     total_steps = len(batches) * setup.epochs
     # Two-phase recipe (the lecture): train the fresh head on a frozen backbone first, so its
     # large early gradients do not disturb the pretrained layers; then unfreeze.

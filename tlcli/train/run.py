@@ -461,9 +461,10 @@ def _finetune(
             )
         )
     cfg, plan = job.cfg, job.plan
-    if plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs" and not world.is_main:
+    lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
+    if lbfgs_head and not world.is_main:
         state = LoopState()  # one full-batch fit, done by rank 0 alone
-    elif plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
+    elif lbfgs_head:
         state, ema = fit_head_on_features(
             job.model,
             job.train_data,
