@@ -18,8 +18,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tlcli.errors import EXIT_INTERRUPTED, TlcliError, resource_error_of
-from tlcli.interrupt import raise_if_interrupted, recorded_sigint
+from tlcli.errors import TlcliError, resource_error_of
+from tlcli.interrupt import (
+    interrupted_exit_code,
+    interrupted_word,
+    raise_if_interrupted,
+    recorded_stop_signals,
+)
 
 app = typer.Typer(
     help=(
@@ -76,9 +81,10 @@ def _root(
 
 
 def run_command(body: Callable[[], Any]) -> Any:
-    """Turn user errors into one line on stderr and their exit code; Ctrl-C exits 130."""
+    """Turn user errors into one line on stderr and their exit code; Ctrl-C exits 130 and
+    SIGTERM 143."""
     try:
-        with recorded_sigint():
+        with recorded_stop_signals():
             result = body()
             raise_if_interrupted()  # pressed, but swallowed where Python drops it
             return result
@@ -90,8 +96,8 @@ def run_command(body: Callable[[], Any]) -> Any:
             raise
         exit_with_error(error)
     except KeyboardInterrupt:
-        stderr.print("[yellow]interrupted[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        stderr.print(f"[yellow]{interrupted_word()}[/]")
+        raise typer.Exit(interrupted_exit_code()) from None
 
 
 def exit_with_error(exc: TlcliError) -> None:

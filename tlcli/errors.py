@@ -7,17 +7,19 @@ with `--debug`. Internal bugs are not TlcliErrors and crash loudly.
 from __future__ import annotations
 
 import errno
+import signal
 from collections.abc import Iterator
 
 # Exit codes, documented in the README. 1 is left to unexpected crashes, 2 to typer's
-# own usage errors, 130 to Ctrl-C (128 + SIGINT, the shell convention).
+# own usage errors, 130 to Ctrl-C and 143 to SIGTERM (128 + the signal, the shell convention).
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_MODEL = 4
 EXIT_CHECKPOINT = 5
 EXIT_RUN_DIR = 6
 EXIT_RESOURCE = 7
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 # errno values that mean "out of disk" to the user: no space, quota, file size limit.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -55,6 +57,16 @@ class CheckpointError(TlcliError):
     """A file is not a tlcli checkpoint, is corrupt, or does not fit the data."""
 
     exit_code = EXIT_CHECKPOINT
+
+
+class Interrupted(TlcliError):
+    """Ctrl-C or SIGTERM: what was finished is saved; the message says how to go on."""
+
+    def __init__(self, message: str):
+        from tlcli.interrupt import interrupted_exit_code
+
+        super().__init__(message)
+        self.exit_code = interrupted_exit_code()
 
 
 class RunDirError(TlcliError):

@@ -1,5 +1,5 @@
-"""Faults during `tlcli finetune`: SIGINT and SIGKILL at random points and in the middle of a
-checkpoint write, a disk that fills up, a GPU that runs out of memory.
+"""Faults during `tlcli finetune`: SIGINT, SIGTERM and SIGKILL at random points and in the
+middle of a checkpoint write, a disk that fills up, a GPU that runs out of memory.
 
 Whatever happens, the run dir holds a last.pt that loads with weights_only=True, `--resume`
 finishes the run, and on CPU with a fixed seed the resumed run ends exactly where an
@@ -28,7 +28,7 @@ from corpus import make_image_folder, tree_digest
 from typer.testing import CliRunner
 
 from tlcli.cli import app
-from tlcli.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ResourceError
+from tlcli.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, EXIT_TERMINATED, ResourceError
 from tlcli.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +76,7 @@ class Fault:
 FAULTS = [
     Fault("sigint-random", signal.SIGINT, "random"),
     Fault("sigkill-random", signal.SIGKILL, "random"),
+    Fault("sigterm-random", signal.SIGTERM, "random"),
     Fault("sigint-mid-write", signal.SIGINT, "mid-write", {"hang_epoch": HANG_EPOCH}),
     Fault("sigkill-mid-write", signal.SIGKILL, "mid-write", {"hang_epoch": HANG_EPOCH}),
     Fault("disk-full", None, "none", {"fsize": DISK_LIMIT}),
@@ -205,7 +206,11 @@ def test_killed_run_keeps_a_loadable_last_and_resumes_to_the_uninterrupted_resul
     run, why = fault.run, f"{name}, TLCLI_FAULT_SEED={SEED}, kill after {fault.delay:.2f}s"
     assert fault.returncode is not None, f"hang: no exit within {EXIT_TIMEOUT}s ({why})"
     assert "Traceback" not in fault.stderr, why
-    expected_rc = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGKILL: -signal.SIGKILL}
+    expected_rc = {
+        signal.SIGINT: EXIT_INTERRUPTED,
+        signal.SIGTERM: EXIT_TERMINATED,
+        signal.SIGKILL: -signal.SIGKILL,
+    }
     assert fault.returncode == expected_rc.get(fault.signal, EXIT_RESOURCE), (why, fault.stderr)
 
     last = _load_last(run)
@@ -218,9 +223,10 @@ def test_killed_run_keeps_a_loadable_last_and_resumes_to_the_uninterrupted_resul
         assert temps, "the kill did not land mid-write"  # its half-written temp file
     elif fault.signal != signal.SIGKILL:
         assert not temps, temps  # an orderly exit cleans up after itself
-    if fault.signal == signal.SIGINT:
+    if fault.signal in (signal.SIGINT, signal.SIGTERM):
         line = _error_line(fault.stderr)
-        assert line.startswith("error: interrupted") and f"--resume {run}" in line, line
+        word = "interrupted" if fault.signal == signal.SIGINT else "terminated (SIGTERM)"
+        assert line.startswith(f"error: {word};") and f"--resume {run}" in line, line
         assert f"holds epoch {epoch}:" in line, line  # the message tells the truth
     if name == "disk-full":
         line = _error_line(fault.stderr)
@@ -426,11 +432,11 @@ def ctrl_c_delivered():
 
 @pytest.mark.usefixtures("ctrl_c_delivered")
 def test_a_swallowed_ctrl_c_is_raised_again_and_not_printed(monkeypatch):
-    from tlcli.interrupt import raise_if_interrupted, recorded_sigint
+    from tlcli.interrupt import raise_if_interrupted, recorded_stop_signals
 
     printed = []  # what CPython would print as "Exception ignored in ... Traceback"
     monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
-    with recorded_sigint():
+    with recorded_stop_signals():
         SigintInFinalizer()  # the KeyboardInterrupt is raised in __del__ and dropped
         with pytest.raises(KeyboardInterrupt):
             raise_if_interrupted()

@@ -18,12 +18,19 @@ from typer.testing import CliRunner
 
 from tlcli.cli import app
 from tlcli.config import load_config
-from tlcli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_RUN_DIR
+from tlcli.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_RUN_DIR,
+    Interrupted,
+)
 from tlcli.models import create_model
 from tlcli.strategy import model_stages
 from tlcli.train.checkpoint import build_model, load_checkpoint
 from tlcli.train.progress import NullReporter
-from tlcli.train.run import Interrupted, finetune
+from tlcli.train.run import finetune
 
 # Tiny and fast: random init (no downloads), 64 px inputs, 8 images per batch, one process.
 TINY = [

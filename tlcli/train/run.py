@@ -24,7 +24,8 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
 from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
-from tlcli.errors import EXIT_INTERRUPTED, DataError, ResourceError, RunDirError, TlcliError
+from tlcli.errors import DataError, Interrupted, ResourceError, RunDirError
+from tlcli.interrupt import interrupted_word
 from tlcli.models import (
     DataSpec,
     architecture_of,
@@ -72,12 +73,6 @@ METRIC_COLUMNS = (
 )
 # Skipped files named on the terminal before "... and N more".
 MAX_SKIPPED_NOTES = 20
-
-
-class Interrupted(TlcliError):
-    """Ctrl-C: `last` is saved; the message says how to resume."""
-
-    exit_code = EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -604,7 +599,7 @@ def _train_epochs(
             pass
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted; {paths.last} holds epoch {saved_epoch[0]}: resume with "
+            f"{interrupted_word()}; {paths.last} holds epoch {saved_epoch[0]}: resume with "
             f"tlcli finetune --resume {paths.root}"
         ) from None
     except torch.cuda.OutOfMemoryError:

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
-from tlcli.errors import ConfigError, RunDirError, TlcliError
+from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError
+from tlcli.interrupt import interrupted_word
 from tlcli.train.progress import NullReporter, Reporter
 from tlcli.tune.space import (
     ParamSpec,
@@ -483,8 +484,6 @@ def tune(
     """Run (or resume, or join) a study; returns the summary with the trial rows and best."""
     import optuna
 
-    from tlcli.train.run import Interrupted
-
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     if settings.trials < 1:
@@ -604,7 +603,7 @@ def tune(
             study.optimize(objective, n_trials=remaining, callbacks=[after_trial])
         except (KeyboardInterrupt, Interrupted):
             raise Interrupted(
-                f"interrupted; finished trials are kept in {storage_url}: rerun the same "
+                f"{interrupted_word()}; finished trials are kept in {storage_url}: rerun the same "
                 "command to resume"
             ) from None
         except TlcliError:
