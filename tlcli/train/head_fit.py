@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +139,8 @@ def cached_features(
     )
     if cfg.data.cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # Its own temp file: two processes (tune workers, DDP ranks) may fill one key at once.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         torch.save({"features": feats, "labels": labels}, tmp)
         tmp.replace(path)
     return feats, labels
