@@ -462,6 +462,43 @@ def test_two_workers_share_one_sqlite_study(images, tmp_path):
     assert sum(s["resumed"] for s in summaries) == 0
 
 
+def test_a_worker_waits_for_the_lr_range_test_running_beside_it(images, tmp_path):
+    """Workers sharing a SQLite study run the LR range test once: while another worker holds
+    the lock beside the database (here: the test), a new worker waits, then takes the range
+    that worker stored instead of running its own test."""
+    import fcntl
+
+    stored_center, database = 0.0123, tmp_path / "shared.db"
+    storage = f"sqlite:///{database}"
+    lock_file = tmp_path / "shared.db.lr-find.lock"
+    stderr_file = tmp_path / "worker.stderr"
+    with open(lock_file, "a") as lock, stderr_file.open("w") as stderr:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a worker in the middle of its range test
+        proc = subprocess.Popen(
+            _tlcli(*_tune_args(images, tmp_path / "w", 1, "--storage", storage, "--json")),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for another worker's LR range test" not in stderr_file.read_text():
+                assert proc.poll() is None, stderr_file.read_text()
+                assert time.monotonic() < deadline, "the worker did not wait for the lock"
+                time.sleep(0.1)
+            study = optuna.load_study(study_name="tune-images", storage=storage)
+            study.set_user_attr("lr_center", stored_center)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        stdout, _ = proc.communicate(timeout=180)
+    log = stderr_file.read_text()
+    assert proc.returncode == 0, log
+    assert "LR range test (" not in log  # it did not run its own
+    lr = optuna.load_study(study_name="tune-images", storage=storage).user_attrs["space"]["lr"]
+    assert math.isclose(math.sqrt(lr["low"] * lr["high"]), stored_center, rel_tol=1e-9)
+    assert json.loads(stdout)["trials_run_now"] == 1
+
+
 def test_best_yaml_is_accepted_unchanged_by_finetune(images, tmp_path):
     out = tmp_path / "tune"
     # The trials run 1 epoch; the final run's length is the config's train.epochs.

@@ -21,6 +21,8 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,6 +415,37 @@ def lr_range_center(valley: float, steepest: float) -> float:
     return min(max(math.sqrt(valley * steepest), low), high)
 
 
+def sqlite_file_of(storage_url: str) -> Path | None:
+    """The database file of a sqlite:/// URL; None for a server database."""
+    prefix = "sqlite:///"
+    if not storage_url.startswith(prefix) or storage_url == prefix + ":memory:":
+        return None
+    return Path(storage_url[len(prefix) :])
+
+
+@contextmanager
+def one_worker_at_a_time(lock_file: Path | None, reporter: Reporter) -> Iterator[None]:
+    """An exclusive flock beside the SQLite database, so that workers started together run
+    the LR range test once: the others wait, then read its result. The kernel drops the
+    lock when its holder dies. A server database (several machines) has no shared file:
+    each worker runs its own test and the first to finish sets the range."""
+    if lock_file is None:
+        yield
+        return
+    import fcntl
+
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reporter.note("waiting for another worker's LR range test")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def lr_center_for(
     study: Any,
     data_dir: Path,
@@ -420,19 +453,29 @@ def lr_center_for(
     settings: TuneSettings,
     user_space: dict[str, ParamSpec | None],
     reporter: Reporter,
+    storage_url: str,
 ) -> float:
     """The centre of the default LR range: from lr-find's suggestions (run once per study and
     kept in the storage), or optim.lr. Not needed when the space gives the LR range."""
     if not settings.lr_find or "lr" in user_space or "optim.lr" in user_space:
         return base.optim.lr
-    if "lr_center" in study.user_attrs:
-        return float(study.user_attrs["lr_center"])
-    from tlcli.tune.lr_find import find_lr
-
     # A searched strategy: the range test runs with partial, the middle of the three.
     strategy = base.strategy.name if base.strategy.name != "auto" else "partial"
     if strategy == "head-only" and base.strategy.head_fit == "lbfgs":
         return base.optim.lr  # no LR to search
+    database = sqlite_file_of(storage_url)
+    lock_file = database.with_name(database.name + ".lr-find.lock") if database else None
+    with one_worker_at_a_time(lock_file, reporter):
+        return _lr_center_once(study, data_dir, base, strategy, reporter)
+
+
+def _lr_center_once(
+    study: Any, data_dir: Path, base: Config, strategy: str, reporter: Reporter
+) -> float:
+    if "lr_center" in study.user_attrs:
+        return float(study.user_attrs["lr_center"])
+    from tlcli.tune.lr_find import find_lr
+
     cfg = apply_overrides(base, {"strategy": {"name": strategy}}, "lr-find")
     reporter.note(f"LR range test ({strategy}) to centre the LR range")
     # The same sweep as `tlcli lr-find`: fastai's valley depends on how long the flat start
@@ -526,7 +569,7 @@ def tune(
                 f"study {study_name!r} was started with other settings ({difference}); "
                 "use the same options, or a new --study and --out"
             )
-    center = lr_center_for(study, data_dir, base, settings, user_space, reporter)
+    center = lr_center_for(study, data_dir, base, settings, user_space, reporter, storage_url)
     space = resolve_space(user_space, base, center)
     study.set_user_attr("space", space_to_dict(space))
 
