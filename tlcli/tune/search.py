@@ -283,7 +283,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def fail_dead_trials(study: Any, reporter: Reporter) -> None:
+def fail_dead_trials(study: Any, storage: Any, reporter: Reporter) -> None:
     """Mark FAIL the running trials of killed workers on this host and queue their params
     again. Optuna's heartbeat finds them too, but only after GRACE_SECONDS; a resumed
     command should not show the killed trial as running, nor lose the baseline trial."""
@@ -291,12 +291,14 @@ def fail_dead_trials(study: Any, reporter: Reporter) -> None:
     from optuna.trial import TrialState
 
     host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or process_alive(pid):
             continue
         try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker resuming at the same time got there first
         note = f"retry of killed trial {t.number}"
@@ -573,7 +575,7 @@ def tune(
     space = resolve_space(user_space, base, center)
     study.set_user_attr("space", space_to_dict(space))
 
-    fail_dead_trials(study, reporter)
+    fail_dead_trials(study, storage, reporter)
 
     def finished_here() -> list[Any]:
         return [
