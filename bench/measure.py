@@ -148,7 +148,7 @@ def dataset_parser(description: str) -> argparse.ArgumentParser:
     --model, --write."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--model", default=None, help="default: local-dir Lite0 in --shared")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")

@@ -2,6 +2,8 @@
 recommended plan when it differs) on each shared dataset and compare val accuracy.
 
     python bench/recommend_check.py [--datasets hymenoptera clothing_small] [--epochs 5] [--write]
+    python bench/make_digits.py /tmp/digits && python bench/recommend_check.py --datasets \
+        --folders /tmp/digits --merge /tmp/shared_results.json --write
 
 Every run is the real CLI (`python -m tlcli finetune ... --json`) on the same split and seed,
 so the accuracies differ only by strategy. "Picked well" means the recommended plan's val
@@ -128,6 +130,9 @@ def report(results: dict[str, dict], epochs: int, model: str) -> str:
 
 def main() -> None:
     parser = measure.dataset_parser(__doc__.split("\n")[0])
+    parser.add_argument(
+        "--folders", type=Path, nargs="*", default=[], help="more image folders, by path"
+    )
     parser.add_argument("--json-out", type=Path, help="also save the raw results here")
     parser.add_argument("--merge", type=Path, help="a JSON from an earlier --json-out to include")
     parser.add_argument(
@@ -140,8 +145,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tlcli-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name in args.datasets:
-            data_dir = args.shared / measure.DATASETS[name]
+        folders = {name: args.shared / measure.DATASETS[name] for name in args.datasets}
+        folders |= {folder.name: folder for folder in args.folders}
+        for name, data_dir in folders.items():
             results[name] = check_dataset(data_dir, model, args.epochs, work)
             if args.json_out:
                 args.json_out.write_text(json.dumps(results, indent=1, default=str))

@@ -41,6 +41,10 @@ class ConfigError(TlcliError):
     exit_code = EXIT_CONFIG
 
 
+class TrainingDiverged(ConfigError):
+    """The loss became inf or nan: the learning rate is too high for this model and data."""
+
+
 class DataError(TlcliError):
     """The image folder cannot be used: no images, one class, bad split layout."""
 

@@ -272,6 +272,28 @@ def test_cli_interrupt_exits_130_and_says_how_to_resume(images, tmp_path, monkey
     assert load_checkpoint(run / "last.pt")["metrics"]["epoch"] == 1
 
 
+def test_cli_diverged_loss_exits_2_and_names_the_learning_rate(images, tmp_path, monkeypatch):
+    """A loss that becomes nan in epoch 2 (as a too-high LR makes it): one line naming the LR
+    and lr-find, exit 2, and last.pt still holds epoch 1."""
+    from tlcli.train import loop
+
+    real, calls = loop.loss_fn, []
+
+    def loss_fn(logits, targets, label_smoothing):
+        calls.append(1)
+        loss = real(logits, targets, label_smoothing)
+        return loss * float("nan") if len(calls) > 2 else loss  # 2 steps per epoch here
+
+    monkeypatch.setattr(loop, "loss_fn", loss_fn)
+    run = tmp_path / "run"
+    args = ("--strategy", "partial", "--epochs", "3", "--lr", "0.002", "--out", run)
+    result = _invoke("finetune", images, *_cli_sets(), *args)
+    _assert_one_line_error(
+        result, EXIT_CONFIG, "training diverged", "nan", "--lr 0.002", "lr-find", only_line=False
+    )
+    assert load_checkpoint(run / "last.pt")["metrics"]["epoch"] == 1
+
+
 # --- resume ---------------------------------------------------------------------------------
 
 

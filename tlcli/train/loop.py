@@ -151,17 +151,20 @@ def evaluate_split(
     return loss, acc
 
 
+def raise_if_diverged(loss: torch.Tensor, step: int) -> None:
+    """FloatingPointError when the loss (or a sum of losses) is inf or nan."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss.item()} by step {step}")
+
+
 def forward_backward(
     setup: LoopSetup, x: torch.Tensor, targets: torch.Tensor, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward (and clipping) for one batch; the caller steps the optimizer."""
+    """Forward, loss, backward (and clipping) for one batch; the caller steps the optimizer
+    and checks the loss with raise_if_diverged (a check is a GPU sync: not every step)."""
     with autocast(setup.device, setup.amp_dtype):
         logits = setup.model(x)
     loss = loss_fn(logits, targets, setup.label_smoothing)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"loss became {loss.item()} at step {step}: the learning rate is too high"
-        )
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if setup.clip_grad_norm > 0:
@@ -192,7 +195,11 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         param.requires_grad_(not head_phase)
     meter = UpdateRatioMeter(setup.ratio_params)
     set_train_mode(model)
-    loss_sum, correct, seen = 0.0, 0, 0
+    # Summed on the device: reading a value (.item()) waits for the GPU, so it is done only
+    # every monitor_every steps on CUDA, and the next batch is prepared while the GPU works.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=setup.device)
+    correct = torch.zeros((), dtype=torch.int64, device=setup.device)
+    seen = 0
     reporter.start("train", len(setup.train_labels), f"epoch {state.epoch + 1}/{setup.epochs}")
     for idx in batches:
         images = gather(setup.train_pixels, idx, setup.device)
@@ -212,12 +219,15 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
             setup.ema.update(unwrap(model), step=state.step)
         state.step += 1
         hard = targets.argmax(1) if targets.ndim == 2 else targets
-        correct += int((logits.argmax(1) == hard).sum())
-        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == hard).sum()
+        loss_sum += loss.double() * len(idx)
         seen += len(idx)
+        if setup.device.type != "cuda" or sample_ratio:
+            raise_if_diverged(loss_sum, state.step)
         reporter.advance("train", len(idx))
+    raise_if_diverged(loss_sum, state.step)
     reporter.finish("train")
-    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], world)
+    loss_sum, correct, seen = sum_over_ranks([loss_sum.item(), int(correct), seen], world)
     ratios = meter.medians()
     return {
         "train_loss": loss_sum / max(seen, 1),

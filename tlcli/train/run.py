@@ -24,7 +24,13 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
 from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
-from tlcli.errors import DataError, Interrupted, ResourceError, RunDirError
+from tlcli.errors import (
+    DataError,
+    Interrupted,
+    ResourceError,
+    RunDirError,
+    TrainingDiverged,
+)
 from tlcli.interrupt import interrupted_word
 from tlcli.models import (
     DataSpec,
@@ -604,6 +610,11 @@ def _train_epochs(
         ) from None
     except torch.cuda.OutOfMemoryError:
         raise out_of_memory_error(cfg.data.batch_size, paths.last, saved_epoch[0]) from None
+    except FloatingPointError as exc:
+        raise TrainingDiverged(
+            f"training diverged: {exc}; lower the learning rate (--lr {cfg.optim.lr:g} now; "
+            f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
+        ) from None
     return state
 
 

@@ -208,9 +208,8 @@ def range_test(
             if setup.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             set_lr(optimizer, float(lr) / base_lr)
-            try:
-                loss, _ = forward_backward(setup, x, targets, step)
-            except FloatingPointError:
+            loss, _ = forward_backward(setup, x, targets, step)
+            if not torch.isfinite(loss):
                 stop_reason = "non-finite loss"
                 break
             optimizer.step()

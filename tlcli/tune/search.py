@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
-from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError
+from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
 from tlcli.train.progress import NullReporter, Reporter
 from tlcli.tune.space import (
@@ -618,7 +618,7 @@ def tune(
         except optuna.TrialPruned as exc:
             trial.set_user_attr("note", str(exc))
             raise
-        except FloatingPointError as exc:
+        except TrainingDiverged as exc:
             # Diverged: the LR is too high. A finished, informative trial, not a crash.
             trial.set_user_attr("note", f"diverged: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
