@@ -49,6 +49,18 @@ RRC_ATTEMPTS = 10
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the GPU.
+
+    A copy from ordinary (pageable) memory blocks the CPU until the GPU has finished all the
+    work queued before it, so the next batch could not be prepared while this one trains.
+    From pinned memory the copy is queued like a kernel (PyTorch's pinned-memory cache keeps
+    the buffer alive until the copy has run)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class BatchAugmenter:
     """uint8 (B, S, S, 3) batches -> normalized float (B, 3, H, W) inputs (and targets)."""
 
@@ -65,6 +77,8 @@ class BatchAugmenter:
         self.input_size = input_size
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+        self.gray = torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self._mixup = None
@@ -81,8 +95,15 @@ class BatchAugmenter:
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         return images.permute(0, 3, 1, 2).float()
 
+    def _constant(self, name: str, device: torch.device) -> torch.Tensor:
+        """mean, std or gray on `device`, copied there once."""
+        key = (name, device)
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, name).to(device)
+        return self._on_device[key]
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x - self._constant("mean", x.device)) / self._constant("std", x.device)
 
     def center_crop(self, images: torch.Tensor) -> torch.Tensor:
         """The eval transform: center crop input_size from the cached square."""
@@ -103,7 +124,7 @@ class BatchAugmenter:
             x = self._random_resized_crop(self._to_float(images), generator)
         batch = x.shape[0]
         if spec.hflip > 0:
-            flip = (torch.rand(batch, generator=generator) < spec.hflip).to(x.device)
+            flip = to_device(torch.rand(batch, generator=generator) < spec.hflip, x.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if spec.color_jitter > 0:
             x = self._color_jitter(x, generator)
@@ -140,7 +161,7 @@ class BatchAugmenter:
         u = torch.rand(batch, 2, generator=generator)
         x0 = torch.floor(u[:, 0] * (width - w_sel + 1))
         y0 = torch.floor(u[:, 1] * (height - h_sel + 1))
-        boxes = torch.stack([rows.float(), x0, y0, x0 + w_sel, y0 + h_sel], 1).to(x.device)
+        boxes = to_device(torch.stack([rows.float(), x0, y0, x0 + w_sel, y0 + h_sel], 1), x.device)
         # aligned=True samples pixel centers; 2x2 samples per output bin smooth the downscale.
         return roi_align(x, boxes, (self.input_size, self.input_size), 1.0, 2, aligned=True)
 
@@ -149,11 +170,12 @@ class BatchAugmenter:
         factors = torch.empty(x.shape[0], 3).uniform_(
             1 - strength, 1 + strength, generator=generator
         )
-        factors = factors.to(x.device).view(-1, 3, 1, 1, 1)
+        factors = to_device(factors, x.device).view(-1, 3, 1, 1, 1)
+        weights = self._constant("gray", x.device)
         x = x * factors[:, 0]
-        gray = (x * torch.tensor(GRAY_WEIGHTS, device=x.device).view(1, 3, 1, 1)).sum(1, True)
+        gray = (x * weights).sum(1, True)
         x = (x - gray.mean((2, 3), keepdim=True)) * factors[:, 1] + gray.mean((2, 3), keepdim=True)
-        gray = (x * torch.tensor(GRAY_WEIGHTS, device=x.device).view(1, 3, 1, 1)).sum(1, True)
+        gray = (x * weights).sum(1, True)
         x = (x - gray) * factors[:, 2] + gray
         return x.clamp(0, 255)
 
@@ -177,6 +199,6 @@ class BatchAugmenter:
             w = min(width, int(round(math.sqrt(area / aspect))))
             top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            noise = torch.randn(3, h, w, generator=generator).to(x.device, x.dtype)
+            noise = to_device(torch.randn(3, h, w, generator=generator), x.device).to(x.dtype)
             x[i, :, top : top + h, left : left + w] = noise
         return x

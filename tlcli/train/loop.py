@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlcli.data.augment import BatchAugmenter
+from tlcli.data.augment import BatchAugmenter, to_device
 from tlcli.strategy import set_train_mode
 from tlcli.train.distributed import SINGLE, World, shard_batches, sum_over_ranks, unwrap
 from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
@@ -83,14 +83,11 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
 
 def gather(pixels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     """Copy a batch out of the (possibly memory-mapped) cache onto the device."""
-    batch = torch.from_numpy(np.ascontiguousarray(pixels[np.sort(idx)]))
-    if device.type == "cuda":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch
+    return to_device(torch.from_numpy(np.ascontiguousarray(pixels[np.sort(idx)])), device)
 
 
 def sorted_labels(labels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(labels[np.sort(idx)]).to(device)
+    return to_device(torch.from_numpy(labels[np.sort(idx)]), device)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
