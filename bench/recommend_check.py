@@ -22,6 +22,8 @@ from typing import Any
 
 import measure
 
+from tlcli.config import Config
+
 SECTION = "recommend-check"
 WITHIN = 0.01  # "one within 1 point of the best"
 
@@ -38,8 +40,8 @@ def run_cli(args: list[str]) -> dict[str, Any]:
     return result
 
 
-def plan_args(strategy: str, stages: int, warmup: int) -> list[str]:
-    args = ["--strategy", strategy]
+def plan_args(strategy: str, stages: int, warmup: int, augment: str) -> list[str]:
+    args = ["--strategy", strategy, "--augment", augment]
     if strategy == "partial":
         args += ["--trainable-stages", str(stages)]
     if warmup:
@@ -51,30 +53,37 @@ def check_dataset(data_dir: Path, model: str, epochs: int, work: Path) -> dict[s
     report = run_cli(["recommend", str(data_dir), "--model", model])
     rec = report["recommendation"]
     # Default settings of each strategy (partial: the default --trainable-stages), then the
-    # recommended plan itself when it is not one of those.
+    # recommended plan itself (strategy, stages, head-first epochs, augmentation) when it is
+    # not one of those, all for the same number of epochs.
+    default_augment = Config().data.augment
     plans = {
-        "head-only": ("head-only", 0, 0),
-        "partial": ("partial", 2, 0),
-        "full": ("full", 0, 0),
+        "head-only": ("head-only", 0, 0, default_augment),
+        "partial": ("partial", 2, 0, default_augment),
+        "full": ("full", 0, 0, default_augment),
     }
-    chosen = (rec["strategy"], rec["trainable_stages"], rec["head_warmup_epochs"])
+    chosen = (rec["strategy"], rec["trainable_stages"], rec["head_warmup_epochs"], rec["augment"])
     label = next((name for name, plan in plans.items() if plan == chosen), None)
     if label is None:
-        label = f"recommended: {rec['strategy']}"
+        label = rec["strategy"]
         if rec["strategy"] == "partial":
             label += f" K={rec['trainable_stages']}"
         if rec["head_warmup_epochs"]:
             label += f", head first {rec['head_warmup_epochs']} ep"
+        if rec["augment"] != default_augment:
+            label += f", {rec['augment']} augmentation"
         plans[label] = chosen
     runs = {}
-    for name, (strategy, stages, warmup) in plans.items():
+    for name, (strategy, stages, warmup, augment) in plans.items():
         out = work / f"{data_dir.name}-{epochs}ep-{strategy}-k{stages}-w{warmup}"
+        if augment != default_augment:
+            out = out.with_name(f"{out.name}-{augment}")
         if (out / "summary.json").is_file():  # finished in an earlier call with this --work
             summary = json.loads((out / "summary.json").read_text())
             summary["wall_seconds"] = summary["seconds"]
         else:
             args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
-            summary = run_cli(args + plan_args(strategy, stages, warmup) + ["--out", str(out)])
+            plan = plan_args(strategy, stages, warmup, augment)
+            summary = run_cli(args + plan + ["--out", str(out)])
         runs[name] = summary
         print(f"{data_dir.name} {name}: val {summary['val_acc']:.4f}", file=sys.stderr)
     best = max(r["val_acc"] for r in runs.values())
@@ -97,7 +106,8 @@ def report(results: dict[str, dict], epochs: int, model: str) -> str:
         "",
         f"Each strategy trained with default settings for {epochs} epochs on {model}; val top-1 "
         "is the best epoch's (the checkpoint `best.pt` keeps). Partial uses the default "
-        "`--trainable-stages 2`; the recommended plan is run as well when it differs.",
+        "`--trainable-stages 2`; the recommended plan (its strategy, stages, head-first epochs "
+        "and augmentation, for the same number of epochs) is run as well when it differs.",
         "",
     ]
     rows = []

@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 stdout = Console()
+PIPED_TABLE_WIDTH = 200  # columns for a wide table written to a file or pipe
 _state = {"debug": False}
 
 
@@ -307,7 +308,7 @@ def finetune(
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
         else:
-            stderr.print(finetune_summary_table(summary))
+            stdout.print(finetune_summary_table(summary))
 
     run_command(body)
 
@@ -396,7 +397,7 @@ def recommend(
             print_json(result)
         else:
             for renderable in recommendation_panel(result):
-                stderr.print(renderable)
+                stdout.print(renderable)
 
     run_command(body)
 
@@ -472,9 +473,9 @@ def evaluate(
             print_json(report)
         else:
             for table in evaluation_tables(report):
-                stderr.print(table)
+                stdout.print(table)
             if report_dir is not None:
-                stderr.print(f"report written to {report_dir}/", highlight=False)
+                stdout.print(f"report written to {report_dir}/", highlight=False)
 
     run_command(body)
 
@@ -553,9 +554,9 @@ def predict(
         if json_:
             print_json(result.report)
         else:
-            stderr.print(prediction_table(result.report))
+            stdout.print(prediction_table(result.report))
             if csv_ is not None:
-                stderr.print(f"predictions written to {csv_}", highlight=False)
+                stdout.print(f"predictions written to {csv_}", highlight=False)
 
     run_command(body)
 
@@ -622,7 +623,7 @@ def export(
         if json_:
             print_json(result)
         else:
-            stderr.print(export_table(result))
+            stdout.print(export_table(result))
 
     run_command(body)
 
@@ -742,7 +743,7 @@ def lr_find(
         if json_:
             print_json(result)
         else:
-            stderr.print(lr_find_table(result))
+            stdout.print(lr_find_table(result))
 
     run_command(body)
 
@@ -861,9 +862,11 @@ def tune(
             return
         best = summary["best"]
         table = tune_trials_table(summary["trials"], best["number"])
-        # One column per parameter: piped to a file or log, print it whole, not squeezed to 80.
-        stderr.print(table, width=None if stderr.is_terminal else 200, crop=stderr.is_terminal)
-        stderr.print(
+        # One column per parameter: piped to a file or log, print it whole, not squeezed to 80
+        # (Console.print caps its width= at the console's own width, hence a wider console).
+        wide = stdout if stdout.is_terminal else Console(width=PIPED_TABLE_WIDTH)
+        wide.print(table, crop=stdout.is_terminal)
+        stdout.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
             f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})\n"
             f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}",

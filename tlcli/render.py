@@ -381,7 +381,10 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     )
     if rec.get("expected_head_only"):
         lo, hi = rec["expected_head_only"]
-        lines.append(f"head-only would reach about {lo:.2f}-{hi:.2f} (95% interval of the probe)")
+        lines.append(
+            f"probe estimate of head-only: {lo:.2f}-{hi:.2f} (95% interval on the sample; a "
+            "rough guide, see docs/benchmarks.md)"
+        )
     lines += [f"- {reason}" for reason in rec["reasons"]]
     command = f"tlcli finetune {result['data_dir']} --model {result['model']} " + (
         f"--strategy {rec['strategy']}"

@@ -138,7 +138,7 @@ def test_ensemble_is_the_mean_of_member_probabilities_side_by_side(trained):
 
     result = invoke("evaluate", *trained["ckpts"], trained["root"], "--split", "val")
     assert result.exit_code == 0, result.output
-    assert "ensemble" in result.stderr and "run1/best.pt" in result.stderr
+    assert "ensemble" in result.stdout and "run1/best.pt" in result.stdout  # the result: stdout
 
 
 def test_checkpoints_with_classes_in_another_order_are_aligned(trained, tmp_path):

@@ -314,9 +314,8 @@ def test_cli_lr_find_no_pretrained_prints_the_table(images, tmp_path):
         "lr-find", images, "--model", "test_resnet", "--no-pretrained", *_cli_sets(), "-o", out
     )
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == ""
-    assert "suggested lr" in result.stderr
-    assert str(out) in "".join(line.strip(" │") for line in result.stderr.splitlines())
+    assert "suggested lr" in result.stdout
+    assert str(out) in "".join(line.strip(" │") for line in result.stdout.splitlines())
     assert out.read_bytes().startswith(b"\x89PNG")
 
 
@@ -418,7 +417,7 @@ def test_killed_search_resumes_with_the_same_command(images, tmp_path):
     result = _invoke(*args)  # the same command
     assert result.exit_code == 0, result.stderr
     assert "trial 1 was killed" in result.stderr
-    assert "tune trials" in result.stderr and "val loss" in result.stderr  # the table
+    assert "tune trials" in result.stdout and "val loss" in result.stdout  # the table
     finished = _finished(study)
     assert len(finished) == 3 and _snapshot(finished)[:1] == before  # trial 0 not redone
     assert study.trials[1].state == optuna.trial.TrialState.FAIL
