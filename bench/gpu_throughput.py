@@ -205,9 +205,7 @@ def main() -> None:
             )
             rows.append(row)
     markdown = report(rows, args, args.device)
-    print(markdown)
-    if args.write:
-        measure.write_section(SECTION, markdown)
+    measure.publish(SECTION, markdown, args.write)
 
 
 if __name__ == "__main__":

@@ -191,10 +191,8 @@ def main() -> None:
         for name in args.datasets:
             data_dir = args.shared / measure.DATASETS[name]
             results[name] = bench_dataset(name, data_dir, model, args.epochs, Path(work))
-    markdown = report(results, args.epochs, model.replace(str(args.shared.resolve()), "../shared"))
-    print(markdown)
-    if args.write:
-        measure.write_section(SECTION, markdown)
+    markdown = report(results, args.epochs, measure.shown_model(model, args.shared))
+    measure.publish(SECTION, markdown, args.write)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,7 @@ def main() -> None:
         f"torch imported by `--help`: {torch_imported_by_help()}.",
     ]
     markdown = "\n".join(lines)
-    print(markdown)
-    if args.write:
-        measure.write_section(SECTION, markdown)
+    measure.publish(SECTION, markdown, args.write)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,18 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def publish(name: str, markdown: str, write: bool) -> None:
+    """Print the section; with --write also put it into docs/benchmarks.md."""
+    print(markdown)
+    if write:
+        write_section(name, markdown)
+
+
+def shown_model(model: str, shared: Path) -> str:
+    """The model name as the docs show it: the shared folder as ../shared."""
+    return model.replace(str(shared.resolve()), "../shared")
+
+
 def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
     """Replace the text between this benchmark's markers in docs/benchmarks.md."""
     begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"

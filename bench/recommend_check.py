@@ -161,10 +161,8 @@ def main() -> None:
             results[name] = check_dataset(data_dir, model, args.epochs, work)
             if args.json_out:
                 args.json_out.write_text(json.dumps(results, indent=1, default=str))
-    markdown = report(results, args.epochs, model.replace(str(args.shared.resolve()), "../shared"))
-    print(markdown)
-    if args.write:
-        measure.write_section(SECTION, markdown)
+    markdown = report(results, args.epochs, measure.shown_model(model, args.shared))
+    measure.publish(SECTION, markdown, args.write)
 
 
 if __name__ == "__main__":

@@ -316,12 +316,8 @@ def main() -> None:
             rounds.append(
                 {s: spawn_side(s, data, model, args.epochs, Path(work)) for s in args.sides}
             )
-    markdown = report(
-        rounds, args.epochs, args.target_acc, model.replace(str(args.shared.resolve()), "../shared")
-    )
-    print(markdown)
-    if args.write:
-        measure.write_section(SECTION, markdown)
+    markdown = report(rounds, args.epochs, args.target_acc, measure.shown_model(model, args.shared))
+    measure.publish(SECTION, markdown, args.write)
 
 
 if __name__ == "__main__":
