@@ -4,7 +4,7 @@ reasons (sentences quoting the numbers) out.
 |              | similar                      | dissimilar                                      |
 | little data  | head-only                    | partial with care: from the best earlier stage, |
 |              |                              | else the top few stages                         |
-| lots of data | partial, the last few stages | many stages or all (full)                       |
+| more data    | partial, the last few stages | the same below LOTS_PER_CLASS; full above       |
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class Recommendation:
     backbone_lr_mult: float
     epochs: int
     augment: str
-    head_warmup_epochs: int  # two-phase recipe: head first, then unfreeze
+    # Two-phase recipe (head first, then unfreeze). decide() gives 0: a head-first epoch
+    # cost digits 3.1 points (docs/benchmarks.md). Kept in the JSON and applied if set.
+    head_warmup_epochs: int
     size: str  # "small" | "large"
     similarity: str  # "similar" | "dissimilar" | "unknown"
     expected_head_only: tuple[float, float] | None
@@ -145,7 +147,6 @@ def decide(signals: Signals) -> Recommendation:
         half = Z_95 * math.sqrt(max(p * (1 - p), 1e-4) / signals.num_sampled)
         expected = (max(0.0, p - half), min(1.0, p + half))
 
-    warmup = 0
     if similarity != "dissimilar" and small:
         strategy, k = "head-only", 0
         reasons.append(
@@ -167,27 +168,24 @@ def decide(signals: Signals) -> Recommendation:
                 "lots of data and dissimilar: retrain everything (full); the "
                 "pretrained weights mainly speed up convergence"
             )
-        elif small:
-            # The lecture's hardest case, "partial with care": retrain from the stage whose
-            # features still fit, else only the top stages. Calibrated on digits
-            # (bench/recommend_check.py): more stages with a head-first epoch, and strong
-            # augmentation on top, did far worse in the same epochs.
+        else:
+            # Below "lots", the lecture's "partial with care": retrain from the stage whose
+            # features still fit, else only the top stages. Calibrated on digits with 144 and
+            # 162 train images per class (bench/recommend_check.py): 4 stages with a head-first
+            # epoch did worse than the top 2 both times (0.911 and 0.935 vs 0.967 and 0.957),
+            # and strong augmentation far worse (0.735).
             k = min(max(k_from_probe, FEW_STAGES), n_stages)
             strategy = "partial" if k < n_stages else "full"
             where = f"after {earlier[0]}, the best earlier stage" if earlier else "at the top"
-            reasons.append(
-                f"little dissimilar data, the hardest case: retrain {k} of {n_stages} stages "
-                f"({where}) and the head at a lowered LR, with care: too little data to "
-                "retrain more"
+            case = (
+                "little dissimilar data, the hardest case"
+                if small
+                else f"dissimilar data, but not lots (< {LOTS_PER_CLASS} per class)"
             )
-        else:
-            k = min(max(k_from_probe, math.ceil(n_stages / 2), FEW_STAGES + 1), n_stages)
-            strategy = "partial" if k < n_stages else "full"
             reasons.append(
-                f"dissimilar data: retrain many stages ({k} of {n_stages}) and the head, head "
-                "first (two-phase) so the fresh head does not disturb the pretrained layers"
+                f"{case}: retrain {k} of {n_stages} stages ({where}) and the head at a lowered "
+                "LR, with care: too little data to retrain more"
             )
-            warmup = 1
     if strategy == "head-only":
         epochs = EPOCHS_LARGE
     else:
@@ -201,7 +199,7 @@ def decide(signals: Signals) -> Recommendation:
         # The default preset everywhere: strong augmentation (RandAugment, erasing, mixup)
         # cost little dissimilar data (digits) 18 points in 5 epochs (docs/benchmarks.md).
         augment="standard",
-        head_warmup_epochs=warmup,
+        head_warmup_epochs=0,
         size="small" if small else "large",
         similarity=similarity,
         expected_head_only=expected,
