@@ -83,14 +83,14 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target.
+def save_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temp file of its own in the same folder, fsync, then rename over path.
 
-    A crash, a kill or a full disk mid-write leaves the previous checkpoint in place, never
-    a truncated one (os.replace is atomic on POSIX); a killed process may leave its temp
-    file, which `remove_stale_temp_files` clears when the run is resumed.
+    A crash, a kill or a full disk mid-write leaves the previous file in place, never a
+    truncated one (os.replace is atomic on POSIX), and two processes writing one path at once
+    never share a temp file; a killed process may leave its temp file, which
+    `remove_stale_temp_files` clears from a run dir when the run is resumed.
     """
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
@@ -103,9 +103,18 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         # torch.save turns an exception raised inside handle.write (Ctrl-C, ENOSPC) into a
-        # RuntimeError; give the caller the real one.
+        # RuntimeError; a Ctrl-C stays a Ctrl-C.
         if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
             raise KeyboardInterrupt from None
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """save_atomically with the format header; a full disk is a one-line ResourceError."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    try:
+        save_atomically(path, payload)
+    except BaseException as exc:
         disk_error = disk_error_of(exc)
         if disk_error is not None:
             raise ResourceError(

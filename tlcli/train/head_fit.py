@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +24,7 @@ from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
 from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint
 from tlcli.models import DataSpec
+from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, batch_indices, gather
 from tlcli.train.progress import Reporter
 
@@ -139,10 +138,8 @@ def cached_features(
     )
     if cfg.data.cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Its own temp file: two processes (tune workers, DDP ranks) may fill one key at once.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        torch.save({"features": feats, "labels": labels}, tmp)
-        tmp.replace(path)
+        # Atomic, with a temp file of its own: tune workers or DDP ranks may fill one key.
+        save_atomically(path, {"features": feats, "labels": labels})
     return feats, labels
 
 
