@@ -92,6 +92,25 @@ def test_any_change_gets_a_new_decode_cache(image_folder, decode_calls, change):
         assert not np.array_equal(before.pixels[0], after.pixels[0])
 
 
+@pytest.mark.parametrize("damage", ["empty meta", "cut-short array", "no array header"])
+def test_a_damaged_decode_cache_is_decoded_again(image_folder, decode_calls, damage):
+    """A cache file cut short (a full disk, a copy of another machine's cache) is a miss."""
+    samples = _samples(image_folder())
+    first = np.array(decode_images(samples, SIZE).pixels)  # a copy: the file is damaged next
+    (array,) = _cache_files("images", ".npy")
+    if damage == "empty meta":
+        array.with_suffix(".json").write_text("")
+    elif damage == "cut-short array":
+        os.truncate(array, array.stat().st_size // 2)
+    else:
+        array.write_bytes(b"not an npy file")
+    second = decode_images(samples, SIZE)
+    assert len(decode_calls) == 2
+    np.testing.assert_array_equal(first, second.pixels)
+    assert decode_images(samples, SIZE).pixels.shape == first.shape
+    assert len(decode_calls) == 2  # the rewritten cache is whole again
+
+
 def test_decode_cache_off_writes_nothing(image_folder):
     decode_images(_samples(image_folder()), SIZE, disk_cache=False)
     assert not (cache_root() / "images").exists()
@@ -186,3 +205,20 @@ def test_feature_cache_off_extracts_every_time(image_folder, extract_calls):
     _features(model, samples, cfg=cfg)
     assert len(extract_calls) == 2
     assert not (cache_root() / "features").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "wrong rows"])
+def test_a_damaged_feature_cache_is_extracted_again(image_folder, extract_calls, damage):
+    samples = _samples(image_folder())
+    model = _model(0)
+    x1, _ = _features(model, samples)
+    (path,) = _cache_files("features", ".pt")
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "cut short":
+        os.truncate(path, path.stat().st_size // 2)
+    else:
+        torch.save({"features": x1[:1], "labels": torch.zeros(1)}, path)
+    x2, _ = _features(model, samples)
+    assert len(extract_calls) == 2
+    torch.testing.assert_close(x1, x2)

@@ -286,7 +286,7 @@ class FailingHandle:
 @pytest.fixture
 def failing_writes(monkeypatch):
     """failing_writes(error): the next checkpoint write fails halfway with error."""
-    from tlcli.train import checkpoint
+    from tlcli import atomic
 
     def arm(error: BaseException) -> None:
         real_fdopen = os.fdopen
@@ -294,7 +294,7 @@ def failing_writes(monkeypatch):
         def fdopen(fd, *args, **kwargs):
             return FailingHandle(real_fdopen(fd, *args, **kwargs), error, after=4096)
 
-        monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+        monkeypatch.setattr(atomic.os, "fdopen", fdopen)
 
     return arm
 

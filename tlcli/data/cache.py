@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tlcli.atomic import write_atomically
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.errors import ResourceError, disk_error_of
@@ -142,6 +143,22 @@ def _reserve_blocks(path: str) -> None:
         os.close(fd)
 
 
+def _load_cache(
+    array_path: Path, meta_path: Path, shape: tuple[int, ...]
+) -> tuple[np.ndarray, dict[int, str]] | None:
+    """The cached pixels and failures, or None when absent or unreadable (then decode again)."""
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        failures = {int(k): str(v) for k, v in json.loads(meta_path.read_text()).items()}
+        pixels = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, AttributeError):  # cut short, corrupt or not an .npy
+        return None
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        return None
+    return pixels, failures
+
+
 def decode_images(
     samples: Sequence[Sample],
     size: int,
@@ -159,9 +176,9 @@ def decode_images(
     ).hexdigest()[:32]
     folder = cache_root() / "images"
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    if disk_cache and array_path.is_file() and meta_path.is_file():
-        failures = {int(k): v for k, v in json.loads(meta_path.read_text()).items()}
-        pixels = np.load(array_path, mmap_mode="r")
+    cached = _load_cache(array_path, meta_path, (len(paths), size, size, 3)) if disk_cache else None
+    if cached is not None:
+        pixels, failures = cached
         if on_advance is not None:
             on_advance(len(paths))
     else:
@@ -172,8 +189,11 @@ def decode_images(
             failures = _decode_all(jobs, pixels, workers, on_advance)
             pixels.flush()
             del pixels
-            meta_path.write_text(json.dumps({str(k): v for k, v in failures.items()}))
-            os.replace(tmp, array_path)  # atomic: a half-written cache is never picked up
+            # Both renames are atomic, so a reader never sees a half-written file, and a
+            # second process decoding the same folder at once writes identical contents.
+            meta = json.dumps({str(k): v for k, v in failures.items()}).encode()
+            write_atomically(meta_path, lambda handle: handle.write(meta))
+            os.replace(tmp, array_path)
             pixels = np.load(array_path, mmap_mode="r")
         else:
             pixels = np.zeros((len(paths), size, size, 3), np.uint8)

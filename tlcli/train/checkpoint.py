@@ -6,12 +6,10 @@ malicious pickle, a whole pickled model) is refused before anything in it runs.
 
 from __future__ import annotations
 
-import os
 import pickle
 import platform
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,11 @@ import torch
 from torch import nn
 
 from tlcli import __version__
-from tlcli.errors import CheckpointError, ResourceError, disk_error_of, exception_chain
+from tlcli.atomic import TEMP_SUFFIX, write_atomically
+from tlcli.errors import CheckpointError, ResourceError, disk_error_of
 
 FORMAT = "tlcli-checkpoint"
 FORMAT_VERSION = 1
-TEMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp next to the checkpoint while it is written
 
 
 def library_versions() -> dict[str, str]:
@@ -84,29 +82,9 @@ def _tuples(value: Any) -> Any:
 
 
 def save_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file of its own in the same folder, fsync, then rename over path.
-
-    A crash, a kill or a full disk mid-write leaves the previous file in place, never a
-    truncated one (os.replace is atomic on POSIX), and two processes writing one path at once
-    never share a temp file; a killed process may leave its temp file, which
-    `remove_stale_temp_files` clears from a run dir when the run is resumed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        # torch.save turns an exception raised inside handle.write (Ctrl-C, ENOSPC) into a
-        # RuntimeError; a Ctrl-C stays a Ctrl-C.
-        if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
-            raise KeyboardInterrupt from None
-        raise
+    """torch.save through write_atomically; `remove_stale_temp_files` clears the temp file a
+    killed process leaves in a run dir when the run is resumed."""
+    write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -122,20 +100,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
                 "checkpoint is intact: free space and run again with --resume"
             ) from None
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a power cut after it keeps the new file)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows): the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,6 +96,22 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels)
 
 
+def _load_features(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (features, labels), or None when absent or unreadable (then extract again)."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        feats, labels = data["features"], data["labels"]
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.PickleError):
+        return None  # cut short, corrupt, or not a feature file
+    if not (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        return None
+    if len(feats) != rows or len(labels) != rows:
+        return None
+    return feats, labels
+
+
 def cached_features(
     model: nn.Module,
     images: DecodedImages,
@@ -121,10 +139,10 @@ def cached_features(
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_root() / "features" / f"{key}.pt"
-    if cfg.data.cache and path.is_file():
-        data = torch.load(path, weights_only=True)
+    cached = _load_features(path, len(images) * (1 + views)) if cfg.data.cache else None
+    if cached is not None:
         reporter.note(f"{task}: features from cache {path.name}")
-        return data["features"], data["labels"]
+        return cached
     feats, labels = extract_features(
         model,
         images,

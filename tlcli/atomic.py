@@ -1,0 +1,52 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a half-written one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from tlcli.errors import exception_chain
+
+TEMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp next to the target while it is written
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """write() into a temp file of its own in path's folder, fsync, then rename over path.
+
+    A crash, a kill or a full disk mid-write leaves the previous file in place, never a
+    truncated one (os.replace is atomic on POSIX), and two processes writing one path at once
+    never share a temp file; a killed process may leave its temp file behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save turns an exception raised inside handle.write (Ctrl-C, ENOSPC) into a
+        # RuntimeError; a Ctrl-C stays a Ctrl-C.
+        if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
+            raise KeyboardInterrupt from None
+        raise
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename itself durable (a power cut after it keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
