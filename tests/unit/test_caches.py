@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,45 @@ def test_a_damaged_decode_cache_is_decoded_again(image_folder, decode_calls, dam
     np.testing.assert_array_equal(first, second.pixels)
     assert decode_images(samples, SIZE).pixels.shape == first.shape
     assert len(decode_calls) == 2  # the rewritten cache is whole again
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_mid_decode_leaves_no_temp_file(image_folder, monkeypatch, workers):
+    samples = _samples(image_folder(counts={"a": 40, "b": 40}))  # 80: the pool is used
+    real, seen = decode_cache._decode_one, []
+
+    def interrupted(job):
+        if len(seen) == 10:
+            raise KeyboardInterrupt
+        seen.append(job)
+        return real(job)
+
+    monkeypatch.setattr(decode_cache, "_decode_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        decode_images(samples, SIZE, workers=workers)
+    assert list((cache_root() / "images").iterdir()) == []
+    assert len(seen) < len(samples)  # the queued images were dropped, not decoded
+
+
+def test_orphaned_temp_files_of_this_host_are_removed(image_folder):
+    """A SIGKILLed decode leaves its temp file; the next decode here removes it if its writer
+    is gone, and keeps those of a live writer or of another host sharing the cache dir."""
+    folder = cache_root() / "images"
+    folder.mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = folder / f"{decode_cache._temp_prefix(int(done.stdout))}abc.tmp"
+    live = folder / f"{decode_cache._temp_prefix(os.getppid())}def.tmp"
+    other_host = folder / f".decode.other-host.{int(done.stdout)}.ghi.tmp"
+    for path in (dead, live, other_host):
+        path.write_bytes(b"half a cache")
+    decode_images(_samples(image_folder()), SIZE)
+    assert not dead.exists()
+    assert live.exists() and other_host.exists()
 
 
 def test_decode_cache_off_writes_nothing(image_folder):

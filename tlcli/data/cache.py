@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlcli.atomic import write_atomically
+from tlcli.atomic import TEMP_SUFFIX, write_atomically
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.errors import ResourceError, disk_error_of
@@ -88,10 +89,13 @@ def _decode_all(
     if workers > 1 and len(jobs) >= MIN_IMAGES_FOR_POOL:
         # Threads, not processes: PIL releases the GIL while decoding and resizing, and
         # threads need no re-import of the caller's __main__ (spawn) or fork after torch.
-        with ThreadPoolExecutor(workers) as pool:
-            results = pool.map(_decode_one, jobs)
-            for i, result in enumerate(results):
+        pool = ThreadPoolExecutor(workers)
+        try:
+            for i, result in enumerate(pool.map(_decode_one, jobs)):
                 _store(i, result, out, failures, on_advance)
+        finally:
+            # On Ctrl-C, drop the queued images instead of decoding the rest of the folder.
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         for i, job in enumerate(jobs):
             _store(i, _decode_one(job), out, failures, on_advance)
@@ -113,7 +117,8 @@ def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
     A sparse memmap on a full disk fails later with SIGBUS (a crash with no message) when a
     page is written; reserving the space turns that into an ENOSPC now.
     """
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
+    _remove_orphaned_temp_files(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.getpid()), suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         pixels = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
@@ -127,6 +132,34 @@ def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
             ) from None
         raise
     return pixels, tmp
+
+
+def _temp_prefix(pid: int) -> str:
+    """Names the writer, so a later run can tell its own host's orphaned temp files."""
+    return f".decode.{socket.gethostname()}.{pid}."
+
+
+def _remove_orphaned_temp_files(folder: Path) -> None:
+    """Delete the half-written caches of killed processes (SIGKILL, OOM, power cut) on this host.
+
+    A decode cache can be gigabytes; a temp file whose writer no longer runs would otherwise
+    stay forever. Temp files of other hosts (a shared cache dir) and of live writers are left.
+    """
+    host_prefix = f".decode.{socket.gethostname()}."
+    for tmp in folder.glob(f"{host_prefix}*{TEMP_SUFFIX}"):
+        pid = tmp.name[len(host_prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _reserve_blocks(path: str) -> None:
@@ -186,8 +219,13 @@ def decode_images(
         if disk_cache:
             folder.mkdir(parents=True, exist_ok=True)
             pixels, tmp = _create_cache_file(folder, (len(paths), size, size, 3))
-            failures = _decode_all(jobs, pixels, workers, on_advance)
-            pixels.flush()
+            try:
+                failures = _decode_all(jobs, pixels, workers, on_advance)
+                pixels.flush()
+            except BaseException:  # Ctrl-C, SIGTERM, a full disk: leave no temp file
+                del pixels
+                Path(tmp).unlink(missing_ok=True)
+                raise
             del pixels
             # Both renames are atomic, so a reader never sees a half-written file, and a
             # second process decoding the same folder at once writes identical contents.
