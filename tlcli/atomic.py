@@ -1,8 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a half-written one."""
+"""Atomic file writes (a reader sees the old file or the new one, never a half-written one),
+and the clean-up of temp files that killed writers leave behind."""
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,3 +52,34 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def temp_prefix(tag: str, pid: int | None = None) -> str:
+    """`.<tag>.<host>.<pid>.`: names a temp file's writer, so that a later process can tell
+    the orphans of killed writers on its own host (`remove_orphaned_temp_files`)."""
+    return f".{tag}.{socket.gethostname()}.{os.getpid() if pid is None else pid}."
+
+
+def remove_orphaned_temp_files(folder: Path, tag: str) -> list[Path]:
+    """Delete the temp files named by temp_prefix(tag) whose writer no longer runs on this host
+    (SIGKILL, out of memory, power cut); those of live writers and other hosts sharing the
+    folder are left alone."""
+    host_prefix = f".{tag}.{socket.gethostname()}."
+    removed = []
+    for tmp in Path(folder).glob(f"{host_prefix}*{TEMP_SUFFIX}"):
+        pid = tmp.name[len(host_prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -14,6 +14,7 @@ from corpus import random_image
 
 import tlcli.data.cache as decode_cache
 import tlcli.train.head_fit as head_fit
+from tlcli.atomic import temp_prefix
 from tlcli.config import Config
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import cache_root, decode_images
@@ -142,8 +143,8 @@ def test_orphaned_temp_files_of_this_host_are_removed(image_folder):
         capture_output=True,
         text=True,
     )
-    dead = folder / f"{decode_cache._temp_prefix(int(done.stdout))}abc.tmp"
-    live = folder / f"{decode_cache._temp_prefix(os.getppid())}def.tmp"
+    dead = folder / f"{temp_prefix(decode_cache.TEMP_TAG, int(done.stdout))}abc.tmp"
+    live = folder / f"{temp_prefix(decode_cache.TEMP_TAG, os.getppid())}def.tmp"
     other_host = folder / f".decode.other-host.{int(done.stdout)}.ghi.tmp"
     for path in (dead, live, other_host):
         path.write_bytes(b"half a cache")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlcli.atomic import TEMP_SUFFIX, write_atomically
+from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_atomically
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.errors import ResourceError, disk_error_of
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 1
+# Names the decode's memory-mapped temp file (see atomic.temp_prefix).
+TEMP_TAG = "decode"
 # Below this many images a thread pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 64
 RESAMPLE = {
@@ -117,8 +118,8 @@ def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
     A sparse memmap on a full disk fails later with SIGBUS (a crash with no message) when a
     page is written; reserving the space turns that into an ENOSPC now.
     """
-    _remove_orphaned_temp_files(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.getpid()), suffix=TEMP_SUFFIX)
+    remove_orphaned_temp_files(folder, TEMP_TAG)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(TEMP_TAG), suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         pixels = np.lib.format.open_memmap(tmp, "w+", np.uint8, shape)
@@ -132,34 +133,6 @@ def _create_cache_file(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray
             ) from None
         raise
     return pixels, tmp
-
-
-def _temp_prefix(pid: int) -> str:
-    """Names the writer, so a later run can tell its own host's orphaned temp files."""
-    return f".decode.{socket.gethostname()}.{pid}."
-
-
-def _remove_orphaned_temp_files(folder: Path) -> None:
-    """Delete the half-written caches of killed processes (SIGKILL, OOM, power cut) on this host.
-
-    A decode cache can be gigabytes; a temp file whose writer no longer runs would otherwise
-    stay forever. Temp files of other hosts (a shared cache dir) and of live writers are left.
-    """
-    host_prefix = f".decode.{socket.gethostname()}."
-    for tmp in folder.glob(f"{host_prefix}*{TEMP_SUFFIX}"):
-        pid = tmp.name[len(host_prefix) :].split(".", 1)[0]
-        if pid.isdigit() and not _process_exists(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by another user
-        return True
-    return True
 
 
 def _reserve_blocks(path: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from tlcli.atomic import process_alive
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
@@ -271,16 +272,6 @@ class TrialReporter:
         self.trial.report(value, row["epoch"])
         if row["epoch"] < self.last_step and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def fail_dead_trials(study: Any, storage: Any, reporter: Reporter) -> None:
