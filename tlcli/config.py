@@ -21,6 +21,7 @@ STRATEGIES = ("auto", "head-only", "partial", "full")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "exponential", "none")
 AUGMENTS = ("none", "light", "standard", "strong")
+STREAM_CHOICES = ("auto", "always", "never")
 HEAD_FITS = ("lbfgs", "epochs")
 
 
@@ -74,6 +75,9 @@ class DataConfig:
     image_size: int = 0  # 0: the model's own input size
     max_pixels: int = 178_956_970  # larger images are refused (decompression bombs); PIL's limit
     cache: bool = True  # decode each image once into a uint8 cache
+    # Read the files every epoch instead of the cache: auto (only when the decoded set would
+    # not fit on the cache disk, or in RAM without it), always, never.
+    stream: str = "auto"
 
 
 @dataclass
@@ -106,6 +110,7 @@ _CHOICES = {
     ("optim", "name"): OPTIMIZERS,
     ("schedule", "name"): SCHEDULES,
     ("data", "augment"): AUGMENTS,
+    ("data", "stream"): STREAM_CHOICES,
 }
 
 

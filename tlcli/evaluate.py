@@ -35,6 +35,7 @@ from tlcli.data.scan import (
     identify_image,
     scan_class_folders,
 )
+from tlcli.data.stream import select_rows
 from tlcli.errors import CheckpointError, DataError, RunDirError
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
@@ -217,6 +218,8 @@ def predict_probabilities(
                 lambda n: reporter.advance("decode", n),
             )
             reporter.finish("decode")
+            if decoded[key].streamed:
+                reporter.note(f"streaming the images from their files ({decoded[key].streamed})")
     # A file that fails to decode fails at every size; intersect anyway to stay aligned.
     kept = set.intersection(*({str(p) for p in d.paths} for d in decoded.values()))
     first = next(iter(decoded.values()))
@@ -231,7 +234,7 @@ def predict_probabilities(
         rows = {str(p): i for i, p in enumerate(data.paths)}
         pixels = data.pixels
         if len(data.paths) != len(paths):
-            pixels = pixels[[rows[str(p)] for p in paths]]
+            pixels = select_rows(pixels, [rows[str(p)] for p in paths])
         augmenter = BatchAugmenter(
             PRESETS["none"], loaded.spec.input_size, loaded.spec.mean, loaded.spec.std, len(classes)
         )

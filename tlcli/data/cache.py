@@ -23,6 +23,7 @@ from PIL import Image
 from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_atomically
 from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
+from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
 from tlcli.errors import ResourceError, disk_error_of
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
@@ -66,6 +67,7 @@ class DecodedImages:
     labels: np.ndarray
     paths: list[Path]
     skipped: list[Skipped]
+    streamed: str | None = None  # why pixels is a StreamedPixels read from the files, if so
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -173,14 +175,22 @@ def decode_images(
     workers: int = 1,
     disk_cache: bool = True,
     on_advance: Callable[[int], None] | None = None,
+    stream: str = "auto",
 ) -> DecodedImages:
-    """Decode samples to (N, size, size, 3) uint8, reusing the disk cache when it matches."""
+    """Decode samples to (N, size, size, 3) uint8, reusing the disk cache when it matches.
+
+    stream: "auto" streams from the files (stream.StreamedPixels) only when the decoded set
+    would not fit on the cache disk (or in RAM without the disk cache); "always", "never".
+    """
     paths = [s.path for s in samples]
     resample = RESAMPLE.get(interpolation, Image.BICUBIC)
+    folder = cache_root() / "images"
+    why = stream_reason(stream, len(paths), size, disk_cache, folder)
+    if why is not None:
+        return _streamed(samples, size, resample, max_pixels, workers, on_advance, why)
     key = hashlib.sha256(
         f"{DECODE_CACHE_VERSION}:{size}:{resample}:{max_pixels}:{files_fingerprint(paths)}".encode()
     ).hexdigest()[:32]
-    folder = cache_root() / "images"
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     cached = _load_cache(array_path, meta_path, (len(paths), size, size, 3)) if disk_cache else None
     if cached is not None:
@@ -209,12 +219,35 @@ def decode_images(
         else:
             pixels = np.zeros((len(paths), size, size, 3), np.uint8)
             failures = _decode_all(jobs, pixels, workers, on_advance)
-    keep = np.array([i for i in range(len(paths)) if i not in failures], dtype=np.int64)
+    keep = _kept(len(paths), failures)
     if failures:
         pixels = pixels[keep]  # fancy indexing copies the kept rows into RAM
+    return _decoded(samples, pixels, keep, failures)
+
+
+def _kept(count: int, failures: dict[int, str]) -> np.ndarray:
+    return np.array([i for i in range(count) if i not in failures], dtype=np.int64)
+
+
+def _decoded(samples, pixels, keep: np.ndarray, failures: dict[int, str], streamed=None):
+    paths = [s.path for s in samples]
     return DecodedImages(
         pixels=pixels,
         labels=np.array([samples[i].label for i in keep], dtype=np.int64),
         paths=[paths[i] for i in keep],
         skipped=[Skipped(str(paths[i]), reason) for i, reason in sorted(failures.items())],
+        streamed=streamed,
     )
+
+
+def _streamed(samples, size, resample, max_pixels, workers, on_advance, why) -> DecodedImages:
+    """Check every file once, then read the readable ones from disk each time they are used."""
+    pool = ThreadPoolExecutor(max(1, workers))  # persistent: serves every batch of the run
+    try:
+        failures = find_unreadable([s.path for s in samples], max_pixels, pool, on_advance)
+    except BaseException:  # Ctrl-C: drop the queued checks
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    keep = _kept(len(samples), failures)
+    pixels = StreamedPixels([samples[i].path for i in keep], size, resample, max_pixels, pool)
+    return _decoded(samples, pixels, keep, failures, why)

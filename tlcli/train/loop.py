@@ -12,6 +12,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +82,33 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
     return batches
 
 
+def read_batch(pixels: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """The batch's rows in index order, on the CPU: from the cache array (in RAM or memory-
+    mapped) or, for a streamed folder (data.stream.StreamedPixels), decoded from the files."""
+    return torch.from_numpy(np.ascontiguousarray(pixels[np.sort(idx)]))
+
+
 def gather(pixels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Copy a batch out of the (possibly memory-mapped) cache onto the device."""
-    return to_device(torch.from_numpy(np.ascontiguousarray(pixels[np.sort(idx)])), device)
+    """Copy a batch out of the cache onto the device."""
+    return to_device(read_batch(pixels, idx), device)
+
+
+def prefetched(
+    pixels: np.ndarray, batches: list[np.ndarray]
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(idx, read_batch(pixels, idx)) per batch, each read in a background thread while the
+    caller works on the one before: decoding a streamed batch or paging in a memory-mapped
+    one overlaps the forward and backward passes."""
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read_batch, pixels, batches[0]) if batches else None
+        try:
+            for i, idx in enumerate(batches):
+                batch = pending.result()
+                if i + 1 < len(batches):
+                    pending = reader.submit(read_batch, pixels, batches[i + 1])
+                yield idx, batch
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
 
 
 def sorted_labels(labels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -116,8 +141,8 @@ def predict_logits(
     """Logits (N, C) in input order with the eval transform; hflip averages a flipped view."""
     model.eval()
     outputs = []
-    for idx in batch_indices(len(pixels), batch_size, None):
-        x = augmenter.center_crop(gather(pixels, idx, device))
+    for idx, batch in prefetched(pixels, batch_indices(len(pixels), batch_size, None)):
+        x = augmenter.center_crop(to_device(batch, device))
         with autocast(device, amp_dtype):
             logits = model(x).float()
             if hflip:
@@ -198,8 +223,8 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     correct = torch.zeros((), dtype=torch.int64, device=setup.device)
     seen = 0
     reporter.start("train", len(setup.train_labels), f"epoch {state.epoch + 1}/{setup.epochs}")
-    for idx in batches:
-        images = gather(setup.train_pixels, idx, setup.device)
+    for idx, batch in prefetched(setup.train_pixels, batches):
+        images = to_device(batch, setup.device)
         labels = sorted_labels(setup.train_labels, idx, setup.device)
         x, targets = setup.augmenter(images, labels, aug_generator)
         if setup.channels_last:

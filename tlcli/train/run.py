@@ -161,8 +161,11 @@ def decode_split(
         resolve_workers(cfg.data.workers),
         cfg.data.cache,
         lambda n: reporter.advance(f"decode-{name}", n),
+        cfg.data.stream,
     )
     reporter.finish(f"decode-{name}")
+    if decoded.streamed:
+        reporter.note(f"{name}: streaming the images from their files ({decoded.streamed})")
     return decoded
 
 

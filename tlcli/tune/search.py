@@ -64,7 +64,13 @@ STORAGE_ATTEMPTS = 5
 # The centre taken from lr-find is clamped into this range before the LR span is put around it.
 LR_CENTER_RANGE = (1e-6, 1.0)
 # Settings that may differ between workers of one study without changing the trials.
-MACHINE_KEYS = {("train", "device"), ("data", "workers"), ("data", "cache"), ("train", "compile")}
+MACHINE_KEYS = {
+    ("train", "device"),
+    ("data", "workers"),
+    ("data", "cache"),
+    ("data", "stream"),
+    ("train", "compile"),
+}
 FINISHED = ("COMPLETE", "PRUNED")
 
 
