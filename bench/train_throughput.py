@@ -4,8 +4,11 @@ Same model (Lite0, pretrained, full fine-tune: every parameter trained), same Ad
 augmentation (random resized crop scale 0.25-1, flip, colour jitter 0.2), batch 32, the same
 train subset of clothing_small (--train-images, stratified) and its whole validation split.
 Each side runs in its own subprocess, back to back, so peak memory is per side:
-  tlcli          `finetune --strategy full`: uint8 decode cache (decoded once, 2 processes),
+  tlcli          `finetune --strategy full`: uint8 decode cache (decoded once, 2 threads),
                  batch-wise augmentation, channels_last;
+  tlcli-stream   the same with data.stream=always: no cache, every batch decoded from the
+                 files by 2 threads while the previous batch trains (the path for folders
+                 too large to cache);
   reference      torchvision ImageFolder + transforms.Compose, DataLoader(num_workers=2,
                  shuffle), a hand-written epoch loop (JPEG decode + augment every epoch);
   reference+cl   the same reference with the model and batches in channels_last, to show how
@@ -33,7 +36,7 @@ from typing import Any
 import measure
 
 SECTION = "train_throughput"
-SIDES = ("tlcli", "reference", "reference+cl")
+SIDES = ("tlcli", "tlcli-stream", "reference", "reference+cl")
 BATCH_SIZE = 32
 EVAL_BATCH_SIZE = 64  # tlcli validates with 2x the train batch; the reference does the same
 LR = 1e-4  # one LR for the whole network: a gentle full fine-tune of a pretrained model
@@ -76,7 +79,7 @@ def make_subset(source: Path, target: Path, train_images: int) -> Path:
 # --- the sides, each in its own process ------------------------------------------------------
 
 
-def run_tlcli(data: Path, model: str, epochs: int, work: Path) -> dict[str, Any]:
+def run_tlcli(data: Path, model: str, epochs: int, work: Path, stream: bool) -> dict[str, Any]:
     os.environ["TLCLI_CACHE_DIR"] = str(work / "cache")  # cold: decoding is part of the cost
     from tlcli.config import load_config
     from tlcli.train.run import finetune
@@ -97,6 +100,7 @@ def run_tlcli(data: Path, model: str, epochs: int, work: Path) -> dict[str, Any]
             "schedule.warmup_epochs=0",
             f"train.epochs={epochs}",
             "train.device=cpu",
+            f"data.stream={'always' if stream else 'never'}",
         ],
     )
     timer = measure.PhaseTimer()
@@ -186,8 +190,8 @@ def run_reference(data: Path, model_name: str, epochs: int, channels_last: bool)
 
 def run_side(side: str, data: Path, model: str, epochs: int, result: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="tlcli-tp-") as work:
-        if side == "tlcli":
-            out = run_tlcli(data, model, epochs, Path(work))
+        if side.startswith("tlcli"):
+            out = run_tlcli(data, model, epochs, Path(work), stream=side == "tlcli-stream")
         else:
             out = run_reference(data, model, epochs, channels_last=side == "reference+cl")
     out["peak_rss_mib"], out["peak_rss_child_mib"] = measure.peak_rss_mib()
@@ -276,8 +280,11 @@ def report(rounds: list[dict[str, dict]], epochs: int, target: float, model: str
             "img/s are medians over epochs of the epoch's own time (tlcli: decode cache "
             "already built; reference: JPEG decode + transforms in 2 DataLoader workers "
             'every epoch). "1st epoch incl. decode" adds tlcli\'s one-time decode (2 '
-            "processes) to its first epoch. Peak RSS: `ru_maxrss` of the side's own process "
-            "and of its largest worker (tlcli: decode pool; reference: DataLoader workers). "
+            "threads) to its first epoch; for tlcli-stream that column is the one-time check "
+            "that every file decodes, and its epochs decode every image. Peak RSS: "
+            "`ru_maxrss` of the side's own process "
+            "and of its largest child process (reference: its DataLoader workers; tlcli decodes "
+            "in threads of its own process). "
             "Time to accuracy counts decode + train + eval, not model build.",
             table,
             "tlcli's augmentation crops from the decoded center square (side 256 = 224 / "
