@@ -94,18 +94,24 @@ def gather(pixels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.T
 
 
 def prefetched(
-    pixels: np.ndarray, batches: list[np.ndarray]
+    pixels: np.ndarray, batches: list[np.ndarray], device: torch.device
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(idx, read_batch(pixels, idx)) per batch, each read in a background thread while the
     caller works on the one before: decoding a streamed batch or paging in a memory-mapped
-    one overlaps the forward and backward passes."""
+    one overlaps the forward and backward passes. For CUDA the batch comes pinned, so that
+    to_device's copy is queued without a second host copy on the training thread."""
+
+    def read(idx: np.ndarray) -> torch.Tensor:
+        batch = read_batch(pixels, idx)
+        return batch.pin_memory() if device.type == "cuda" else batch
+
     with ThreadPoolExecutor(1) as reader:
-        pending = reader.submit(read_batch, pixels, batches[0]) if batches else None
+        pending = reader.submit(read, batches[0]) if batches else None
         try:
             for i, idx in enumerate(batches):
                 batch = pending.result()
                 if i + 1 < len(batches):
-                    pending = reader.submit(read_batch, pixels, batches[i + 1])
+                    pending = reader.submit(read, batches[i + 1])
                 yield idx, batch
         finally:
             reader.shutdown(wait=True, cancel_futures=True)
@@ -141,7 +147,7 @@ def predict_logits(
     """Logits (N, C) in input order with the eval transform; hflip averages a flipped view."""
     model.eval()
     outputs = []
-    for idx, batch in prefetched(pixels, batch_indices(len(pixels), batch_size, None)):
+    for idx, batch in prefetched(pixels, batch_indices(len(pixels), batch_size, None), device):
         x = augmenter.center_crop(to_device(batch, device))
         with autocast(device, amp_dtype):
             logits = model(x).float()
@@ -223,7 +229,7 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     correct = torch.zeros((), dtype=torch.int64, device=setup.device)
     seen = 0
     reporter.start("train", len(setup.train_labels), f"epoch {state.epoch + 1}/{setup.epochs}")
-    for idx, batch in prefetched(setup.train_pixels, batches):
+    for idx, batch in prefetched(setup.train_pixels, batches, setup.device):
         images = to_device(batch, setup.device)
         labels = sorted_labels(setup.train_labels, idx, setup.device)
         x, targets = setup.augmenter(images, labels, aug_generator)
