@@ -552,3 +552,26 @@ def test_lr_range_is_centred_between_the_two_suggestions_and_holds_both():
     assert lr.low < 1.4e-4 < 2.8e-3 < lr.high and lr.log
     assert lr_range_center(1e-9, 1e-8) == LR_CENTER_RANGE[0]  # clamped to sane LRs
     assert lr_range_center(5.0, 10.0) == LR_CENTER_RANGE[1]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_trial_of_a_silent_remote_worker_is_failed_and_queued_again(tmp_path, monkeypatch):
+    """fail_dead_trials only sees this host's processes; a worker on another machine that
+    dies is found by Optuna's heartbeat, and its parameters must be queued again too."""
+    import tlcli.tune.search as search
+
+    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search, "GRACE_SECONDS", 1)
+    storage = search.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
+    trial.set_user_attr("host", "another-machine")
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)  # silent for longer than the grace period
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number] == optuna.trial.TrialState.FAIL
+    (retry,) = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert retry.system_attrs["fixed_params"] == {"lr": trial.params["lr"]}  # run next
+    assert retry.user_attrs["note"] == f"retry of trial {trial.number} (its worker stopped)"

@@ -171,6 +171,7 @@ def open_storage(url: str) -> Any:
                 url,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
+                **{_stale_trial_callback_keyword(): requeue_stale_trial},
                 **kwargs,
             )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
@@ -278,6 +279,24 @@ class TrialReporter:
         self.trial.report(value, row["epoch"])
         if row["epoch"] < self.last_step and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+
+def _stale_trial_callback_keyword() -> str:
+    """Optuna 4.9 renamed RDBStorage's failed_trial_callback (removed in 6.0)."""
+    import inspect
+
+    import optuna
+
+    parameters = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    new = "heartbeat_stale_trial_callback"
+    return new if new in parameters else "failed_trial_callback"
+
+
+def requeue_stale_trial(study: Any, trial: Any) -> None:
+    """Optuna's heartbeat check failed this trial: its worker, on any machine, stopped (killed,
+    or the machine died). Queue its parameters again, as fail_dead_trials does on this host."""
+    note = f"retry of trial {trial.number} (its worker stopped)"
+    study.enqueue_trial(dict(trial.params), user_attrs={"note": note})
 
 
 def fail_dead_trials(study: Any, storage: Any, reporter: Reporter) -> None:
