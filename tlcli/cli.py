@@ -214,7 +214,7 @@ def finetune(
     patience: Annotated[
         int | None, typer.Option(help="Stop after this many epochs without val gain (0 = off).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (-1 = all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode threads (-1 = all cores).")] = None,
     val_split: Annotated[
         float | None, typer.Option(help="Val fraction when the folder has no val/ split.")
     ] = None,
@@ -226,7 +226,12 @@ def finetune(
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile (CUDA).")
     ] = None,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Do not write decode/feature caches to disk.")
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Do not write decode/feature caches to disk: decode into RAM (a folder too "
+            "large for RAM is streamed from its files).",
+        ),
     ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
