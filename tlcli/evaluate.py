@@ -27,7 +27,7 @@ from torch.torch_version import TorchVersion
 
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import DecodedImages, decode_images
+from tlcli.data.cache import DecodedImages, RowView, decode_images
 from tlcli.data.scan import (
     Sample,
     Skipped,
@@ -35,7 +35,6 @@ from tlcli.data.scan import (
     identify_image,
     scan_class_folders,
 )
-from tlcli.data.stream import select_rows
 from tlcli.errors import CheckpointError, DataError, RunDirError
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
@@ -234,7 +233,7 @@ def predict_probabilities(
         rows = {str(p): i for i, p in enumerate(data.paths)}
         pixels = data.pixels
         if len(data.paths) != len(paths):
-            pixels = select_rows(pixels, [rows[str(p)] for p in paths])
+            pixels = RowView(pixels, [rows[str(p)] for p in paths])
         augmenter = BatchAugmenter(
             PRESETS["none"], loaded.spec.input_size, loaded.spec.mean, loaded.spec.std, len(classes)
         )

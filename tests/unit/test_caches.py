@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from corpus import random_image
+from corpus import make_bad_image_folder, random_image
 
 import tlcli.data.cache as decode_cache
 import tlcli.train.head_fit as head_fit
 from tlcli.atomic import temp_prefix
 from tlcli.config import Config
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import cache_root, decode_images
-from tlcli.data.scan import Sample
+from tlcli.data.cache import RowView, cache_root, decode_images
+from tlcli.data.scan import Sample, scan_image_folder
 from tlcli.models import create_model, data_spec_of
 from tlcli.train.progress import NullReporter
 
@@ -153,6 +153,26 @@ def test_orphaned_temp_files_of_this_host_are_removed(image_folder):
     decode_images(_samples(image_folder()), SIZE)
     assert not dead.exists()
     assert live.exists() and other_host.exists()
+
+
+def test_unreadable_files_leave_the_memory_mapped_cache_uncopied(tmp_path):
+    """Skipping a corrupt file must not copy a large cache into RAM: the kept rows are a view
+    (RowView) of the memory-mapped file, with the same pixels as a decode into RAM."""
+    root = tmp_path / "bad"
+    make_bad_image_folder(root)
+    scan = scan_image_folder(root, 10**8)
+    samples = [s for split in scan.splits.values() for s in split]
+    on_disk = decode_images(samples, SIZE)
+    in_ram = decode_images(samples, SIZE, disk_cache=False)
+    assert on_disk.skipped and on_disk.skipped == in_ram.skipped
+    assert isinstance(on_disk.pixels, RowView) and isinstance(on_disk.pixels.base, np.memmap)
+    assert on_disk.pixels.shape == (len(on_disk), SIZE, SIZE, 3)
+    np.testing.assert_array_equal(np.asarray(on_disk.pixels), np.asarray(in_ram.pixels))
+    idx = np.array([0, 2, 3])
+    np.testing.assert_array_equal(on_disk.pixels[idx], np.asarray(in_ram.pixels)[idx])
+    subset = RowView(on_disk.pixels, [3, 1])  # a view of a view reads the file directly
+    assert subset.base is on_disk.pixels.base
+    np.testing.assert_array_equal(np.asarray(subset), np.asarray(in_ram.pixels)[[3, 1]])
 
 
 def test_decode_cache_off_writes_nothing(image_folder):

@@ -94,9 +94,10 @@ def test_auto_streams_only_when_the_cache_would_not_fit(images, monkeypatch):
     samples = _samples(images)
     assert decode_images(samples, SIZE).streamed is None  # plenty of room here
     monkeypatch.setattr(stream, "free_disk", lambda folder: 1000)
-    on_disk = decode_images(samples, SIZE)
+    assert decode_images(samples, SIZE).streamed is None  # the cache made before is used
+    on_disk = decode_images(samples, SIZE + 2)  # no cache yet, and no room for one
     assert on_disk.streamed and "TLCLI_CACHE_DIR" in on_disk.streamed
-    assert decode_images(samples, SIZE, stream="never").streamed is None
+    assert decode_images(samples, SIZE + 2, stream="never").streamed is None
     monkeypatch.setattr(stream, "available_ram", lambda: 1000)
     in_ram = decode_images(samples, SIZE, disk_cache=False)
     assert in_ram.streamed and "--no-cache" in in_ram.streamed

@@ -59,6 +59,34 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+class RowView:
+    """Rows `rows` of an image array (the memory-mapped cache, a StreamedPixels) without
+    copying them: view[idx] reads base[rows[idx]]. A copy of a large memory-mapped cache
+    minus one unreadable file would need all of it in RAM at once."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, base, rows: Sequence[int]) -> None:
+        if isinstance(base, RowView):  # a view of a view reads the first base directly
+            base, rows = base.base, base.rows[np.asarray(rows, dtype=np.int64)]
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.base.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.base[self.rows[idx]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = np.asarray(self.base[self.rows])
+        return rows if dtype is None else rows.astype(dtype)
+
+
 @dataclass
 class DecodedImages:
     """Square uint8 images (N, S, S, 3) with their labels; failed files are left out."""
@@ -185,14 +213,17 @@ def decode_images(
     paths = [s.path for s in samples]
     resample = RESAMPLE.get(interpolation, Image.BICUBIC)
     folder = cache_root() / "images"
-    why = stream_reason(stream, len(paths), size, disk_cache, folder)
-    if why is not None:
-        return _streamed(samples, size, resample, max_pixels, workers, on_advance, why)
     key = hashlib.sha256(
         f"{DECODE_CACHE_VERSION}:{size}:{resample}:{max_pixels}:{files_fingerprint(paths)}".encode()
     ).hexdigest()[:32]
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    cached = _load_cache(array_path, meta_path, (len(paths), size, size, 3)) if disk_cache else None
+    cached = None
+    if disk_cache and stream != "always":  # a cache made earlier is used even if space is short
+        cached = _load_cache(array_path, meta_path, (len(paths), size, size, 3))
+    if cached is None:
+        why = stream_reason(stream, len(paths), size, disk_cache, folder)
+        if why is not None:
+            return _streamed(samples, size, resample, max_pixels, workers, on_advance, why)
     if cached is not None:
         pixels, failures = cached
         if on_advance is not None:
@@ -221,7 +252,7 @@ def decode_images(
             failures = _decode_all(jobs, pixels, workers, on_advance)
     keep = _kept(len(paths), failures)
     if failures:
-        pixels = pixels[keep]  # fancy indexing copies the kept rows into RAM
+        pixels = RowView(pixels, keep)
     return _decoded(samples, pixels, keep, failures)
 
 

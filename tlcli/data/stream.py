@@ -156,12 +156,3 @@ class StreamedPixels:
         for j, pixels in enumerate(self.pool.map(self._decode, rows.tolist())):
             out[j] = pixels
         return out
-
-
-def select_rows(pixels, rows: list[int]):
-    """pixels restricted to rows, in that order: a streamed set stays streamed (nothing is
-    decoded now), a cache array is copied."""
-    if isinstance(pixels, StreamedPixels):
-        paths = [pixels.paths[i] for i in rows]
-        return StreamedPixels(paths, pixels.size, pixels.resample, pixels.max_pixels, pixels.pool)
-    return pixels[rows]
