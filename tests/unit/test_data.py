@@ -323,3 +323,25 @@ def test_no_disk_cache_writes_nothing(image_folder, tmp_cache_dir):
     samples = scan_image_folder(image_folder()).splits["all"]
     decode_images(samples, 20, disk_cache=False)
     assert not _cache_files(tmp_cache_dir)
+
+
+def test_bounded_map_keeps_order_and_few_jobs_in_flight(monkeypatch):
+    """bounded_map = pool.map in order, but never more than MAX_PENDING_JOBS futures at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tlcli.data.decode as decode
+
+    monkeypatch.setattr(decode, "MAX_PENDING_JOBS", 4)
+    submitted: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+        real_submit = pool.submit
+
+        def counting_submit(fn, *args, **kwargs):
+            submitted.append(1)
+            return real_submit(fn, *args, **kwargs)
+
+        pool.submit = counting_submit
+        results = decode.bounded_map(pool, lambda x: x * x, iter(range(10)))
+        assert next(results) == 0
+        assert len(submitted) == 4  # the first chunk only, not all 10
+        assert [0, *results] == [x * x for x in range(10)]

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_atomically
-from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
+from tlcli.data.decode import ImageDecodeError, bounded_map, load_rgb, resize_center_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
 from tlcli.errors import ResourceError, disk_error_of
@@ -122,7 +122,7 @@ def _decode_all(
         # threads need no re-import of the caller's __main__ (spawn) or fork after torch.
         pool = ThreadPoolExecutor(workers)
         try:
-            for i, result in enumerate(pool.map(_decode_one, jobs)):
+            for i, result in enumerate(bounded_map(pool, _decode_one, jobs)):
                 _store(i, result, out, failures, on_advance)
         finally:
             # On Ctrl-C, drop the queued images instead of decoding the rest of the folder.

@@ -8,10 +8,17 @@ would silently train on grey.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+# Jobs in flight at once in bounded_map: Executor.map would create a future per file up front
+# (about a kilobyte each: a gigabyte for a million images).
+MAX_PENDING_JOBS = 1024
 
 # We check sizes ourselves (data.max_pixels) and want one error path, not PIL's warning.
 Image.MAX_IMAGE_PIXELS = None
@@ -89,3 +96,18 @@ def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarr
     left, top = (new_w - size) // 2, (new_h - size) // 2
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
+
+
+def bounded_map(pool: Executor, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
+    """pool.map(fn, jobs) in order, with at most MAX_PENDING_JOBS submitted at a time.
+
+    Closing the iterator early (Ctrl-C in the caller) cancels the jobs not yet started.
+    """
+    batch: list[Any] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == MAX_PENDING_JOBS:
+            yield from pool.map(fn, batch)
+            batch = []
+    if batch:
+        yield from pool.map(fn, batch)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcli.data.decode import ImageDecodeError, load_rgb, resize_center_square
+from tlcli.data.decode import ImageDecodeError, bounded_map, load_rgb, resize_center_square
 from tlcli.errors import DataError
 
 # Side the validation pass decodes to: JPEG draft mode then decodes at 1/8 scale.
@@ -107,7 +107,7 @@ def find_unreadable(
     """{index: reason} of the files that cannot be decoded (fast: reduced-size decode)."""
     failures: dict[int, str] = {}
     jobs = [(str(p), max_pixels) for p in paths]
-    for i, reason in enumerate(pool.map(_check_one, jobs)):
+    for i, reason in enumerate(bounded_map(pool, _check_one, jobs)):
         if reason is not None:
             failures[i] = reason
         if on_advance is not None:
