@@ -51,6 +51,10 @@ class DataError(TlcliError):
     exit_code = EXIT_DATA
 
 
+class FolderChanged(DataError):
+    """A streamed file that decoded when the run started no longer does (deleted, rewritten)."""
+
+
 class ModelError(TlcliError):
     """The model cannot be created or its pretrained weights cannot be had."""
 

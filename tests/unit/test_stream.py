@@ -17,6 +17,7 @@ from corpus import make_bad_image_folder, make_image_folder
 from typer.testing import CliRunner
 
 import tlcli.data.stream as stream
+import tlcli.train.loop as loop
 from tlcli.cli import app
 from tlcli.config import load_config
 from tlcli.data.cache import cache_root, decode_images
@@ -125,6 +126,27 @@ def test_cli_says_it_streams_and_trains_and_evaluates_the_same(images, tmp_path,
     a, b = json.loads(streamed.stdout), json.loads(cached.stdout)
     a.pop("seconds"), b.pop("seconds")
     assert a == b  # the same predictions and metrics
+
+
+def test_a_file_removed_during_finetune_names_it_and_how_to_resume(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "images", {"red": 8, "blue": 8})
+    run = tmp_path / "run"
+    victim = sorted(root.rglob("*.png"))[0]
+    real_epoch = loop.train_one_epoch
+
+    def delete_after_first_epoch(setup, state, reporter):
+        if state.epoch == 1:
+            victim.unlink()
+        return real_epoch(setup, state, reporter)
+
+    monkeypatch.setattr(loop, "train_one_epoch", delete_after_first_epoch)
+    cfg = load_config(None, [*TINY, "data.stream=always", "train.epochs=3"])
+    with pytest.raises(DataError) as excinfo:
+        finetune(root, cfg, out=run)
+    message = excinfo.value.message
+    assert str(victim) in message and "\n" not in message
+    assert f"{run / 'last.pt'} holds epoch 1" in message and f"--resume {run}" in message
+    assert excinfo.value.exit_code == EXIT_DATA
 
 
 def test_a_file_removed_during_a_run_is_a_one_line_data_error(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcli.data.decode import ImageDecodeError, bounded_map, load_rgb, resize_center_square
-from tlcli.errors import DataError
+from tlcli.errors import FolderChanged
 
 # Side the validation pass decodes to: JPEG draft mode then decodes at 1/8 scale.
 CHECK_SIZE = 8
@@ -143,9 +143,9 @@ class StreamedPixels:
             img = load_rgb(Path(self.paths[i]), self.max_pixels, draft_size=self.size)
             return resize_center_square(img, self.size, self.resample)
         except ImageDecodeError as exc:  # deleted or rewritten since the check
-            raise DataError(
-                f"{self.paths[i]} could not be read any more ({exc}); it was readable when the "
-                "run started: leave the folder unchanged while a run reads it"
+            raise FolderChanged(
+                f"{self.paths[i]} could not be read any more ({exc}) though it was when the "
+                "command started: leave the folder unchanged while tlcli reads it"
             ) from None
 
     def __getitem__(self, idx) -> np.ndarray:

@@ -26,6 +26,7 @@ from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
 from tlcli.errors import (
     DataError,
+    FolderChanged,
     Interrupted,
     ResourceError,
     RunDirError,
@@ -610,6 +611,11 @@ def _train_epochs(
         raise Interrupted(
             f"{interrupted_word()}; {paths.last} holds epoch {saved_epoch[0]}: resume with "
             f"tlcli finetune --resume {paths.root}"
+        ) from None
+    except FolderChanged as exc:
+        raise FolderChanged(
+            f"{exc.message}; {paths.last} holds epoch {saved_epoch[0]}: restore the folder and "
+            f"resume with tlcli finetune --resume {paths.root}"
         ) from None
     except torch.cuda.OutOfMemoryError:
         raise out_of_memory_error(cfg.data.batch_size, paths.last, saved_epoch[0]) from None
