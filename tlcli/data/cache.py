@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_atomically
-from tlcli.data.decode import ImageDecodeError, bounded_map, load_rgb, resize_center_square
+from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
 from tlcli.errors import ResourceError, disk_error_of
@@ -102,10 +102,8 @@ class DecodedImages:
 
 
 def _decode_one(args: tuple[str, int, int, int]) -> np.ndarray | str:
-    path, size, resample, max_pixels = args
     try:
-        img = load_rgb(Path(path), max_pixels, draft_size=size)
-        return resize_center_square(img, size, resample)
+        return decode_square(*args)
     except ImageDecodeError as exc:
         return str(exc)
 

@@ -98,6 +98,14 @@ def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarr
     return np.asarray(img, dtype=np.uint8)
 
 
+def decode_square(path: Path, size: int, resample: int, max_pixels: int) -> np.ndarray:
+    """What the decode cache holds for a file, and what streaming reads: the file decoded
+    (JPEG DCT-scaled to >= size) and resized to a size x size uint8 square. One function, so
+    a streamed run sees exactly the cached pixels. Raises ImageDecodeError."""
+    img = load_rgb(Path(path), max_pixels, draft_size=size)
+    return resize_center_square(img, size, resample)
+
+
 def bounded_map(pool: Executor, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Iterator[Any]:
     """pool.map(fn, jobs) in order, with at most MAX_PENDING_JOBS submitted at a time.
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcli.data.decode import ImageDecodeError, bounded_map, load_rgb, resize_center_square
+from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square, load_rgb
 from tlcli.errors import FolderChanged
 
 # Side the validation pass decodes to: JPEG draft mode then decodes at 1/8 scale.
@@ -140,8 +140,7 @@ class StreamedPixels:
 
     def _decode(self, i: int) -> np.ndarray:
         try:
-            img = load_rgb(Path(self.paths[i]), self.max_pixels, draft_size=self.size)
-            return resize_center_square(img, self.size, self.resample)
+            return decode_square(self.paths[i], self.size, self.resample, self.max_pixels)
         except ImageDecodeError as exc:  # deleted or rewritten since the check
             raise FolderChanged(
                 f"{self.paths[i]} could not be read any more ({exc}) though it was when the "
