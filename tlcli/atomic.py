@@ -40,6 +40,12 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """write_atomically for a text file (UTF-8): CSVs, YAML, JSON."""
+    data = text.encode("utf-8")
+    write_atomically(path, lambda handle: handle.write(data))
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename itself durable (a power cut after it keeps the new file)."""
     try:

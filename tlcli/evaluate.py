@@ -11,6 +11,7 @@ arbitrary files.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from tlcli.atomic import write_text_atomically
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, RowView, decode_images
@@ -455,14 +457,13 @@ def write_predictions_csv(
     """One row per file: the rows' columns, then a probability column per class."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        lead = list(rows[0]) if rows else ["path"]
-        writer.writerow(lead + [f"p_{c}" for c in classes])
-        for row, row_probs in zip(rows, probs, strict=True):
-            writer.writerow([row[k] for k in lead] + [f"{p:.6f}" for p in row_probs])
-    os.replace(tmp, path)  # a half-written CSV never takes the name
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    lead = list(rows[0]) if rows else ["path"]
+    writer.writerow(lead + [f"p_{c}" for c in classes])
+    for row, row_probs in zip(rows, probs, strict=True):
+        writer.writerow([row[k] for k in lead] + [f"{p:.6f}" for p in row_probs])
+    write_text_atomically(path, buffer.getvalue())  # a half-written CSV never takes the name
     return path
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_atomically
+from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_text_atomically
 from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
@@ -241,8 +241,8 @@ def decode_images(
             del pixels
             # Both renames are atomic, so a reader never sees a half-written file, and a
             # second process decoding the same folder at once writes identical contents.
-            meta = json.dumps({str(k): v for k, v in failures.items()}).encode()
-            write_atomically(meta_path, lambda handle: handle.write(meta))
+            meta = json.dumps({str(k): v for k, v in failures.items()})
+            write_text_atomically(meta_path, meta)
             os.replace(tmp, array_path)
             pixels = np.load(array_path, mmap_mode="r")
         else:

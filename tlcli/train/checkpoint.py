@@ -103,9 +103,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete the temp files of checkpoint writes a killed process left behind."""
+    """Delete the temp files of atomic writes (checkpoints, metrics.csv) that a killed
+    process left in its run dir."""
     removed = []
-    for tmp in Path(folder).glob(f".*.pt.*{TEMP_SUFFIX}"):
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

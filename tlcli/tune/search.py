@@ -15,6 +15,7 @@ each adds its own N trials, and the study, trials.csv and best.yaml hold all of 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tlcli.atomic import process_alive
+from tlcli.atomic import process_alive, write_text_atomically
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
@@ -372,15 +373,14 @@ def write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     names = sorted({name for r in rows for name in r["params"]})
     columns = ["number", "state", "value", "val_loss", "epochs_run", "seconds", *names]
     columns += ["note", "worker"]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            flat = {k: row[k] for k in columns if k in row}
-            flat.update(row["params"])
-            writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in columns})
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        flat = {k: row[k] for k in columns if k in row}
+        flat.update(row["params"])
+        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in columns})
+    write_text_atomically(path, buffer.getvalue())
 
 
 def best_config(trial: Any, final_epochs: int) -> dict[str, Any]:
@@ -401,9 +401,8 @@ def write_best_config(path: Path, trial: Any, trial_epochs: int, final_epochs: i
         f"# after {trial_epochs} epoch(s); train.epochs is set to the final run's {final_epochs}.\n"
         f"# Use: tlcli finetune DATA_DIR --config {path.name}\n"
     )
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.safe_dump(best_config(trial, final_epochs), sort_keys=False))
-    os.replace(tmp, path)
+    config = yaml.safe_dump(best_config(trial, final_epochs), sort_keys=False)
+    write_text_atomically(path, header + config)
 
 
 def write_outputs(
