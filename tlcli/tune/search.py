@@ -294,8 +294,9 @@ def _stale_trial_callback_keyword() -> str:
 
 
 def requeue_stale_trial(study: Any, trial: Any) -> None:
-    """Optuna's heartbeat check failed this trial: its worker, on any machine, stopped (killed,
-    or the machine died). Queue its parameters again, as fail_dead_trials does on this host."""
+    """Queue a failed trial's parameters again: its worker stopped (killed, or its machine
+    died). Called by Optuna's heartbeat check for any machine, and by fail_dead_trials for
+    the killed processes of this host, which it finds at once."""
     note = f"retry of trial {trial.number} (its worker stopped)"
     study.enqueue_trial(dict(trial.params), user_attrs={"note": note})
 
@@ -318,8 +319,7 @@ def fail_dead_trials(study: Any, storage: Any, reporter: Reporter) -> None:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker resuming at the same time got there first
-        note = f"retry of killed trial {t.number}"
-        study.enqueue_trial(dict(t.params), user_attrs={"note": note})
+        requeue_stale_trial(study, t)
         reporter.note(f"trial {t.number} was killed (process {pid} is gone): queued again")
 
 
