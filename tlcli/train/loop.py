@@ -105,16 +105,16 @@ def prefetched(
         batch = read_batch(pixels, idx)
         return batch.pin_memory() if device.type == "cuda" else batch
 
-    with ThreadPoolExecutor(1) as reader:
+    reader = ThreadPoolExecutor(1)
+    try:
         pending = reader.submit(read, batches[0]) if batches else None
-        try:
-            for i, idx in enumerate(batches):
-                batch = pending.result()
-                if i + 1 < len(batches):
-                    pending = reader.submit(read, batches[i + 1])
-                yield idx, batch
-        finally:
-            reader.shutdown(wait=True, cancel_futures=True)
+        for i, idx in enumerate(batches):
+            batch = pending.result()
+            if i + 1 < len(batches):
+                pending = reader.submit(read, batches[i + 1])
+            yield idx, batch
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
 
 
 def sorted_labels(labels: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
