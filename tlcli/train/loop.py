@@ -78,7 +78,8 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
     order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        last = batches.pop()  # pop first, then extend the batch that is now last
+        batches[-1] = np.concatenate([batches[-1], last])
     return batches
 
 
