@@ -40,6 +40,7 @@ from tlcli.data.scan import (
 from tlcli.errors import CheckpointError, DataError, RunDirError
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
+from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
 from tlcli.train.checkpoint import build_model, load_checkpoint
 from tlcli.train.loop import predict_logits
 from tlcli.train.progress import NullReporter, Reporter
@@ -68,6 +69,9 @@ class LoadedModel:
     spec: DataSpec
     architecture: str
     trained_val_acc: float | None
+    # The checkpoint's calibration temperature (1.0 when it has none). An ONNX model keeps
+    # 1.0 here: its graph divides its logits by the temperature itself.
+    temperature: float = 1.0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,10 +103,16 @@ def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
 
 
 def load_for_inference(path: Path, weights: str = "best", name: str | None = None) -> LoadedModel:
-    """Load a tlcli checkpoint safely (weights_only, never runs pickled code) and rebuild it."""
+    """Load a tlcli checkpoint safely (weights_only, never runs pickled code) and rebuild it.
+
+    A `.onnx` file written by `tlcli export` loads too: onnxruntime runs it, and its
+    metadata gives the classes and preprocessing (no checkpoint needed).
+    """
     if weights not in WEIGHT_CHOICES:
         raise CheckpointError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_CHOICES)}")
     path = Path(path)
+    if is_onnx_path(path):
+        return load_onnx_for_inference(path, weights, name)
     with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
         # torch warns about pickle protocols before refusing a foreign file: keep one line.
         warnings.simplefilter("ignore")
@@ -136,6 +146,34 @@ def load_for_inference(path: Path, weights: str = "best", name: str | None = Non
         spec=spec,
         architecture=architecture,
         trained_val_acc=None if val_acc is None else float(val_acc),
+        temperature=float(ckpt.get("temperature", 1.0)),
+    )
+
+
+def load_onnx_for_inference(
+    path: Path, weights: str = "best", name: str | None = None
+) -> LoadedModel:
+    """An exported .onnx as a LoadedModel: its session, and the contract in its metadata."""
+    session = open_session(path)
+    contract = read_contract(session, path)
+    if weights != "best" and weights != contract.weights:
+        raise CheckpointError(
+            f"--weights {weights}: {path} holds the {contract.weights} weights it was exported "
+            "with; leave out --weights, or export the checkpoint with --weights "
+            f"{weights}"
+        )
+    quantized = "" if contract.quantization == "none" else f", {contract.quantization}"
+    return LoadedModel(
+        path=path,
+        name=name or _short_name(path),
+        model=OnnxClassifier(session),
+        weights=contract.weights,
+        weights_note=f"ONNX export of the {contract.weights} weights{quantized}, run by "
+        f"onnxruntime (tlcli {contract.version})",
+        classes=contract.classes,
+        spec=contract.spec,
+        architecture=contract.architecture,
+        trained_val_acc=contract.trained_val_acc,
     )
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,15 @@ from tlcli.evaluate import (
     LoadedModel,
     check_new_file,
     collect_image_files,
+    load_for_inference,
+    predict_probabilities,
 )
+from tlcli.onnx_model import metadata_props, open_session, write_metadata
+from tlcli.onnx_model import preprocessing_of as onnx_preprocessing_of
 from tlcli.train.progress import NullReporter, Reporter
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZE_CHOICES = ("int8",)
 # Opset 17 (onnxruntime >= 1.14) has every op timm CNNs need; newer runtimes read it too.
 DEFAULT_OPSET = 17
 # Max abs difference of softmax probabilities. fp32 kernels of two runtimes reorder sums and
@@ -58,6 +65,21 @@ ONNX_MISSING = (
 )
 
 
+# Static int8 calibration: a seeded sample of the run's train images. A few hundred cover the
+# activation ranges of an ImageNet CNN (onnxruntime's examples use 100-500); more only costs time.
+DEFAULT_CALIBRATION_IMAGES = 256
+CALIBRATION_BATCH = 16
+# Latency: median of this many batch-1 runs after a few warm-up runs, on the CPU.
+LATENCY_RUNS = 50
+LATENCY_WARMUP = 5
+QUANTIZATION_NAME = "int8 static, QDQ, per-channel weights"
+NO_SPLIT_FOR_QUANTIZE = (
+    "--quantize int8 calibrates on the run's train images and scores its val images, found "
+    "through split.json next to the checkpoint ({path} has none); export best.pt from its "
+    "run dir"
+)
+
+
 def sidecar_path(out: Path) -> Path:
     """Where the preprocessing JSON goes: next to the model, `<out>.json`."""
     out = Path(out)
@@ -66,17 +88,21 @@ def sidecar_path(out: Path) -> Path:
 
 def preprocessing_of(loaded: LoadedModel) -> dict[str, Any]:
     """What to do to an RGB image before the exported model sees it (timm's eval transform)."""
-    spec = loaded.spec
-    return {
-        "input_size": [3, spec.input_size, spec.input_size],
-        "resize_shorter_side_to": spec.cache_size,
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-        "center_crop": spec.input_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "layout": "NCHW float32 RGB; x = (pixel / 255 - mean) / std",
-    }
+    return onnx_preprocessing_of(loaded.spec)
+
+
+def onnx_metadata_of(loaded: LoadedModel, quantization: str = "none") -> dict[str, str]:
+    """The contract stored in the ONNX file itself, so it is usable without the sidecar."""
+    return metadata_props(
+        loaded.classes,
+        loaded.spec,
+        loaded.temperature,
+        loaded.architecture,
+        __version__,
+        loaded.weights,
+        loaded.trained_val_acc,
+        quantization,
+    )
 
 
 def parity_images(
@@ -219,20 +245,76 @@ def export_model(
     tolerance: float = PARITY_TOLERANCE,
     force: bool = False,
     reporter: Reporter | None = None,
+    quantize: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+    latency_runs: int = LATENCY_RUNS,
 ) -> dict[str, Any]:
     """Write `out` and `<out>.json` after the parity check; returns the sidecar's content.
 
     loaded: from `tlcli.evaluate.load_for_inference`.
+    quantize="int8": `out` is the int8 model, quantized from the parity-checked fp32 one,
+    which is kept as `fp32_path(out)`; the result's "quantization" compares the two.
     """
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     if fmt not in FORMATS:
         raise ModelError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     out = Path(out)
+    target = out
+    splits: dict[str, list[Sample]] = {}
+    if quantize is not None:
+        if quantize not in QUANTIZE_CHOICES:
+            raise ModelError(
+                f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZE_CHOICES)}"
+            )
+        if fmt != "onnx":
+            raise ModelError(f"--quantize {quantize} is for --format onnx; drop one of them")
+        target = fp32_path(out)
+        check_new_file(target, force)
+        check_new_file(sidecar_path(target), force)
+        splits = run_split_samples(loaded)  # before any work: no split.json, no export
     check_new_file(out, force)
     check_new_file(sidecar_path(out), force)
     if fmt == "onnx":
         _require_onnx()
+    fp32 = export_checked(loaded, fmt, target, opset, check_images, tolerance, reporter)
+    if quantize is None:
+        return {**fp32, "seconds": round(time.perf_counter() - started, 2)}
+    quantization = export_int8(
+        loaded, target, out, splits, calibration_images, seed, latency_runs, reporter
+    )
+    metadata = {
+        **{k: v for k, v in fp32.items() if k not in ("paths", "bytes", "seconds")},
+        "file": out.name,
+        "quantization": quantization,
+    }
+    sidecar = sidecar_path(out)
+    sidecar.write_text(json.dumps(metadata, indent=1))
+    return {
+        **metadata,
+        "paths": {
+            "model": str(out),
+            "sidecar": str(sidecar),
+            "fp32_model": str(target),
+            "fp32_sidecar": fp32["paths"]["sidecar"],
+        },
+        "bytes": out.stat().st_size,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def export_checked(
+    loaded: LoadedModel,
+    fmt: str,
+    out: Path,
+    opset: int,
+    check_images: Path | None,
+    tolerance: float,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """The fp32 export: write `out` (with its ONNX metadata) and `<out>.json` only after the
+    parity check passes; returns the sidecar's content, paths and size."""
     model = loaded.model.cpu().eval()
     x, files, source = parity_images(loaded, check_images, reporter)
     metadata = {
@@ -243,6 +325,7 @@ def export_model(
         "weights": loaded.weights,
         "classes": loaded.classes,
         "preprocessing": preprocessing_of(loaded),
+        "temperature": loaded.temperature,
         "input_name": "input" if fmt == "onnx" else None,
         "output": "logits (N, num_classes); apply softmax for probabilities",
         "dynamic_batch": True,
@@ -260,6 +343,7 @@ def export_model(
         try:
             if fmt == "onnx":
                 _export_onnx(model, example, tmp, opset)
+                write_metadata(tmp, onnx_metadata_of(loaded))
             else:
                 _export_torchscript(model, example, tmp, metadata)
         except Exception as exc:  # exporters raise anything for an unsupported op
@@ -304,5 +388,187 @@ def export_model(
         **metadata,
         "paths": {"model": str(out), "sidecar": str(sidecar)},
         "bytes": out.stat().st_size,
-        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# --quantize int8: static onnxruntime quantization, calibrated on the run's train images
+
+
+def fp32_path(out: Path) -> Path:
+    """Where --quantize keeps the fp32 model it started from: `model.onnx` -> `model.fp32.onnx`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.fp32{out.suffix or '.onnx'}")
+
+
+def run_split_samples(loaded: LoadedModel) -> dict[str, list[Sample]]:
+    """The train and val samples of the checkpoint's run (split.json next to it), labelled by
+    the model's class index; files that are gone are left out."""
+    split = loaded.path.parent / "split.json"
+    if not split.is_file():
+        raise DataError(NO_SPLIT_FOR_QUANTIZE.format(path=loaded.path.parent))
+    data = json.loads(split.read_text())
+    root = Path(data.get("root", ""))
+    names = data.get("classes", loaded.classes)
+    index = {c: i for i, c in enumerate(loaded.classes)}
+    samples: dict[str, list[Sample]] = {}
+    for name in ("train", "val"):
+        items = data.get("splits", {}).get(name, [])
+        samples[name] = [
+            Sample(root / rel, index[names[label]])
+            for rel, label in items
+            if names[label] in index and (root / rel).is_file()
+        ]
+        if not samples[name]:
+            raise DataError(
+                f"none of the {name} images listed in {split} can be found under {root}; "
+                "export on the machine that holds the run's data"
+            )
+    return samples
+
+
+def calibration_sample(samples: list[Sample], count: int, seed: int) -> list[Sample]:
+    """A bounded, seeded sample: the same images every time for the same run."""
+    if count >= len(samples):
+        return list(samples)
+    return random.Random(seed).sample(list(samples), count)
+
+
+def calibration_batches(
+    loaded: LoadedModel, samples: list[Sample], batch: int = CALIBRATION_BATCH
+) -> Iterator[np.ndarray]:
+    """Normalized NCHW float32 batches of the samples, by the eval transform (decode, crop)."""
+    spec = loaded.spec
+    decoded = decode_images(
+        samples, spec.cache_size, spec.interpolation, MAX_PIXELS, workers=1, disk_cache=False
+    )
+    augmenter = BatchAugmenter(
+        PRESETS["none"], spec.input_size, spec.mean, spec.std, len(loaded.classes)
+    )
+    for start in range(0, len(decoded), batch):
+        pixels = torch.from_numpy(np.ascontiguousarray(decoded.pixels[start : start + batch]))
+        yield augmenter.center_crop(pixels).numpy()
+
+
+def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], work_dir: Path) -> None:
+    """onnxruntime static quantization of `fp32` into `out`: QDQ, per-channel int8 weights,
+    uint8 activations with MinMax ranges from the calibration batches.
+
+    quant_pre_process first folds BatchNorm into the convolutions and infers shapes, so the
+    folded weights are what gets quantized (onnxruntime's recommended preparation).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(batches, None)
+            return None if x is None else {"input": x}
+
+    prepared = work_dir / "prepared.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def median_latency_ms(path: Path, input_size: int, runs: int = LATENCY_RUNS) -> float:
+    """Median wall time of one batch-1 forward pass on the CPU, after warm-up runs."""
+    session = open_session(path)
+    x = np.random.default_rng(0).standard_normal((1, 3, input_size, input_size), np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(LATENCY_WARMUP):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e3)
+
+
+def compare_quantized(
+    loaded: LoadedModel,
+    files: dict[str, Path],
+    val: list[Sample],
+    reporter: Reporter,
+    latency_runs: int = LATENCY_RUNS,
+) -> list[dict[str, Any]]:
+    """Per model (fp32, int8): file size, val top-1 on the run's val images and median CPU
+    latency at batch 1; int8 also its top-1 agreement with fp32."""
+    models = [load_for_inference(path, name=name) for name, path in files.items()]
+    preds = predict_probabilities(models, val, "cpu", workers=-1, reporter=reporter)
+    labels = preds.labels
+    top1 = {name: probs.argmax(1) for name, probs in preds.member_probs.items()}
+    rows = []
+    for name, path in files.items():
+        reporter.start(f"latency-{name}", None, f"latency {name}")
+        latency = median_latency_ms(path, loaded.spec.input_size, latency_runs)
+        reporter.finish(f"latency-{name}")
+        rows.append(
+            {
+                "model": name,
+                "file": str(path),
+                "bytes": path.stat().st_size,
+                "val_top1": float((top1[name] == labels).mean()),
+                "val_images": int(len(labels)),
+                "agreement_with_fp32": float((top1[name] == top1["fp32"]).mean()),
+                "latency_ms": round(latency, 3),
+                "latency": f"median of {latency_runs} runs, batch 1, CPU (onnxruntime)",
+            }
+        )
+    return rows
+
+
+def export_int8(
+    loaded: LoadedModel,
+    fp32: Path,
+    out: Path,
+    splits: dict[str, list[Sample]],
+    calibration_images: int,
+    seed: int,
+    latency_runs: int,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Quantize the exported fp32 model into `out` (with its metadata), then compare the two
+    on the run's val images; returns the calibration settings and the comparison rows."""
+    chosen = calibration_sample(splits["train"], calibration_images, seed)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
+        tmp = Path(work) / out.name
+        reporter.start("quantize", None, f"quantize int8 (calibrating on {len(chosen)} images)")
+        try:
+            quantize_int8(fp32, tmp, calibration_batches(loaded, chosen), Path(work))
+        finally:
+            reporter.finish("quantize")
+        write_metadata(tmp, onnx_metadata_of(loaded, QUANTIZATION_NAME))
+        rows = compare_quantized(
+            loaded, {"fp32": fp32, "int8": tmp}, splits["val"], reporter, latency_runs
+        )
+        os.replace(tmp, out)
+    rows[1]["file"] = str(out)
+    return {
+        "method": QUANTIZATION_NAME,
+        "calibration": {
+            "images": len(chosen),
+            "of": len(splits["train"]),
+            "source": "train images of the run (split.json)",
+            "seed": seed,
+            "method": "MinMax",
+        },
+        "models": rows,
     }

@@ -354,6 +354,34 @@ def export_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def quantization_table(quantization: dict[str, Any]) -> Table:
+    """`tlcli export --quantize`: fp32 and int8 side by side (val top-1, latency, size)."""
+    rows = quantization["models"]
+    calibration = quantization["calibration"]
+    table = _grid(escape(f"{quantization['method']}, fp32 vs int8"))
+    for name, justify in [("model", "left"), ("file", "left"), ("size", "right")] + [
+        (n, "right") for n in ("val top-1", "agrees w/ fp32", "CPU latency")
+    ]:
+        table.add_column(name, justify=justify, overflow="fold")
+    fp32_bytes = rows[0]["bytes"]
+    for row in rows:
+        share = "" if row is rows[0] else f" ({100 * row['bytes'] / fp32_bytes:.0f}%)"
+        table.add_row(
+            row["model"],
+            escape(row["file"]),
+            f"{row['bytes'] / 1e6:.1f} MB{share}",
+            f"{row['val_top1']:.4f}",
+            _pct(row["agreement_with_fp32"]),
+            f"{row['latency_ms']:.1f} ms",
+        )
+    table.caption = escape(
+        f"val top-1 on {rows[0]['val_images']} val images of the run; latency: "
+        f"{rows[0]['latency']}; calibrated on {calibration['images']} of "
+        f"{calibration['of']} train images (seed {calibration['seed']}, {calibration['method']})"
+    )
+    return table
+
+
 def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     """The recommend report: the decision with its reasons, then the measurements."""
     from rich.panel import Panel
