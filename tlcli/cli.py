@@ -417,7 +417,8 @@ def evaluate(
         list[Path],
         typer.Argument(
             metavar="CKPT [CKPT ...] DATA_DIR",
-            help="One or more tlcli checkpoints (best.pt), then the image folder (last).",
+            help="One or more tlcli checkpoints (best.pt) or .onnx exports, then the image "
+            "folder (last).",
             show_default=False,
         ),
     ],

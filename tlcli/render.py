@@ -327,7 +327,15 @@ def export_table(result: dict[str, Any]) -> Table:
     pre = result["preprocessing"]
     parity = result["parity"]
     table.add_row("model", escape(f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)"))
-    table.add_row("preprocessing", escape(result["paths"]["sidecar"]))
+    fp32 = result["paths"].get("fp32_model")  # --quantize: the checked model it came from
+    if fp32 is not None:
+        table.add_row("quantized from", escape(f"{fp32} (fp32, parity-checked below)"))
+    table.add_row(
+        "preprocessing",
+        escape(result["paths"]["sidecar"]) + " and the ONNX metadata"
+        if result["format"] == "onnx"
+        else escape(result["paths"]["sidecar"]),
+    )
     table.add_row(
         "input",
         f"N x {' x '.join(map(str, pre['input_size']))} (dynamic batch); resize "
