@@ -43,6 +43,7 @@ from tlcli.models import (
     data_spec_of,
     pick_device,
 )
+from tlcli.report import REPORT_FILE, write_finetune_report
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.train.checkpoint import (
     library_versions,
@@ -518,11 +519,14 @@ def _finetune(
             "metrics": str(paths.metrics),
             "curves": str(paths.curves),
             "config": str(paths.config),
+            "report": str(paths.root / REPORT_FILE),
         },
+        "plan": plan.to_dict(),
         "history": state.history,
     }
     if world.is_main:
         paths.summary.write_text(json.dumps(summary, indent=1))
+        write_finetune_report(paths.root)  # from summary.json, as `tlcli report` rebuilds it
     return summary
 
 
