@@ -431,7 +431,7 @@ def evaluate(
     report_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Write report.json, predictions.csv, confusion_matrix.png and "
+            help="Write report.html, report.json, predictions.csv, confusion_matrix.png and "
             "reliability.png here (a new or empty folder)."
         ),
     ] = None,
@@ -878,6 +878,33 @@ def tune(
             highlight=False,
             soft_wrap=True,
         )
+
+    run_command(body)
+
+
+@app.command()
+def report(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR|REPORT_DIR",
+            help="A finetune run dir, or an evaluate --report-dir folder.",
+        ),
+    ],
+) -> None:
+    """Rebuild report.html from what a run dir or a report dir holds.
+
+    One self-contained page (figures inlined, no network): evaluate's summary, per-class
+    metrics, confusion matrix, calibration and most confident errors; or finetune's plan,
+    curves, epochs and update/weight health check.
+
+      tlcli report runs/ants
+    """
+
+    def body() -> None:
+        from tlcli.report import write_report
+
+        stdout.print(f"report written to {write_report(directory)}", highlight=False)
 
     run_command(body)
 
