@@ -67,6 +67,11 @@ class Schedule(str, Enum):
     none = "none"
 
 
+class Track(str, Enum):
+    mlflow = "mlflow"
+    tensorboard = "tensorboard"
+
+
 class Augment(str, Enum):
     none = "none"
     light = "light"
@@ -241,6 +246,20 @@ def finetune(
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this run dir where it stopped.")
     ] = None,
+    track: Annotated[
+        Track | None,
+        typer.Option(
+            help="Log config, every epoch's metrics, the plan and the artifacts to MLflow "
+            "(pip install 'tlcli[mlflow]') or TensorBoard ('tlcli[tensorboard]')."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow: a tracking server or store (default ./mlruns); TensorBoard: the log "
+            "folder (default RUN_DIR/tensorboard)."
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder.
@@ -253,10 +272,15 @@ def finetune(
     """
 
     def body() -> None:
+        from tlcli.track import Tracking, require_backend
         from tlcli.train.run import finetune as run_finetune
 
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
+        if tracking_uri is not None and track is None:
+            raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
+        tracking = Tracking(track.value, tracking_uri) if track else None
+        require_backend(tracking)  # a missing library fails now, not after the training
         cfg = build_config(
             config,
             set_,
@@ -306,10 +330,12 @@ def finetune(
         from tlcli.train.distributed import is_main_process
 
         if not is_main_process():  # torchrun: rank 0 alone reports
-            run_finetune(data_dir, cfg, out=out, resume=resume)
+            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
             return
         with RichReporter(stderr) as reporter:
-            summary = run_finetune(data_dir, cfg, out=out, resume=resume, reporter=reporter)
+            summary = run_finetune(
+                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking
+            )
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
         else:
