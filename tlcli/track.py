@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlcli.errors import ConfigError
+from tlcli.errors import ConfigError, Interrupted
 
 # Backend -> (module to import, the extra that installs it).
 BACKENDS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -101,7 +101,8 @@ class Tracker:
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         if kind is not None:
-            self.close("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+            stopped = issubclass(kind, KeyboardInterrupt | Interrupted)  # Ctrl-C, SIGTERM
+            self.close("KILLED" if stopped else "FAILED")
 
     def on_run_start(self, config: Mapping[str, Any], plan: Mapping[str, Any], run_dir: Path):
         pass

@@ -12,7 +12,7 @@ from corpus import make_image_folder
 from typer.testing import CliRunner
 
 from tlcli.cli import app
-from tlcli.errors import EXIT_CONFIG
+from tlcli.errors import EXIT_CONFIG, Interrupted
 from tlcli.track import Tracker, Tracking, flatten, open_tracker
 
 runner = CliRunner()
@@ -120,10 +120,11 @@ def test_hooks_log_each_epoch_once_and_a_failed_run_ends_failed():
     assert [e for e, _ in tracker.epochs] == [1, 0]
     assert tracker.epochs[0][1] == {"val_acc": 0.5, "lr": 1e-3}  # None: not measured
     assert tracker.closed == ["FINISHED"]
-    for error, status in ((KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")):
+    stops = [(KeyboardInterrupt(), "KILLED"), (Interrupted("x"), "KILLED")]
+    for error, status in [*stops, (RuntimeError(), "FAILED")]:
         failing = Recording()
-        with pytest.raises(error), failing:
-            raise error()
+        with pytest.raises(type(error)), failing:
+            raise error
         assert failing.closed == [status]
 
 

@@ -473,7 +473,9 @@ def _finetune(
             )
         )
     cfg, plan = job.cfg, job.plan
-    reasons = json.loads(paths.run_info.read_text()).get("strategy_reasons", [])
+    reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
+    if last is not None:
+        reasons = json.loads(paths.run_info.read_text()).get("strategy_reasons", [])
     plan_info = {**plan.to_dict(), "reasons": reasons, "data_dir": str(job.data_dir)}
     tracker.on_run_start(config_to_dict(cfg), plan_info, paths.root)
     lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
