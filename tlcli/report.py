@@ -32,6 +32,8 @@ THUMBNAIL_QUALITY = 80
 CM_SHADES = 10
 # The update/weight ratio rule of thumb (tlcli.train.monitor): ~1e-3, a decade either side.
 RATIO_TARGET, RATIO_LOW, RATIO_HIGH = 1e-3, 1e-4, 1e-2
+# As the loop's warning: a new head starts near zero, so its first epochs' ratio runs high.
+HEAD_RATIO_GRACE_EPOCHS = 2
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;
@@ -481,9 +483,11 @@ def baseline_section(summary: dict[str, Any]) -> str:
     return section("baseline: linear probe vs fine-tuning", body)
 
 
-def ratio_verdict(value: float | None) -> tuple[str, str]:
+def ratio_verdict(value: float | None, judged: bool = True) -> tuple[str, str]:
     if value is None:
         return "-", ""
+    if not judged:
+        return f"{value:.1e}", ""
     if value < RATIO_LOW:
         return f"{value:.1e} low", "warn"
     if value > RATIO_HIGH:
@@ -502,7 +506,7 @@ def epochs_table(history: Sequence[dict[str, Any]], best_epoch: int) -> str:
         label = (
             f"{epoch}" + (" (probe)" if epoch == 0 else "") + (" *" if epoch == best_epoch else "")
         )
-        head, head_cls = ratio_verdict(r.get("update_ratio"))
+        head, head_cls = ratio_verdict(r.get("update_ratio"), epoch > HEAD_RATIO_GRACE_EPOCHS)
         back, back_cls = ratio_verdict(r.get("backbone_update_ratio"))
         rows.append(
             [
@@ -524,6 +528,11 @@ def epochs_table(history: Sequence[dict[str, Any]], best_epoch: int) -> str:
 def health_section(history: Sequence[dict[str, Any]]) -> str:
     """The lecture's update/weight check: ~1e-3 per step is a healthy learning rate."""
     heads = [r["update_ratio"] for r in history if r.get("update_ratio") is not None]
+    judged = [
+        r["update_ratio"]
+        for r in history
+        if r.get("update_ratio") is not None and r["epoch"] > HEAD_RATIO_GRACE_EPOCHS
+    ]
     backs = [
         r["backbone_update_ratio"] for r in history if r.get("backbone_update_ratio") is not None
     ]
@@ -538,15 +547,22 @@ def health_section(history: Sequence[dict[str, Any]]) -> str:
         if not values:
             continue
         low, high = min(values), max(values)
-        if name == "head":
-            ok = RATIO_LOW <= values[-1] <= RATIO_HIGH
+        cls = ""
+        if name == "head" and not judged:
+            hint = (
+                f" (not judged in the first {HEAD_RATIO_GRACE_EPOCHS} epochs: a new head starts "
+                "near zero, so its ratio starts high)"
+            )
+        elif name == "head":
+            ok = RATIO_LOW <= judged[-1] <= RATIO_HIGH
+            cls = "ok" if ok else "bad"
             hint = "" if ok else " (outside 1e-4..1e-2: the learning rate may be off)"
         else:
             ok = high <= RATIO_HIGH
+            cls = "ok" if ok else "bad"
             hint = "" if ok else " (above 1e-2: they move like a from-scratch model)"
         lines.append(
-            f'<li class="{"ok" if ok else "bad"}">{name}: {low:.1e} .. {high:.1e}, last '
-            f"{values[-1]:.1e}{hint}</li>"
+            f'<li class="{cls}">{name}: {low:.1e} .. {high:.1e}, last {values[-1]:.1e}{hint}</li>'
         )
     return section(
         "update/weight ratio",

@@ -177,3 +177,21 @@ def test_report_renders_in_chromium_with_its_gallery_images_loaded(tmp_path):
     assert pixels.shape == (1600, 1280)
     assert (pixels < 200).mean() > 0.02  # text, tables and figures drawn, not a blank page
     assert pixels.std() > 20
+
+
+def test_update_ratio_of_a_new_head_is_judged_only_after_the_loops_grace_epochs():
+    rows = [
+        {"epoch": e, "val_acc": 0.5, "update_ratio": 0.4, "backbone_update_ratio": 2e-4}
+        for e in (1, 2)
+    ]
+    summary = {
+        "run_dir": "r", "data_dir": "d", "model": "m", "strategy": "full", "trainable_stages": 0,
+        "classes": ["a"], "num_train": 1, "num_val": 1, "val_acc": 0.5, "best_epoch": 1,
+        "epochs_run": 2, "trainable_params": 1, "total_params": 1, "device": "cpu",
+        "seconds": 1.0, "paths": {"best": "b"}, "history": rows,
+    }  # fmt: skip
+    text = finetune_report_html(summary, None)
+    assert "e-01 high" not in text and "not judged" in text  # a fresh head: not flagged
+    summary["history"] = [*rows, {**rows[0], "epoch": 3}]
+    text = finetune_report_html(summary, None)
+    assert "4.0e-01 high" in text and "the learning rate may be off" in text
