@@ -25,7 +25,7 @@ DATA = SHARED / "data" / "clothing_small"
 MODEL = f"local-dir:{SHARED / 'weights' / 'tf_efficientnet_lite0.in1k'}"
 WIDTH = 1280
 # Tall enough for the top sections of each page; the rest is the same tables, longer.
-HEIGHTS = {"finetune": 2000, "evaluate": 3000}
+HEIGHTS = {"finetune": 1500, "evaluate": 3000}
 COLOURS = 256  # a palette PNG: a few hundred KB instead of a few MB
 
 

@@ -593,6 +593,9 @@ def finetune_report_html(summary: dict[str, Any], curves: str | None) -> str:
         ]
     )
     image = f'<img class="plot" src="{curves}" alt="training curves">' if curves else "<p>-</p>"
+    if len(history) < 2:  # one point per panel says nothing the table below does not
+        image = '<p class="sub">one epoch: no curves (the table below has its numbers)</p>'
+
     sections = [
         section("result", result),
         plan_section(summary),
