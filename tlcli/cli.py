@@ -67,6 +67,11 @@ class Schedule(str, Enum):
     none = "none"
 
 
+class Track(str, Enum):
+    mlflow = "mlflow"
+    tensorboard = "tensorboard"
+
+
 class Augment(str, Enum):
     none = "none"
     light = "light"
@@ -241,6 +246,20 @@ def finetune(
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this run dir where it stopped.")
     ] = None,
+    track: Annotated[
+        Track | None,
+        typer.Option(
+            help="Log config, every epoch's metrics, the plan and the artifacts to MLflow "
+            "(pip install 'tlcli[mlflow]') or TensorBoard ('tlcli[tensorboard]')."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow: a tracking server or store (default ./mlruns); TensorBoard: the log "
+            "folder (default RUN_DIR/tensorboard)."
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder.
@@ -253,10 +272,15 @@ def finetune(
     """
 
     def body() -> None:
+        from tlcli.track import Tracking, require_backend
         from tlcli.train.run import finetune as run_finetune
 
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
+        if tracking_uri is not None and track is None:
+            raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
+        tracking = Tracking(track.value, tracking_uri) if track else None
+        require_backend(tracking)  # a missing library fails now, not after the training
         cfg = build_config(
             config,
             set_,
@@ -306,10 +330,12 @@ def finetune(
         from tlcli.train.distributed import is_main_process
 
         if not is_main_process():  # torchrun: rank 0 alone reports
-            run_finetune(data_dir, cfg, out=out, resume=resume)
+            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
             return
         with RichReporter(stderr) as reporter:
-            summary = run_finetune(data_dir, cfg, out=out, resume=resume, reporter=reporter)
+            summary = run_finetune(
+                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking
+            )
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
         else:
@@ -436,7 +462,7 @@ def evaluate(
     report_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Write report.json, predictions.csv, confusion_matrix.png and "
+            help="Write report.html, report.json, predictions.csv, confusion_matrix.png and "
             "reliability.png here (a new or empty folder)."
         ),
     ] = None,
@@ -909,6 +935,33 @@ def tune(
             highlight=False,
             soft_wrap=True,
         )
+
+    run_command(body)
+
+
+@app.command()
+def report(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR|REPORT_DIR",
+            help="A finetune run dir, or an evaluate --report-dir folder.",
+        ),
+    ],
+) -> None:
+    """Rebuild report.html from what a run dir or a report dir holds.
+
+    One self-contained page (figures inlined, no network): evaluate's summary, per-class
+    metrics, confusion matrix, calibration and most confident errors; or finetune's plan,
+    curves, epochs and update/weight health check.
+
+      tlcli report runs/ants
+    """
+
+    def body() -> None:
+        from tlcli.report import write_report
+
+        stdout.print(f"report written to {write_report(directory)}", highlight=False)
 
     run_command(body)
 

@@ -506,11 +506,13 @@ def write_predictions_csv(
 
 
 def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
-    """report.json, predictions.csv, confusion_matrix.png and reliability.png in a new folder.
+    """report.json, report.html, predictions.csv, confusion_matrix.png and reliability.png in a
+    new folder.
 
     The CSV and the figures are of the primary model: the ensemble when there are several.
     """
     from tlcli.plots import plot_confusion_matrix, plot_reliability_diagram
+    from tlcli.report import write_evaluate_report
 
     out = Path(out)
     check_new_dir(out)
@@ -523,6 +525,7 @@ def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
         "predictions": out / "predictions.csv",
         "confusion_matrix": out / "confusion_matrix.png",
         "reliability": out / "reliability.png",
+        "html": out / "report.html",
     }
     probs = evaluation.primary_probs()
     pred = probs.argmax(1)
@@ -552,6 +555,7 @@ def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
     )
     written = {k: str(v) for k, v in files.items()}
     files["report"].write_text(json.dumps({**report, "files": written}, indent=1))
+    write_evaluate_report(out)  # from report.json, as `tlcli report` rebuilds it
     return written
 
 

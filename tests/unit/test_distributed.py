@@ -49,14 +49,17 @@ def test_shard_batches_splits_every_global_batch():
     assert len(shard_batches([np.arange(3)], World(0, 2, 0))) == 0
 
 
-def run_finetune(launcher: list[str], data: Path, out: Path, cache: Path) -> tuple[dict, str]:
+def run_finetune(
+    launcher: list[str], data: Path, out: Path, cache: Path, *extra: str
+) -> tuple[dict, str]:
     env = {
         **os.environ,
         "TLCLI_CACHE_DIR": str(cache),
         "OMP_NUM_THREADS": "1",
     }
+    command = [*launcher, "-m", "tlcli", "finetune", str(data), *TINY, "--out", str(out)]
     proc = subprocess.run(
-        [*launcher, "-m", "tlcli", "finetune", str(data), *TINY, "--out", str(out), "--json"],
+        [*command, "--json", *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -78,7 +81,8 @@ def test_two_process_gloo_matches_one_process(image_folder, tmp_path, tmp_cache_
         "--standalone",
         "--nproc_per_node=2",
     ]
-    double, stderr = run_finetune(torchrun, data, tmp_path / "two", tmp_cache_dir)
+    tensorboard = ("--track", "tensorboard", "--tracking-uri", str(tmp_path / "tb"))
+    double, stderr = run_finetune(torchrun, data, tmp_path / "two", tmp_cache_dir, *tensorboard)
     assert double["world_size"] == 2 and single["world_size"] == 1
     assert double["epochs_run"] == single["epochs_run"] == 3
     assert abs(double["val_acc"] - single["val_acc"]) <= ACC_TOLERANCE
@@ -90,5 +94,12 @@ def test_two_process_gloo_matches_one_process(image_folder, tmp_path, tmp_cache_
     )
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
     assert stderr.count("finetune summary") <= 1
+    # Tracked by rank 0 alone: one events file, each epoch once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((tmp_path / "tb").rglob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(tmp_path / "tb" / "two"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("val_acc")] == [1, 2, 3]
     ckpt = torch.load(run / "best.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])  # unwrapped weights

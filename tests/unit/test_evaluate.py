@@ -188,7 +188,8 @@ def test_report_dir_is_written_once_and_never_overwritten(trained, tmp_path):
     result = invoke("evaluate", *trained["ckpts"], trained["root"], "--split", "val",
                     "--report-dir", out)  # fmt: skip
     assert result.exit_code == 0, result.output
-    names = {"report.json", "predictions.csv", "confusion_matrix.png", "reliability.png"}
+    names = {"report.json", "report.html", "predictions.csv", "confusion_matrix.png",
+             "reliability.png"}  # fmt: skip
     assert {p.name for p in out.iterdir()} == names
     for png in ("confusion_matrix.png", "reliability.png"):
         with Image.open(out / png) as image:

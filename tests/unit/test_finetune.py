@@ -50,6 +50,7 @@ RUN_FILES = (
     "last.pt",
     "summary.json",
     "curves.png",
+    "report.html",
 )
 JSON_KEYS = ("val_acc", "best_epoch", "strategy", "trainable_params", "total_params", "skipped")
 

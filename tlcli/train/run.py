@@ -43,7 +43,9 @@ from tlcli.models import (
     data_spec_of,
     pick_device,
 )
+from tlcli.report import REPORT_FILE, write_finetune_report
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
+from tlcli.track import Tracker, Tracking, open_tracker
 from tlcli.train.checkpoint import (
     library_versions,
     load_checkpoint,
@@ -398,14 +400,17 @@ def finetune(
     out: Path | None = None,
     resume: Path | None = None,
     reporter: Reporter | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder; returns the run summary (also summary.json).
 
     Under torchrun, each process trains its share of every batch (DDP); rank 0 alone writes
-    files and reports."""
+    files, reports and logs to the tracker (tracking: MLflow or TensorBoard, opt-in)."""
     world = init_world(cfg.train.device)
     try:
-        return _finetune(world, data_dir, cfg, out, resume, reporter if world.is_main else None)
+        with open_tracker(tracking, world.is_main) as tracker:
+            main_reporter = reporter if world.is_main else None
+            return _finetune(world, data_dir, cfg, out, resume, main_reporter, tracker)
     finally:
         close_world(world)
 
@@ -417,6 +422,7 @@ def _finetune(
     out: Path | None,
     resume: Path | None,
     reporter: Reporter | None,
+    tracker: Tracker,
 ) -> dict[str, Any]:
     from tlcli.train.head_fit import fit_head_on_features
 
@@ -467,6 +473,11 @@ def _finetune(
             )
         )
     cfg, plan = job.cfg, job.plan
+    reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
+    if last is not None:
+        reasons = json.loads(paths.run_info.read_text()).get("strategy_reasons", [])
+    plan_info = {**plan.to_dict(), "reasons": reasons, "data_dir": str(job.data_dir)}
+    tracker.on_run_start(config_to_dict(cfg), plan_info, paths.root)
     lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
     if lbfgs_head and not world.is_main:
         state = LoopState()  # one full-batch fit, done by rank 0 alone
@@ -484,7 +495,7 @@ def _finetune(
         save_checkpoint(paths.best, job.checkpoint(ema, state))
         save_checkpoint(paths.last, job.checkpoint(ema, state))
     else:
-        state = _train_epochs(job, paths, last, reporter, world)
+        state = _train_epochs(job, paths, last, reporter, world, tracker)
     if world.is_main:
         write_metrics(paths.metrics, state.history)
         from tlcli.plots import plot_training_curves
@@ -518,11 +529,16 @@ def _finetune(
             "metrics": str(paths.metrics),
             "curves": str(paths.curves),
             "config": str(paths.config),
+            "report": str(paths.root / REPORT_FILE),
         },
+        "plan": plan.to_dict(),
         "history": state.history,
     }
     if world.is_main:
         paths.summary.write_text(json.dumps(summary, indent=1))
+        write_finetune_report(paths.root)  # from summary.json, as `tlcli report` rebuilds it
+    artifacts = {"curves": paths.curves, "report": paths.root / REPORT_FILE, "best": paths.best}
+    tracker.on_run_end(summary, artifacts)
     return summary
 
 
@@ -532,10 +548,12 @@ def _train_epochs(
     last: dict[str, Any] | None,
     reporter: Reporter,
     world: World = SINGLE,
+    tracker: Tracker | None = None,
 ) -> LoopState:
     from timm.utils import ModelEmaV3
 
     model, lr_mults, cfg, device = job.model, job.lr_mults, job.cfg, job.device
+    tracker = tracker or Tracker()
     train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
 
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
@@ -602,6 +620,7 @@ def _train_epochs(
             save_checkpoint(paths.best, job.checkpoint(ema, current))
         save_last(current)
         write_metrics(paths.metrics, current.history)
+        tracker.on_epoch_end(current.history[-1])
 
     if last is None and world.is_main:
         save_last(state)  # epoch 0: a run killed before its first epoch can still resume
