@@ -25,6 +25,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        # mkstemp makes the file 0600; a report or CSV is meant to be shared like any file
+        # the user's programs write, so it gets the mode open() would give it (umask).
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -38,6 +41,12 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
             raise KeyboardInterrupt from None
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomically(path: Path, text: str) -> None:

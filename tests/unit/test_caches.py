@@ -286,3 +286,14 @@ def test_a_damaged_feature_cache_is_extracted_again(image_folder, extract_calls,
     x2, _ = _features(model, samples)
     assert len(extract_calls) == 2
     torch.testing.assert_close(x1, x2)
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from tlcli.atomic import write_text_atomically
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomically(tmp_path / "report.html", "<p>hi</p>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
