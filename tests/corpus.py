@@ -41,6 +41,8 @@ ANIMATED_GIF = "bees/animated.gif"
 UPPER_JPG = "bees/UPPER.JPG"
 BRACKETS_JPG = "bees/IMG [1] (copy).jpg"  # [...] is Rich markup: must be printed as is
 UNICODE_JPG = "crème brûlée/photo ünï 0.jpg"
+PANORAMA_PNG = "ants/panorama 8x1.png"  # wide but a photo: resized from its centre region
+STRIP_PNG = "bees/strip 1x20000.png"  # 161 bytes that resized to 256 px would be 2.8 GB
 # Files that must be skipped, and the words their reason must contain.
 TRUNCATED_JPEG = "bees/truncated [draft].jpg"
 SKIP_REASONS = {
@@ -50,6 +52,7 @@ SKIP_REASONS = {
     "bees/notes.txt": "not an image",
     "crème brûlée/bomb.png": "decompression bomb",
     TRUNCATED_JPEG: "truncated",
+    STRIP_PNG: "extreme aspect ratio",
 }
 # The scan reads headers only; these pass it and fail when decoded.
 SKIPPED_AT_DECODE = frozenset({TRUNCATED_JPEG})
@@ -150,6 +153,7 @@ def make_bad_image_folder(root: Path) -> dict[str, str]:
     write(ANIMATED_GIF, gif.getvalue(), "ok")
     write(UPPER_JPG, jpeg_bytes(random_image(rng, 1)), "ok")
     write(BRACKETS_JPG, jpeg_bytes(random_image(rng, 1)), "ok")
+    write(PANORAMA_PNG, random_image(rng, 0).resize((8 * GOOD_SIDE, GOOD_SIDE)), "ok")
 
     # Files that cannot be used: each reported by name.
     good_jpeg = jpeg_bytes(random_image(rng, 1, side=64))
@@ -159,6 +163,7 @@ def make_bad_image_folder(root: Path) -> dict[str, str]:
     write("bees/page.jpg", b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n", "skipped")
     write("bees/notes.txt", b"shot on a sunny day\n", "skipped")
     write("crème brûlée/bomb.png", png_header_only(BOMB_SIDE, BOMB_SIDE), "skipped")
+    write(STRIP_PNG, Image.new("L", (1, BOMB_SIDE), 128), "skipped")
 
     # Hidden files and folders (OS thumbnails, editor droppings): silently left out.
     write("ants/.hidden.jpg", jpeg_bytes(random_image(rng, 0)), "ignored")
@@ -229,3 +234,26 @@ def tree_digest(root: Path) -> dict[str, tuple]:
                     content = "unreadable"
                 digest[rel] = ("file", st.st_mode, st.st_mtime_ns, st.st_size, content)
     return digest
+
+
+def run_measured(args: list[str], timeout: float, **popen) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak RSS in bytes) of one subprocess.
+
+    The peak is that child's own ru_maxrss (os.wait4 on its pid), not RUSAGE_CHILDREN of the
+    test process, which is the largest of every child the test run ever waited for."""
+    import subprocess
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, **popen)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024  # KiB on Linux

@@ -25,6 +25,14 @@ Image.MAX_IMAGE_PIXELS = None
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 
+# Longer side / shorter side above which a file is skipped, not decoded: the centre square
+# the model sees would hold under 1% of a 1x100 strip, a 1x100000000 one is a memory bomb, and
+# a named file lets the user crop it (360-degree panoramas are about 10:1).
+MAX_ASPECT_RATIO = 100
+# A resize larger than this many output squares crops its source region first (resize's box):
+# the work and memory are bounded by what is produced, whatever the aspect ratio.
+MAX_RESIZED_SQUARES = 4
+
 
 class ImageDecodeError(Exception):
     """Carries a one-line reason for the skipped-files report."""
@@ -56,14 +64,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def size_problem(width: int, height: int, max_pixels: int) -> str | None:
+    """Why an image of this declared size is not decoded (None: it is fine). The one check
+    of a header's size, used by the scan and by the decoder."""
+    if width < 1 or height < 1:
+        return "not an image (no size or format)"
+    if width * height > max_pixels:
+        return (
+            f"image too large ({width}x{height} > data.max_pixels={max_pixels}): "
+            "possible decompression bomb"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return (
+            f"extreme aspect ratio ({width}x{height}, over {MAX_ASPECT_RATIO}:1): the centre "
+            "square would show almost none of it; crop the image"
+        )
+    return None
+
+
 def load_rgb(path: Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """Open, fully decode and convert to RGB; raises ImageDecodeError with a reason."""
     try:
         with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageDecodeError(
-                    f"image too large ({img.width}x{img.height} > {max_pixels} pixels)"
-                )
+            problem = size_problem(img.width, img.height, max_pixels)
+            if problem:
+                raise ImageDecodeError(problem)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L"):
@@ -92,8 +117,15 @@ def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarr
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), resample=resample, reducing_gap=3.0)
     left, top = (new_w - size) // 2, (new_h - size) // 2
+    if new_w * new_h > MAX_RESIZED_SQUARES * size * size:
+        # Resample only the source region of the square (the same filter taps, up to +-1 in a
+        # few pixels), never the whole resized strip: a 1x20000 PNG would have been 2.8 GB.
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        img = img.resize((size, size), resample=resample, box=box, reducing_gap=3.0)
+        return np.asarray(img, dtype=np.uint8)
+    img = img.resize((new_w, new_h), resample=resample, reducing_gap=3.0)
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from tlcli.data.decode import size_problem
 from tlcli.errors import DataError
 
 # Extensions PIL decodes that people keep photos in; anything else is "not an image".
@@ -99,14 +100,9 @@ def identify_image(path: Path, max_pixels: int) -> str | None:
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # a malformed header can raise anything inside PIL's parsers
         return f"cannot read: {type(exc).__name__}: {exc}"
-    if width * height > max_pixels:
-        return (
-            f"image too large ({width}x{height} > data.max_pixels={max_pixels}): "
-            "possible decompression bomb"
-        )
-    if width < 1 or height < 1 or fmt is None:
+    if fmt is None:
         return "not an image (no size or format)"
-    return None
+    return size_problem(width, height, max_pixels)
 
 
 def _links_back(class_dir: Path, folder: Path) -> bool:
