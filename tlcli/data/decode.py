@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Jobs in flight at once in bounded_map: Executor.map would create a future per file up front
 # (about a kilobyte each: a gigabyte for a million images).
@@ -24,6 +24,7 @@ MAX_PENDING_JOBS = 1024
 Image.MAX_IMAGE_PIXELS = None
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
+NOT_AN_IMAGE = "not an image (content is not a known image format)"
 
 # Longer side / shorter side above which a file is skipped, not decoded: the centre square
 # the model sees would hold under 1% of a 1x100 strip, a 1x100000000 one is a memory bomb, and
@@ -99,6 +100,8 @@ def load_rgb(path: Path, max_pixels: int, draft_size: int | None = None) -> Imag
             return to_rgb(img)
     except ImageDecodeError:
         raise
+    except UnidentifiedImageError:  # PIL's message repeats the path, printed beside it anyway
+        raise ImageDecodeError(NOT_AN_IMAGE) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         message = str(exc) or type(exc).__name__
         if "truncated" in message:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from tlcli.data.decode import size_problem
+from tlcli.data.decode import NOT_AN_IMAGE, size_problem
 from tlcli.errors import DataError
 
 # Extensions PIL decodes that people keep photos in; anything else is "not an image".
@@ -91,7 +91,7 @@ def identify_image(path: Path, max_pixels: int) -> str | None:
             width, height = img.size
             fmt = img.format
     except UnidentifiedImageError:
-        return "not an image (content is not a known image format)"
+        return NOT_AN_IMAGE
     except PermissionError:
         return "permission denied"
     except Image.DecompressionBombError:
