@@ -63,6 +63,22 @@ def test_evaluate_reproduces_finetunes_val_accuracy_to_the_image(run, tmp_path, 
     assert {str(Path(p).resolve()) for p in scored} == {str(Path(p).resolve()) for p in val_files}
 
 
+def test_evaluate_on_one_image_past_a_batch_equals_batch_size_1(run, tmp_path):
+    """129 = 2 x 64 + 1 val images: the old batch_indices scored rows 64-128 twice and 0-63
+    never (top-1 0.535); now the same as one image at a time (0.95)."""
+    folder = tmp_path / "val129"
+    val = sorted((run["data"] / "val").glob("*/*.jpg"))
+    for path in val[: 2 * 64 + 1]:  # evaluate's default batch size is 64
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / path.parent.name / path.name).symlink_to(path)
+    default, one = (
+        cli_json("evaluate", run["dir"] / "best.pt", folder, *extra)["models"][0]["summary"]
+        for extra in ([], ["--batch-size", "1"])
+    )
+    assert default["top1"] == one["top1"] and default["top1"] > 0.9
+    assert default["loss"] == pytest.approx(one["loss"], abs=1e-4)
+
+
 def standalone_preprocess(path: Path, pre: dict) -> np.ndarray:
     """What the sidecar tells a deployment to do, written with Pillow and numpy only."""
     img = Image.open(path).convert("RGB")
