@@ -21,6 +21,7 @@ from PIL import Image
 
 from tlcli.data.decode import (
     MAX_ASPECT_RATIO,
+    MAX_RESIZED_SQUARES,
     ImageDecodeError,
     decode_square,
     resize_center_square,
@@ -76,6 +77,23 @@ def test_a_wide_image_resamples_its_centre_square_only(wh, resample):
     diff = np.abs(square.astype(int) - full_resize_then_crop(img, 64, resample))
     # The same filter taps; PIL's 8-bit intermediate between its two passes rounds differently.
     assert diff.max() <= 2 and diff.mean() < 0.5
+
+
+def test_no_resize_produces_more_than_a_few_output_squares(monkeypatch):
+    """A 2x190 image (under the aspect limit) at a 4096 px cache: the old code resized it to
+    4096 x 389120 pixels (4.8 GB) before cropping the square."""
+    produced = []
+    real_resize = Image.Image.resize
+
+    limit = MAX_RESIZED_SQUARES * 4096 * 4096
+
+    def resize(self, size, *args, **kwargs):
+        produced.append(size[0] * size[1])  # and never allocate what the old code asked for
+        return real_resize(self, size if size[0] * size[1] <= limit else (1, 1), *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    resize_center_square(Image.new("RGB", (2, 190), (1, 2, 3)), 4096, Image.BICUBIC)
+    assert produced and max(produced) <= limit
 
 
 @pytest.mark.parametrize("wh", [(1, 20_000), (20_000, 1), (2, 2 * MAX_ASPECT_RATIO + 1)])
