@@ -26,9 +26,9 @@ Image.MAX_IMAGE_PIXELS = None
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 NOT_AN_IMAGE = "not an image (content is not a known image format)"
 
-# Longer side / shorter side above which a file is skipped, not decoded: the centre square
-# the model sees would hold under 1% of a 1x100 strip, a 1x100000000 one is a memory bomb, and
-# a named file lets the user crop it (360-degree panoramas are about 10:1).
+# Longer over shorter side above which a file is skipped and named, not decoded: skipping
+# serves the user best, since its centre square (all the model sees) is under 1% of it and the
+# user can crop it, and a 1x100000000 PNG of 194 KB is a memory bomb. Panoramas are about 10:1.
 MAX_ASPECT_RATIO = 100
 # A resize larger than this many output squares crops its source region first (resize's box):
 # the work and memory are bounded by what is produced, whatever the aspect ratio.
@@ -122,8 +122,9 @@ def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarr
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     left, top = (new_w - size) // 2, (new_h - size) // 2
     if new_w * new_h > MAX_RESIZED_SQUARES * size * size:
-        # Resample only the source region of the square (the same filter taps, up to +-1 in a
-        # few pixels), never the whole resized strip: a 1x20000 PNG would have been 2.8 GB.
+        # Resample only the square's source region, never the whole resized strip (a 2x190
+        # image at a 4096 px cache: 1.6 G pixels). Same filter taps; PIL's 8-bit intermediate
+        # between its two passes rounds a few pixels differently.
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
         img = img.resize((size, size), resample=resample, box=box, reducing_gap=3.0)
