@@ -1,0 +1,173 @@
+"""Hostile inputs beyond the image corpus (issue 12, 2.8 and 2.10), through the real CLI.
+
+Crafted checkpoints and corrupt local-dir: model folders, out-of-range option values, output
+paths that cannot be written, broken pipes: each ends in one `error:` line with the exit code
+of README.md's table, never a traceback, never a network connection, never a file the input
+names being read. Every case has a row in docs/reliability.md with the same exit code.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from corpus import (
+    CRAFTED_CHECKPOINT_CASES,
+    LOCAL_DIR_CASES,
+    make_checkpoint,
+    make_crafted_checkpoint,
+    make_image_folder,
+    make_local_dir_model,
+)
+from typer.testing import CliRunner
+
+from tlcli.cli import app
+from tlcli.errors import EXIT_CHECKPOINT, EXIT_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "reliability.md"
+TINY = [
+    "--model", "test_resnet", "--no-pretrained", "--image-size", "64", "--batch-size", "8",
+    "--device", "cpu", "--workers", "1", "--epochs", "1",
+]  # fmt: skip
+MAX_ERROR_CHARS = 400  # one line a person reads, not a dump of the input
+runner = CliRunner()
+
+# case -> exit code; docs/reliability.md has a row for each.
+CHECKPOINT_CASES = {f"checkpoint-{case}": EXIT_CHECKPOINT for case in CRAFTED_CHECKPOINT_CASES}
+CHECKPOINT_CASES["checkpoint-compressed-zip"] = EXIT_CHECKPOINT
+MODEL_DIR_CASES = {f"local-dir-{case}": EXIT_MODEL for case in LOCAL_DIR_CASES}
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line(result, code: int, words: tuple[str, ...] = ()) -> str:
+    assert "Traceback" not in result.output
+    assert result.exit_code == code, (result.exit_code, result.output[-2000:])
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert len(lines[0]) <= MAX_ERROR_CHARS, lines[0][:1000]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Every socket connect fails and is recorded: loading must never try one."""
+    attempts: list = []
+
+    def connect(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    return attempts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A checkpoint as finetune writes it (classes blue, red) and a folder of those classes."""
+    base = tmp_path_factory.mktemp("hostile-trained")
+    data = make_image_folder(base / "data", {"red": 3, "blue": 3})
+    (base / "run").mkdir()
+    return {"data": data, "run": base / "run", "best": make_checkpoint(base / "run" / "best.pt")}
+
+
+# --- 2.8 untrusted checkpoints ----------------------------------------------------------------
+
+
+def compressed_copy(good: Path, out: Path) -> Path:
+    """The checkpoint with its members deflated, plus one that inflates to 64 MiB: what a zip
+    bomb looks like (torch.save stores every member as is)."""
+    import zipfile
+
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        names = src.namelist()
+        for name in names:
+            dst.writestr(name, src.read(name))
+        dst.writestr(names[0].split("/")[0] + "/data/9999", bytes(64 << 20))
+    return out
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_crafted_checkpoint_is_one_line_exit_5_and_touches_no_network(
+    case, tmp_path, trained, no_network
+):
+    kind = case.removeprefix("checkpoint-")
+    pt = tmp_path / f"{kind}.pt"
+    if kind == "compressed-zip":
+        compressed_copy(trained["best"], pt)
+    else:
+        make_crafted_checkpoint(trained["best"], kind, pt)
+    before = pt.read_bytes()
+    for command in (["evaluate", pt, trained["data"]], ["predict", pt, trained["data"]]):
+        line = assert_one_line(invoke(*command), CHECKPOINT_CASES[case], (str(pt),))
+        assert "checkpoint" in line or "tlcli" in line
+    assert no_network == [], "loading a checkpoint tried to connect"
+    assert pt.read_bytes() == before
+
+
+def test_checkpoint_kwargs_never_reach_timm(tmp_path, trained, monkeypatch):
+    """checkpoint_path= would make timm read any file: it is refused before timm is called."""
+    import timm
+
+    calls: list = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    pt = make_crafted_checkpoint(trained["best"], "kwargs-checkpoint-path", tmp_path / "x.pt")
+    assert_one_line(invoke("evaluate", pt, trained["data"]), EXIT_CHECKPOINT, ("checkpoint_path",))
+    assert calls == []
+
+
+def test_a_sound_checkpoint_still_loads_on_the_meta_checked_path(trained, no_network):
+    result = invoke("evaluate", trained["best"], trained["data"], "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert no_network == []
+
+
+@pytest.mark.parametrize("case", list(MODEL_DIR_CASES))
+def test_corrupt_local_dir_model_is_one_line_exit_4(case, tmp_path, no_network):
+    folder = make_local_dir_model(tmp_path / "weights", case.removeprefix("local-dir-"))
+    data = make_image_folder(tmp_path / "data", {"red": 3, "blue": 3})
+    args = [a for a in TINY if a != "--no-pretrained"]
+    args[args.index("test_resnet")] = f"local-dir:{folder}"
+    result = invoke("finetune", data, *args, "--out", tmp_path / "run")
+    assert_one_line(result, MODEL_DIR_CASES[case], (str(folder),))
+    assert no_network == []
+
+
+def test_an_intact_local_dir_model_loads(tmp_path, no_network):
+    from tlcli.models import create_model
+
+    folder = make_local_dir_model(tmp_path / "weights")
+    model = create_model(f"local-dir:{folder}", 2, pretrained=True)
+    assert model.get_classifier().out_features == 2
+    assert no_network == []
+
+
+# --- the documentation --------------------------------------------------------------------------
+
+
+def documented_cases() -> dict[str, int]:
+    rows = {}
+    for line in DOCS.read_text().splitlines():
+        match = re.match(r"\|\s*`([^`]+)`\s*\|(.*)\|\s*(\d+)\s*\|\s*$", line)
+        if match:
+            rows[match.group(1)] = int(match.group(3))
+    return rows
+
+
+def test_every_hostile_case_is_documented_with_its_exit_code():
+    expected = CHECKPOINT_CASES | MODEL_DIR_CASES
+    rows = documented_cases()
+    missing = sorted(set(expected) - set(rows))
+    assert not missing, f"not in {DOCS.name}: {missing}"
+    wrong = {c: (rows[c], code) for c, code in expected.items() if rows[c] != code}
+    assert not wrong, f"documented vs tested exit code: {wrong}"
