@@ -37,7 +37,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, emoji=False)  # "cuda:abc" is not an emoji code
 stdout = Console()
 PIPED_TABLE_WIDTH = 200  # columns for a wide table written to a file or pipe
 _state = {"debug": False}
@@ -457,6 +457,7 @@ def evaluate(
 
         if len(paths) < 2:
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
+        check_option_ranges({"--batch-size": (batch_size, 1, MAX_EVAL_BATCH)})
         *checkpoints, data_dir = paths
         if report_dir is not None:
             check_new_dir(report_dir)  # fail before the work, not after
@@ -541,6 +542,9 @@ def predict(
         )
         from tlcli.render import RichReporter, prediction_table
 
+        check_option_ranges(
+            {"--batch-size": (batch_size, 1, MAX_EVAL_BATCH), "--top-k": (top_k, 1, MAX_TOP_K)}
+        )
         if csv_ is not None:
             check_new_file(csv_, force)
         models = load_models([checkpoint, *(ckpt or [])], weights.value)
@@ -611,6 +615,9 @@ def export(
 
         if out is None:
             raise_usage("give the file to write with --out FILE")
+        check_option_ranges(
+            {"--tolerance": (tolerance, 1e-12, 1.0), "--opset": (opset, *ONNX_OPSETS)}
+        )
         check_new_file(out, force)
         check_new_file(sidecar_path(out), force)
         loaded = load_for_inference(checkpoint, weights.value)
@@ -729,6 +736,13 @@ def lr_find(
         from tlcli.tune.lr_find import find_lr, plot_path
         from tlcli.tune.plots import plot_lr_find
 
+        check_option_ranges(
+            {
+                "--num-iter": (num_iter, 20, MAX_LR_FIND_STEPS),
+                "--start-lr": (start_lr, 1e-12, 10.0),
+                "--end-lr": (end_lr, 1e-12, 1000.0),
+            }
+        )
         cfg = job_config(
             config,
             set_,
@@ -840,6 +854,12 @@ def tune(
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
+        check_option_ranges(
+            {
+                "--trials": (trials, 1, MAX_TRIALS),
+                "--epochs-per-trial": (epochs_per_trial, 1, MAX_TRIAL_EPOCHS),
+            }
+        )
         cfg = job_config(
             config,
             set_,
@@ -880,6 +900,23 @@ def tune(
         )
 
     run_command(body)
+
+
+# Bounds of the options that are not config keys (those are checked by config.validate).
+MAX_EVAL_BATCH = 65536  # as data.batch_size
+MAX_TOP_K = 100_000  # as many as a checkpoint may have classes
+ONNX_OPSETS = (7, 20)  # what torch's TorchScript-based ONNX exporter writes
+MAX_LR_FIND_STEPS = 100_000
+MAX_TRIALS = 100_000
+MAX_TRIAL_EPOCHS = 100_000  # as train.epochs
+
+
+def check_option_ranges(options: dict[str, tuple[Any, float, float]]) -> None:
+    """{option: (value, low, high)}: NaN, inf or out of range is one line, exit 2."""
+    from tlcli.config import check_option_range
+
+    for option, (value, low, high) in options.items():
+        check_option_range(option, value, low, high)
 
 
 def raise_usage(message: str) -> None:

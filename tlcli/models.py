@@ -21,7 +21,8 @@ import timm
 import torch
 from torch import nn
 
-from tlcli.errors import ModelError
+from tlcli.config import check_device_name
+from tlcli.errors import ConfigError, ModelError
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -252,8 +253,19 @@ def classifier_param_names(model: nn.Module) -> list[str]:
 
 
 def pick_device(requested: str) -> torch.device:
+    """The device for --device / train.device, checked to exist here (a one-line exit 2)."""
+    check_device_name(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), cuda:0 to cuda:N-1; pick one of them"
+            )
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: Apple's MPS is not available here; use --device cpu")
     return torch.device(requested)

@@ -24,7 +24,7 @@ from corpus import (
 from typer.testing import CliRunner
 
 from tlcli.cli import app
-from tlcli.errors import EXIT_CHECKPOINT, EXIT_MODEL
+from tlcli.errors import EXIT_CHECKPOINT, EXIT_CONFIG, EXIT_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "reliability.md"
@@ -39,6 +39,27 @@ runner = CliRunner()
 CHECKPOINT_CASES = {f"checkpoint-{case}": EXIT_CHECKPOINT for case in CRAFTED_CHECKPOINT_CASES}
 CHECKPOINT_CASES["checkpoint-compressed-zip"] = EXIT_CHECKPOINT
 MODEL_DIR_CASES = {f"local-dir-{case}": EXIT_MODEL for case in LOCAL_DIR_CASES}
+# Out-of-range values: case -> (command, its options, words of the error line); all exit 2.
+OPTION_CASES = {
+    "seed-above-2-32": ("finetune", ["--seed", str(2**32)], "train.seed=4294967296"),
+    "warmup-epochs-inf": ("finetune", ["--warmup-epochs", "inf"], "warmup_epochs=inf"),
+    "lr-nan": ("finetune", ["--lr", "nan"], "optim.lr=nan"),
+    "set-clip-grad-norm-inf": ("finetune", ["--set", "optim.clip_grad_norm=inf"], "=inf"),
+    "set-weight-decay-nan": ("finetune", ["--set", "optim.weight_decay=.nan"], "=nan"),
+    "patience-huge": ("finetune", ["--patience", str(10**30)], "train.patience=1000"),
+    "device-mps-missing": ("finetune", ["--device", "mps"], "MPS is not available"),
+    "device-cuda-not-a-number": ("finetune", ["--device", "cuda:abc"], "'cuda:abc'"),
+    "evaluate-device-unknown": ("evaluate", ["--device", "tpu"], "'tpu'"),
+    "evaluate-device-mps": ("evaluate", ["--device", "mps"], "MPS is not available"),
+    "evaluate-batch-size-huge": ("evaluate", ["--batch-size", str(10**12)], "--batch-size="),
+    "predict-top-k-huge": ("predict", ["--top-k", str(10**20)], "--top-k="),
+    "export-tolerance-nan": ("export", ["--tolerance", "nan"], "--tolerance=nan"),
+    "export-tolerance-negative": ("export", ["--tolerance", "-1"], "--tolerance=-1.0"),
+    "export-opset-huge": ("export", ["--opset", "99999"], "--opset=99999"),
+    "lr-find-start-lr-nan": ("lr-find", ["--start-lr", "nan"], "--start-lr=nan"),
+    "lr-find-num-iter-huge": ("lr-find", ["--num-iter", str(10**12)], "--num-iter="),
+    "tune-trials-huge": ("tune", ["--trials", str(10**12)], "--trials="),
+}
 
 
 def invoke(*args: object):
@@ -152,6 +173,28 @@ def test_an_intact_local_dir_model_loads(tmp_path, no_network):
     assert no_network == []
 
 
+# --- 2.10 out-of-range values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_out_of_range_value_is_one_line_exit_2(case, tmp_path, trained):
+    command, options, words = OPTION_CASES[case]
+    out = tmp_path / "out"
+    job = [a for a in TINY if a not in ("--device", "cpu")]
+    short = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "8"]
+    args = {
+        "finetune": ["finetune", trained["data"], *job, "--out", out],
+        "evaluate": ["evaluate", trained["best"], trained["data"]],
+        "predict": ["predict", trained["best"], trained["data"]],
+        "export": ["export", trained["best"], "--out", tmp_path / "m.onnx"],
+        "lr-find": ["lr-find", trained["data"], *short, "--out", tmp_path / "lr.png"],
+        "tune": ["tune", trained["data"], *short, "--out", out],
+    }[command]
+    assert_one_line(invoke(*args, *options), EXIT_CONFIG, (words,))
+    assert not out.exists() or not any(out.iterdir()), "a refused run left files"
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "lr.png").exists()
+
+
 # --- the documentation --------------------------------------------------------------------------
 
 
@@ -165,7 +208,7 @@ def documented_cases() -> dict[str, int]:
 
 
 def test_every_hostile_case_is_documented_with_its_exit_code():
-    expected = CHECKPOINT_CASES | MODEL_DIR_CASES
+    expected = CHECKPOINT_CASES | MODEL_DIR_CASES | dict.fromkeys(OPTION_CASES, EXIT_CONFIG)
     rows = documented_cases()
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
