@@ -7,6 +7,7 @@ and tables go to stderr; with --json, stdout carries only the JSON document.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -37,8 +38,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-stderr = Console(stderr=True, emoji=False)  # "cuda:abc" is not an emoji code
-stdout = Console()
+
+
+class PipeConsole(Console):
+    """Rich exits 1 on a closed pipe (a crash, by our table): leave it to run_command."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+stderr = PipeConsole(stderr=True, emoji=False)  # "cuda:abc" is not an emoji code
+stdout = PipeConsole()
 PIPED_TABLE_WIDTH = 200  # columns for a wide table written to a file or pipe
 _state = {"debug": False}
 
@@ -91,6 +101,9 @@ def run_command(body: Callable[[], Any]) -> Any:
             return result
     except TlcliError as exc:
         exit_with_error(exc)
+    except BrokenPipeError:  # `tlcli predict ... | head -1`: the reader had enough
+        silence_closed_pipes()
+        raise typer.Exit(0) from None
     except (OSError, RuntimeError) as exc:  # a full disk or GPU: a user's problem, not a bug
         error = resource_error_of(exc)
         if error is None:
@@ -99,6 +112,26 @@ def run_command(body: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         stderr.print(f"[yellow]{interrupted_word()}[/]")
         raise typer.Exit(interrupted_exit_code()) from None
+
+
+def silence_closed_pipes() -> None:
+    """Point stdout (and stderr when it is the same pipe, `2>&1 | head`) at /dev/null, as
+    Python's docs advise: the interpreter's last flush would otherwise print "Exception
+    ignored ... BrokenPipeError"."""
+    try:
+        out = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file: nothing left to flush
+        return
+    targets = [out]
+    try:
+        if os.path.samestat(os.fstat(out), os.fstat(sys.stderr.fileno())):
+            targets.append(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in targets:
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def exit_with_error(exc: TlcliError) -> None:
@@ -889,7 +922,7 @@ def tune(
         table = tune_trials_table(summary["trials"], best["number"])
         # One column per parameter: piped to a file or log, print it whole, not squeezed to 80
         # (Console.print caps its width= at the console's own width, hence a wider console).
-        wide = stdout if stdout.is_terminal else Console(width=PIPED_TABLE_WIDTH)
+        wide = stdout if stdout.is_terminal else PipeConsole(width=PIPED_TABLE_WIDTH)
         wide.print(table, crop=stdout.is_terminal)
         stdout.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "

@@ -8,8 +8,11 @@ names being read. Every case has a row in docs/reliability.md with the same exit
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,6 +198,37 @@ def test_out_of_range_value_is_one_line_exit_2(case, tmp_path, trained):
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "lr.png").exists()
 
 
+# --- 2.10 a closed stdout pipe --------------------------------------------------------------
+
+
+def test_a_closed_stdout_pipe_exits_0_quietly(trained):
+    """`tlcli evaluate --json | true`: the reader is gone before the result is written.
+    Python printed "Exception ignored ... BrokenPipeError" at exit; a real process, so that
+    last flush is seen."""
+    args = ["evaluate", trained["best"], trained["data"], "--device", "cpu", "--json"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tlcli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    child.stdout.close()  # the reader exits before anything is written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "Broken" not in err
+
+
+def test_a_closed_stdout_pipe_under_rich_tables_exits_0(trained, monkeypatch):
+    """`tlcli predict ... | head -1`: Rich's own broken-pipe exit is 1, a crash by the table."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        args = ["predict", trained["best"], trained["data"], "--device", "cpu"]
+        code = app(list(map(str, args)), standalone_mode=False)
+    assert code == 0
+
+
 # --- the documentation --------------------------------------------------------------------------
 
 
@@ -209,6 +243,7 @@ def documented_cases() -> dict[str, int]:
 
 def test_every_hostile_case_is_documented_with_its_exit_code():
     expected = CHECKPOINT_CASES | MODEL_DIR_CASES | dict.fromkeys(OPTION_CASES, EXIT_CONFIG)
+    expected |= {"closed-stdout-pipe": 0}
     rows = documented_cases()
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
