@@ -229,6 +229,84 @@ def test_a_closed_stdout_pipe_under_rich_tables_exits_0(trained, monkeypatch):
     assert code == 0
 
 
+# --- 2.10 every exit code is the README's -----------------------------------------------------
+
+
+def readme_exit_codes() -> dict[int, str]:
+    """README.md's `## Exit codes` table: {code: meaning}."""
+    text = (ROOT / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    return {
+        int(m.group(1)): m.group(2)
+        for m in re.finditer(r"^\|\s*(\d+)\s*\|(.*)\|\s*$", text, flags=re.MULTILINE)
+    }
+
+
+def all_subclasses(cls: type) -> list[type]:
+    return [sub for child in cls.__subclasses__() for sub in (child, *all_subclasses(child))]
+
+
+# What each error class means, in the README's words for its code.
+ERROR_MEANINGS = {
+    "ConfigError": "bad usage, option value or config file",
+    "TrainingDiverged": "training diverged",
+    "DataError": "the image folder cannot be used",
+    "FolderChanged": "the image folder cannot be used",
+    "ModelError": "the model cannot be built",
+    "CheckpointError": "a checkpoint is refused",
+    "RunDirError": "the run dir",
+    "ResourceError": "out of a resource",
+}
+
+
+def raise_in_command(monkeypatch, exc: BaseException) -> None:
+    """evaluate's first library call raises exc: the CLI alone turns it into an exit code."""
+    import tlcli.evaluate
+
+    def load_models(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(tlcli.evaluate, "load_models", load_models)
+
+
+def test_every_error_class_exits_with_the_readme_code(tmp_path, monkeypatch):
+    import signal
+
+    import tlcli.errors as errors
+
+    table = readme_exit_codes()
+    classes = {cls.__name__: cls for cls in all_subclasses(errors.TlcliError)}
+    assert set(ERROR_MEANINGS) <= set(classes), "an error class was renamed"
+    unlisted = sorted(set(classes) - set(ERROR_MEANINGS) - {"Interrupted"})
+    assert not unlisted, f"error classes without a README meaning here: {unlisted}"
+    args = ["evaluate", tmp_path / "best.pt", tmp_path]
+    for name, meaning in ERROR_MEANINGS.items():
+        raise_in_command(monkeypatch, classes[name]("the problem; what to do"))
+        result = runner.invoke(app, list(map(str, args)))
+        assert result.exit_code in table, (name, result.exit_code)
+        assert meaning in table[result.exit_code], (name, result.exit_code, meaning)
+        assert result.stderr.strip() == "error: the problem; what to do"
+    faults = {
+        "an unexpected crash": ValueError("a bug"),
+        "out of a resource": OSError(28, "No space left on device", "x"),
+        "interrupted": KeyboardInterrupt(),
+    }
+    for meaning, exc in faults.items():
+        raise_in_command(monkeypatch, exc)
+        result = runner.invoke(app, list(map(str, args)))
+        assert meaning in table.get(result.exit_code, ""), (meaning, result.exit_code)
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    import tlcli.evaluate
+
+    monkeypatch.setattr(tlcli.evaluate, "load_models", terminated)
+    result = runner.invoke(app, list(map(str, args)))
+    assert "terminated (SIGTERM" in table.get(result.exit_code, ""), result.exit_code
+    assert set(table) == {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}
+
+
 # --- the documentation --------------------------------------------------------------------------
 
 
