@@ -229,6 +229,61 @@ def test_a_closed_stdout_pipe_under_rich_tables_exits_0(trained, monkeypatch):
     assert code == 0
 
 
+# --- 2.10 a full disk during export -------------------------------------------------------------
+
+FULL_DISK_CHILD = """
+import json, resource, signal, sys
+from tlcli.cli import app
+import onnx, torch  # noqa: F401  (imported before the limit)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+codes = []
+for args in json.loads(sys.argv[2]):
+    try:
+        codes.append(app(args, standalone_mode=False))
+    except SystemExit as exc:
+        codes.append(exc.code)
+print(json.dumps(codes))
+"""
+
+
+def test_a_full_disk_during_export_is_exit_7_and_leaves_the_old_files(trained, tmp_path):
+    """TorchScript aborted the process (exit 134) and left its temp file; ONNX said exit 4."""
+    import json
+
+    out = tmp_path / "exports"
+    out.mkdir()
+    commands = []
+    for fmt in ("torchscript", "onnx"):
+        (out / f"m.{fmt}").write_text("the earlier export")
+        (out / f"m.{fmt}.json").write_text("{}")
+        commands.append(
+            ["export", str(trained["best"]), "--format", fmt, "--out", str(out / f"m.{fmt}")]
+            + ["--force", "--check-images", str(trained["data"])]
+        )
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(64 << 10), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert json.loads(child.stdout.splitlines()[-1]) == [7, 7], child.stderr[-3000:]
+    errors = [line for line in child.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("disk full while writing" in e for e in errors), errors
+    assert "Traceback" not in child.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "m.onnx",
+        "m.onnx.json",
+        "m.torchscript",
+        "m.torchscript.json",
+    ], "a temp file was left"
+    for fmt in ("torchscript", "onnx"):
+        assert (out / f"m.{fmt}").read_text() == "the earlier export"
+        assert (out / f"m.{fmt}.json").read_text() == "{}"
+
+
 # --- 2.10 every exit code is the README's -----------------------------------------------------
 
 
@@ -321,7 +376,7 @@ def documented_cases() -> dict[str, int]:
 
 def test_every_hostile_case_is_documented_with_its_exit_code():
     expected = CHECKPOINT_CASES | MODEL_DIR_CASES | dict.fromkeys(OPTION_CASES, EXIT_CONFIG)
-    expected |= {"closed-stdout-pipe": 0}
+    expected |= {"closed-stdout-pipe": 0, "export-disk-full": 7}
     rows = documented_cases()
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
