@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from tlcli.atomic import write_text_atomically
+from tlcli.atomic import check_output_location, write_text_atomically
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, RowView, decode_images
@@ -443,6 +443,7 @@ def check_new_dir(path: Path) -> None:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(f"{path} already exists and is not empty; pass a new --report-dir")
+    check_output_location(path, "--report-dir")
 
 
 def check_new_file(path: Path, force: bool = False) -> None:
@@ -452,6 +453,7 @@ def check_new_file(path: Path, force: bool = False) -> None:
         raise RunDirError(f"{path} is a folder; give a file name")
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; pass --force to replace it, or another name")
+    check_output_location(path, "output file")
 
 
 def write_predictions_csv(

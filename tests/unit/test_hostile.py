@@ -27,7 +27,7 @@ from corpus import (
 from typer.testing import CliRunner
 
 from tlcli.cli import app
-from tlcli.errors import EXIT_CHECKPOINT, EXIT_CONFIG, EXIT_MODEL
+from tlcli.errors import EXIT_CHECKPOINT, EXIT_CONFIG, EXIT_MODEL, EXIT_RUN_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "reliability.md"
@@ -284,6 +284,73 @@ def test_a_full_disk_during_export_is_exit_7_and_leaves_the_old_files(trained, t
         assert (out / f"m.{fmt}.json").read_text() == "{}"
 
 
+# --- 2.10 outputs that cannot be written, checked before the work ------------------------------
+
+OUTPUT_CASES = {
+    "report-dir-under-a-file": ("evaluate", "--report-dir", "rep"),
+    "csv-under-a-file": ("predict", "--csv", "p.csv"),
+    "export-out-under-a-file": ("export", "--out", "m.onnx"),
+    "lr-find-out-under-a-file": ("lr-find", "--out", "lr.png"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_CASES))
+def test_an_output_under_a_file_is_refused_before_any_work(case, tmp_path, trained, monkeypatch):
+    import tlcli.data.cache
+
+    command, option, name = OUTPUT_CASES[case]
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    decoded: list = []
+    monkeypatch.setattr(tlcli.data.cache, "decode_square", lambda *a, **k: decoded.append(a))
+    target = blocker / "sub" / name
+    short = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "8"]
+    args = {
+        "evaluate": ["evaluate", trained["best"], trained["data"]],
+        "predict": ["predict", trained["best"], trained["data"]],
+        "export": ["export", trained["best"]],
+        "lr-find": ["lr-find", trained["data"], *short],
+    }[command]
+    assert_one_line(invoke(*args, option, target), EXIT_RUN_DIR, ("is a file, not a folder",))
+    assert decoded == [], "the work was done before the output was checked"
+    assert blocker.read_text() == "a file, not a folder"
+
+
+# --- 2.10 tune's storage ------------------------------------------------------------------------
+
+
+def test_tune_storage_password_is_never_shown():
+    from tlcli.tune.search import mask_storage_url
+
+    assert mask_storage_url("postgresql://ann:s3cret@db:5432/tlcli") == (
+        "postgresql://ann:***@db:5432/tlcli"
+    )
+    assert mask_storage_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+TUNE_STORAGE_CASES = {
+    "tune-storage-not-a-database": ("sqlite:///{tmp}/photo.db", "file is not a database"),
+    "tune-storage-typo": ("sqlte:///{tmp}/study.db", "cannot open storage"),
+    "tune-storage-password": ("postgresql://ann:s3cret@127.0.0.1:9/x", "postgresql://ann:***@"),
+}
+
+
+@pytest.mark.parametrize("case", list(TUNE_STORAGE_CASES))
+def test_a_bad_tune_storage_is_one_line_and_leaves_out_unclaimed(case, tmp_path, trained):
+    """A typo'd --storage used to write OUT/tune.json first, binding --out to it for good."""
+    url, words = TUNE_STORAGE_CASES[case]
+    (tmp_path / "photo.db").write_bytes(trained["best"].read_bytes()[:4096])
+    out = tmp_path / "tune"
+    short = ["--model", "test_resnet", "--no-pretrained", "--batch-size", "8"]
+    result = invoke(
+        "tune", trained["data"], *short, "--trials", "1", "--no-lr-find",
+        "--storage", url.format(tmp=tmp_path), "--out", out,
+    )  # fmt: skip
+    line = assert_one_line(result, EXIT_RUN_DIR, (words,))
+    assert "s3cret" not in result.output and "s3cret" not in line
+    assert not out.exists() or not any(out.iterdir()), "the failed storage claimed --out"
+
+
 # --- 2.10 every exit code is the README's -----------------------------------------------------
 
 
@@ -377,6 +444,7 @@ def documented_cases() -> dict[str, int]:
 def test_every_hostile_case_is_documented_with_its_exit_code():
     expected = CHECKPOINT_CASES | MODEL_DIR_CASES | dict.fromkeys(OPTION_CASES, EXIT_CONFIG)
     expected |= {"closed-stdout-pipe": 0, "export-disk-full": 7, "report-dir-many-classes": 0}
+    expected |= dict.fromkeys([*OUTPUT_CASES, *TUNE_STORAGE_CASES], EXIT_RUN_DIR)
     rows = documented_cases()
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
