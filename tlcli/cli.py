@@ -21,6 +21,8 @@ from rich.markup import escape
 
 from tlcli.errors import TlcliError, resource_error_of
 from tlcli.interrupt import (
+    deferred_stop_signals,
+    hold_stop_signals,
     interrupted_exit_code,
     interrupted_word,
     raise_if_interrupted,
@@ -96,6 +98,8 @@ def run_command(body: Callable[[], Any]) -> Any:
     SIGTERM 143."""
     try:
         with recorded_stop_signals():
+            with deferred_stop_signals():
+                import torch  # noqa: F401  (every command needs it: imported whole, never half)
             result = body()
             raise_if_interrupted()  # pressed, but swallowed where Python drops it
             return result
@@ -959,6 +963,7 @@ def raise_usage(message: str) -> None:
 
 
 def main() -> None:
+    hold_stop_signals()  # until the command's handler: a Ctrl-C then is raised there
     app()
 
 

@@ -351,6 +351,51 @@ def test_a_bad_tune_storage_is_one_line_and_leaves_out_unclaimed(case, tmp_path,
     assert not out.exists() or not any(out.iterdir()), "the failed storage claimed --out"
 
 
+# --- 2.10 Ctrl-C in the first seconds ---------------------------------------------------------
+
+EARLY_CTRL_C_CHILD = """
+import os, signal, sys, threading
+from tlcli.interrupt import hold_stop_signals
+hold_stop_signals()  # what the tlcli script does first
+# Lands while the CLI and torch are imported (they take seconds), or just after.
+threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGINT)).start()
+from tlcli.cli import main
+sys.argv = ["tlcli", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3])
+def test_ctrl_c_while_starting_is_one_line_exit_130(delay, trained):
+    """A KeyboardInterrupt in the middle of torch's import ended in a RecursionError or a C++
+    abort (exit 134); now the import finishes and the command stops at its start."""
+    args = ["evaluate", str(trained["best"]), str(trained["data"]), "--device", "cpu"]
+    child = subprocess.run(
+        [sys.executable, "-c", EARLY_CTRL_C_CHILD, str(delay), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    lines = [line for line in child.stderr.splitlines() if line.strip()]
+    assert child.returncode == 130, child.stderr[-3000:]
+    assert lines == ["interrupted"], child.stderr[-3000:]
+    assert child.stdout == ""
+
+
+def test_a_stop_signal_during_an_import_waits_for_the_import():
+    import signal
+
+    from tlcli.interrupt import deferred_stop_signals
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_stop_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished.append("the rest of the import ran")
+    assert finished == ["the rest of the import ran"]
+
+
 # --- 2.10 every exit code is the README's -----------------------------------------------------
 
 
@@ -445,6 +490,7 @@ def test_every_hostile_case_is_documented_with_its_exit_code():
     expected = CHECKPOINT_CASES | MODEL_DIR_CASES | dict.fromkeys(OPTION_CASES, EXIT_CONFIG)
     expected |= {"closed-stdout-pipe": 0, "export-disk-full": 7, "report-dir-many-classes": 0}
     expected |= dict.fromkeys([*OUTPUT_CASES, *TUNE_STORAGE_CASES], EXIT_RUN_DIR)
+    expected |= {"ctrl-c-while-starting": 130}
     rows = documented_cases()
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
