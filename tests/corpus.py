@@ -257,3 +257,179 @@ def run_measured(args: list[str], timeout: float, **popen) -> tuple[int, str, st
         out.seek(0)
         err.seek(0)
         return proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024  # KiB on Linux
+
+
+# --- crafted checkpoints: every field of a best.pt, wrong (issue 12, 2.8) -------------------
+HUGE_CLASS_COUNT = 200_001  # above tlcli's limit; the old error line listed every one
+
+
+def _edit_checkpoint(ckpt: dict, case: str) -> dict:
+    """A copy of a real checkpoint dict with one hostile change."""
+    import torch
+
+    ckpt = {**ckpt, "model": dict(ckpt["model"]), "data": dict(ckpt["data"])}
+    state = dict(ckpt["state_dict"])
+    first = next(iter(state))
+    edits = {
+        "architecture-hf-hub": lambda: ckpt["model"].update(architecture="hf-hub:attacker/x"),
+        "architecture-local-dir": lambda: ckpt["model"].update(architecture="local-dir:/tmp"),
+        "architecture-unknown": lambda: ckpt["model"].update(architecture="no_such_net_v9"),
+        "architecture-not-a-string": lambda: ckpt["model"].update(architecture=["resnet18"]),
+        "kwargs-checkpoint-path": lambda: ckpt["model"].update(
+            kwargs={**ckpt["model"]["kwargs"], "checkpoint_path": "/etc/passwd"}
+        ),
+        "kwargs-wrong-type": lambda: ckpt["model"].update(
+            kwargs={**ckpt["model"]["kwargs"], "drop_rate": "lots"}
+        ),
+        "kwargs-not-a-dict": lambda: ckpt["model"].update(kwargs=["num_classes", 2]),
+        "classes-a-string": lambda: ckpt.update(classes="redblue"),
+        "classes-huge": lambda: ckpt.update(classes=[f"c{i}" for i in range(HUGE_CLASS_COUNT)]),
+        "classes-not-strings": lambda: ckpt.update(classes=[1, 2]),
+        "input-size-a-string": lambda: ckpt["data"].update(input_size="big"),
+        "crop-pct-tiny": lambda: ckpt["data"].update(crop_pct=1e-6),
+        "mean-nan": lambda: ckpt["data"].update(mean=[float("nan")] * 3),
+        "format-version-a-string": lambda: ckpt.update(format_version="one"),
+        "missing-state-dict": lambda: ckpt.pop("state_dict"),
+        "missing-model": lambda: ckpt.pop("model"),
+        "missing-data": lambda: ckpt.pop("data"),
+        "state-wrong-shape": lambda: state.update({first: torch.zeros(3, 1, 1, 1)}),
+        "state-not-tensors": lambda: ckpt.update(state_dict={k: [0.0] for k in state}),
+        "state-a-list": lambda: ckpt.update(state_dict=list(state.values())),
+        "state-nan-weights": lambda: state.update(
+            {first: torch.full_like(state[first], float("nan"))}
+        ),
+        "state-extra-tensor": lambda: state.update({"evil.weight": torch.zeros(1)}),
+        "metrics-wrong-type": lambda: ckpt.update(metrics={"best_val_acc": "high"}),
+        "best-weights-unknown": lambda: ckpt.update(best_weights="mine"),
+    }
+    edits[case]()
+    if case in ("state-wrong-shape", "state-nan-weights", "state-extra-tensor"):
+        ckpt["state_dict"] = state
+    return ckpt
+
+
+CRAFTED_CHECKPOINT_CASES = (
+    "architecture-hf-hub",
+    "architecture-local-dir",
+    "architecture-unknown",
+    "architecture-not-a-string",
+    "kwargs-checkpoint-path",
+    "kwargs-wrong-type",
+    "kwargs-not-a-dict",
+    "classes-a-string",
+    "classes-huge",
+    "classes-not-strings",
+    "input-size-a-string",
+    "crop-pct-tiny",
+    "mean-nan",
+    "format-version-a-string",
+    "missing-state-dict",
+    "missing-model",
+    "missing-data",
+    "state-wrong-shape",
+    "state-not-tensors",
+    "state-a-list",
+    "state-nan-weights",
+    "state-extra-tensor",
+    "metrics-wrong-type",
+    "best-weights-unknown",
+)
+
+
+def make_crafted_checkpoint(good: Path, case: str, out: Path) -> Path:
+    """`out`: the checkpoint `good` with the hostile change `case` (CRAFTED_CHECKPOINT_CASES),
+    or, for the file-level cases, a zip whose only member inflates to far more than its size."""
+    import torch
+
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    torch.save(_edit_checkpoint(ckpt, case), out)
+    return out
+
+
+# --- corrupt local-dir: model folders (issue 12, 2.8): each must be exit 4, one line --------
+LOCAL_DIR_CASES = (
+    "config-not-json",
+    "config-a-list",
+    "config-no-architecture",
+    "config-unknown-architecture",
+    "config-hf-hub-architecture",
+    "config-wrong-architecture",
+    "weights-truncated",
+    "weights-not-safetensors",
+    "weights-empty",
+    "config-missing",
+    "weights-missing",
+)
+
+
+def make_local_dir_model(root: Path, case: str | None = None) -> Path:
+    """A local-dir: folder (timm's config.json + model.safetensors) of the tiny test_resnet,
+    with the corruption `case` (LOCAL_DIR_CASES), or intact for None."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = timm.create_model("test_resnet", pretrained=False)
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "architecture"}
+    config = {
+        "architecture": "test_resnet",
+        "num_classes": model.num_classes,
+        "pretrained_cfg": json.loads(json.dumps(pretrained_cfg, default=str)),
+    }
+    weights = root / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    texts = {
+        "config-not-json": "{architecture: test_resnet",
+        "config-a-list": "[1, 2]",
+        "config-no-architecture": json.dumps({"num_classes": 10}),
+        "config-unknown-architecture": json.dumps({**config, "architecture": "no_such_net_v9"}),
+        "config-hf-hub-architecture": json.dumps({**config, "architecture": "hf-hub:attacker/x"}),
+        "config-wrong-architecture": json.dumps({**config, "architecture": "test_efficientnet"}),
+    }
+    (root / "config.json").write_text(texts.get(case, json.dumps(config)))
+    if case == "weights-truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "weights-not-safetensors":
+        weights.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    elif case == "weights-empty":
+        weights.write_bytes(b"")
+    elif case == "config-missing":
+        (root / "config.json").unlink()
+    elif case == "weights-missing":
+        weights.unlink()
+    return root
+
+
+def make_checkpoint(path: Path, classes: tuple[str, ...] = ("blue", "red")) -> Path:
+    """A tlcli checkpoint of a random-init test_resnet, written as finetune writes one, in a
+    fraction of the time of a finetune run."""
+    import timm
+
+    from tlcli.train.checkpoint import save_checkpoint
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
+    save_checkpoint(
+        path,
+        {
+            "model": {
+                "architecture": "test_resnet",
+                "kwargs": {"num_classes": len(classes), "drop_rate": 0.0},
+                "source": "test_resnet",
+            },
+            "classes": list(classes),
+            "data": {
+                "input_size": 64,
+                "interpolation": "bilinear",
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+                "crop_pct": 0.95,
+            },
+            "metrics": {"epoch": 1, "best_epoch": 1, "best_val_acc": 0.5},
+            "best_weights": "raw",
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "ema_state_dict": None,
+        },
+    )
+    return path

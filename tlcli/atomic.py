@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from tlcli.errors import exception_chain
+from tlcli.errors import RunDirError, exception_chain
 
 TEMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp next to the target while it is written
 
@@ -98,3 +98,18 @@ def remove_orphaned_temp_files(folder: Path, tag: str) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def check_output_location(path: Path, option: str) -> None:
+    """Fail before any work when `path` could not be created at the end of it: its nearest
+    existing ancestor must be a folder this process may write in (not a file, not locked)."""
+    path = Path(path).absolute()
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(
+            f"{option} {path}: {ancestor} is a file, not a folder; give a path in a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunDirError(f"{option} {path}: cannot write in {ancestor}; give a path you can write")

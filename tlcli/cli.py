@@ -7,6 +7,7 @@ and tables go to stderr; with --json, stdout carries only the JSON document.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from rich.markup import escape
 
 from tlcli.errors import TlcliError, resource_error_of
 from tlcli.interrupt import (
+    deferred_stop_signals,
+    hold_stop_signals,
     interrupted_exit_code,
     interrupted_word,
     raise_if_interrupted,
@@ -37,8 +40,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-stderr = Console(stderr=True)
-stdout = Console()
+
+
+class PipeConsole(Console):
+    """Rich exits 1 on a closed pipe (a crash, by our table): leave it to run_command."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+stderr = PipeConsole(stderr=True, emoji=False)  # "cuda:abc" is not an emoji code
+stdout = PipeConsole()
 PIPED_TABLE_WIDTH = 200  # columns for a wide table written to a file or pipe
 _state = {"debug": False}
 
@@ -91,11 +103,16 @@ def run_command(body: Callable[[], Any]) -> Any:
     SIGTERM 143."""
     try:
         with recorded_stop_signals():
+            with deferred_stop_signals():
+                import torch  # noqa: F401  (every command needs it: imported whole, never half)
             result = body()
             raise_if_interrupted()  # pressed, but swallowed where Python drops it
             return result
     except TlcliError as exc:
         exit_with_error(exc)
+    except BrokenPipeError:  # `tlcli predict ... | head -1`: the reader had enough
+        silence_closed_pipes()
+        raise typer.Exit(0) from None
     except (OSError, RuntimeError) as exc:  # a full disk or GPU: a user's problem, not a bug
         error = resource_error_of(exc)
         if error is None:
@@ -104,6 +121,26 @@ def run_command(body: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         stderr.print(f"[yellow]{interrupted_word()}[/]")
         raise typer.Exit(interrupted_exit_code()) from None
+
+
+def silence_closed_pipes() -> None:
+    """Point stdout (and stderr when it is the same pipe, `2>&1 | head`) at /dev/null, as
+    Python's docs advise: the interpreter's last flush would otherwise print "Exception
+    ignored ... BrokenPipeError"."""
+    try:
+        out = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file: nothing left to flush
+        return
+    targets = [out]
+    try:
+        if os.path.samestat(os.fstat(out), os.fstat(sys.stderr.fileno())):
+            targets.append(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in targets:
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def exit_with_error(exc: TlcliError) -> None:
@@ -488,6 +525,7 @@ def evaluate(
 
         if len(paths) < 2:
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
+        check_option_ranges({"--batch-size": (batch_size, 1, MAX_EVAL_BATCH)})
         *checkpoints, data_dir = paths
         if report_dir is not None:
             check_new_dir(report_dir)  # fail before the work, not after
@@ -579,6 +617,9 @@ def predict(
         )
         from tlcli.render import RichReporter, prediction_table
 
+        check_option_ranges(
+            {"--batch-size": (batch_size, 1, MAX_EVAL_BATCH), "--top-k": (top_k, 1, MAX_TOP_K)}
+        )
         if csv_ is not None:
             check_new_file(csv_, force)
         models = load_models([checkpoint, *(ckpt or [])], weights.value)
@@ -664,6 +705,9 @@ def export(
 
         if out is None:
             raise_usage("give the file to write with --out FILE")
+        check_option_ranges(
+            {"--tolerance": (tolerance, 1e-12, 1.0), "--opset": (opset, *ONNX_OPSETS)}
+        )
         check_new_file(out, force)
         check_new_file(sidecar_path(out), force)
         loaded = load_for_inference(checkpoint, weights.value)
@@ -786,6 +830,13 @@ def lr_find(
         from tlcli.tune.lr_find import find_lr, plot_path
         from tlcli.tune.plots import plot_lr_find
 
+        check_option_ranges(
+            {
+                "--num-iter": (num_iter, 20, MAX_LR_FIND_STEPS),
+                "--start-lr": (start_lr, 1e-12, 10.0),
+                "--end-lr": (end_lr, 1e-12, 1000.0),
+            }
+        )
         cfg = job_config(
             config,
             set_,
@@ -897,6 +948,12 @@ def tune(
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
+        check_option_ranges(
+            {
+                "--trials": (trials, 1, MAX_TRIALS),
+                "--epochs-per-trial": (epochs_per_trial, 1, MAX_TRIAL_EPOCHS),
+            }
+        )
         cfg = job_config(
             config,
             set_,
@@ -926,7 +983,7 @@ def tune(
         table = tune_trials_table(summary["trials"], best["number"])
         # One column per parameter: piped to a file or log, print it whole, not squeezed to 80
         # (Console.print caps its width= at the console's own width, hence a wider console).
-        wide = stdout if stdout.is_terminal else Console(width=PIPED_TABLE_WIDTH)
+        wide = stdout if stdout.is_terminal else PipeConsole(width=PIPED_TABLE_WIDTH)
         wide.print(table, crop=stdout.is_terminal)
         stdout.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
@@ -966,6 +1023,23 @@ def report(
     run_command(body)
 
 
+# Bounds of the options that are not config keys (those are checked by config.validate).
+MAX_EVAL_BATCH = 65536  # as data.batch_size
+MAX_TOP_K = 100_000  # as many as a checkpoint may have classes
+ONNX_OPSETS = (7, 20)  # what torch's TorchScript-based ONNX exporter writes
+MAX_LR_FIND_STEPS = 100_000
+MAX_TRIALS = 100_000
+MAX_TRIAL_EPOCHS = 100_000  # as train.epochs
+
+
+def check_option_ranges(options: dict[str, tuple[Any, float, float]]) -> None:
+    """{option: (value, low, high)}: NaN, inf or out of range is one line, exit 2."""
+    from tlcli.config import check_option_range
+
+    for option, (value, low, high) in options.items():
+        check_option_range(option, value, low, high)
+
+
 def raise_usage(message: str) -> None:
     from tlcli.errors import ConfigError
 
@@ -973,6 +1047,7 @@ def raise_usage(message: str) -> None:
 
 
 def main() -> None:
+    hold_stop_signals()  # until the command's handler: a Ctrl-C then is raised there
     app()
 
 

@@ -7,6 +7,7 @@ test checks the two agree. Validation turns every mistake into a one-line Config
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ SCHEDULES = ("cosine", "step", "exponential", "none")
 AUGMENTS = ("none", "light", "standard", "strong")
 STREAM_CHOICES = ("auto", "always", "never")
 HEAD_FITS = ("lbfgs", "epochs")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -223,6 +225,34 @@ def _check_range(ok: bool, what: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{what}={value!r} is out of range: expected {expected}")
 
 
+# numpy and torch seeds are 32-bit; ints beyond 2^31 have no use in any setting here.
+MAX_SEED = 2**32 - 1
+MAX_INT_SETTING = 2**31 - 1
+
+
+def check_option_range(option: str, value: float | int | None, low: float, high: float) -> None:
+    """A command-line value outside low..high, or NaN/inf, as a one-line ConfigError (exit 2).
+
+    The one check of every numeric option that is not a config key (config keys: validate).
+    """
+    ok = value is None or (math.isfinite(value) and low <= value <= high)
+    _check_range(ok, option, value, f"{low:g}..{high:g}")
+
+
+def _check_finite_and_bounded(cfg: Config) -> None:
+    """No NaN or inf in any float setting (`0 <= inf` passes a range), no absurd int."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for item in dataclasses.fields(values):
+            value, what = getattr(values, item.name), f"{section.name}.{item.name}"
+            if isinstance(value, float):
+                _check_range(math.isfinite(value), what, value, "a finite number")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                _check_range(
+                    abs(value) <= MAX_INT_SETTING, what, value, f"|x| <= {MAX_INT_SETTING}"
+                )
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot work, with the allowed range in the message."""
     for (section, key), choices in _CHOICES.items():
@@ -257,7 +287,7 @@ def validate(cfg: Config) -> None:
     _check_range(t.patience >= 0, "train.patience", t.patience, ">= 0 (0 disables)")
     _check_range(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < x < 1")
     _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
-    _check_range(t.seed >= 0, "train.seed", t.seed, ">= 0")
+    _check_range(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"0..{MAX_SEED}")
     _check_range(st.trainable_stages >= 1, "strategy.trainable_stages", st.trainable_stages, ">= 1")
     _check_range(
         st.head_warmup_epochs >= 0, "strategy.head_warmup_epochs", st.head_warmup_epochs, ">= 0"
@@ -265,8 +295,15 @@ def validate(cfg: Config) -> None:
     _check_range(0 <= st.head_views <= 100, "strategy.head_views", st.head_views, "0..100")
     _check_range(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "0 <= x < 1")
     _check_range(0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate, "0..1")
-    if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
-        raise ConfigError(f"train.device={t.device!r}: expected auto, cpu, cuda or cuda:N")
+    check_device_name(t.device, "train.device")
+    _check_finite_and_bounded(cfg)  # last: a named range above says more when it applies
+
+
+def check_device_name(device: str, what: str = "--device") -> None:
+    """auto, cpu, cuda, cuda:N or mps; whether it exists here is models.pick_device's check."""
+    index = device.removeprefix("cuda:")
+    if not (device in DEVICES or (device.startswith("cuda:") and index.isdigit())):
+        raise ConfigError(f"{what}={device!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from tlcli.atomic import write_text_atomically
+from tlcli.atomic import check_output_location, write_text_atomically
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, RowView, decode_images
@@ -41,7 +41,12 @@ from tlcli.errors import CheckpointError, DataError, RunDirError
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
-from tlcli.train.checkpoint import build_model, load_checkpoint
+from tlcli.train.checkpoint import (
+    build_model,
+    checked_classes,
+    checked_data_spec,
+    load_checkpoint,
+)
 from tlcli.train.loop import predict_logits
 from tlcli.train.progress import NullReporter, Reporter
 
@@ -119,23 +124,21 @@ def load_for_inference(path: Path, weights: str = "best", name: str | None = Non
         # Checkpoints record torch.__version__, a str subclass that weights_only refuses by
         # default; allowing that one harmless class keeps every other global refused.
         ckpt = load_checkpoint(path)
-    try:
-        classes = [str(c) for c in ckpt["classes"]]
-        spec = DataSpec.from_dict(ckpt["data"])
-        architecture = str(ckpt["model"]["architecture"])
-        _ = ckpt["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is damaged: its {exc} entry is missing or malformed; "
-            "use best.pt or last.pt from a tlcli run dir"
-        ) from None
+    classes = checked_classes(ckpt.get("classes"), path)
+    spec = checked_data_spec(ckpt.get("data"), path)
     if weights == "ema" and ckpt.get("ema_state_dict") is None:
         raise CheckpointError(
             f"--weights ema: {path} has no EMA weights; use --weights best, or finetune with --ema"
         )
-    model, used = build_model(ckpt, weights)
+    model, used = build_model(ckpt, weights, path)
+    architecture = ckpt["model"]["architecture"]  # checked by build_model
     metrics = ckpt.get("metrics") or {}
-    val_acc = metrics.get("best_val_acc")
+    val_acc = metrics.get("best_val_acc") if isinstance(metrics, dict) else "?"
+    if val_acc is not None and not (isinstance(val_acc, int | float) and 0 <= val_acc <= 1):
+        raise CheckpointError(
+            f"{path} is damaged or was not written by tlcli: its best_val_acc is not an "
+            "accuracy; use best.pt or last.pt from a tlcli run dir"
+        )
     return LoadedModel(
         path=path,
         name=name or _short_name(path),
@@ -478,6 +481,7 @@ def check_new_dir(path: Path) -> None:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(f"{path} already exists and is not empty; pass a new --report-dir")
+    check_output_location(path, "--report-dir")
 
 
 def check_new_file(path: Path, force: bool = False) -> None:
@@ -487,6 +491,7 @@ def check_new_file(path: Path, force: bool = False) -> None:
         raise RunDirError(f"{path} is a folder; give a file name")
     if path.exists() and not force:
         raise RunDirError(f"{path} already exists; pass --force to replace it, or another name")
+    check_output_location(path, "output file")
 
 
 def write_predictions_csv(

@@ -16,6 +16,7 @@ the two on the run's val images: top-1, CPU latency at batch 1, and file size.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -33,7 +34,7 @@ from tlcli import __version__
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
 from tlcli.data.scan import Sample
-from tlcli.errors import DataError, ModelError
+from tlcli.errors import DataError, ModelError, ResourceError, disk_error_of
 from tlcli.evaluate import (
     MAX_PIXELS,
     LoadedModel,
@@ -42,7 +43,7 @@ from tlcli.evaluate import (
     load_for_inference,
     predict_probabilities,
 )
-from tlcli.onnx_model import metadata_props, open_session, write_metadata
+from tlcli.onnx_model import metadata_props, open_session, with_metadata, write_metadata
 from tlcli.onnx_model import preprocessing_of as onnx_preprocessing_of
 from tlcli.train.progress import NullReporter, Reporter
 
@@ -111,6 +112,17 @@ def onnx_metadata_of(loaded: LoadedModel, quantization: str = "none") -> dict[st
     )
 
 
+def val_files_of_split(split: Path) -> list[Path]:
+    """The val images a run's split.json lists; none when it is damaged (random inputs then)."""
+    try:
+        data = json.loads(split.read_text(encoding="utf-8"))
+        root = Path(data.get("root", ""))
+        rels = data.get("splits", {}).get("val", [])
+        return [root / rel for rel, _ in rels if (root / rel).is_file()]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+
+
 def parity_images(
     loaded: LoadedModel, check_images: Path | None, reporter: Reporter
 ) -> tuple[torch.Tensor, list[str], str]:
@@ -129,10 +141,7 @@ def parity_images(
     else:
         split = loaded.path.parent / "split.json"
         if split.is_file():
-            data = json.loads(split.read_text())
-            root = Path(data.get("root", ""))
-            rels = data.get("splits", {}).get("val", [])
-            files = [root / rel for rel, _ in rels if (root / rel).is_file()]
+            files = val_files_of_split(split)
             source = f"val images of the run ({split})"
     spec = loaded.spec
     augmenter = BatchAugmenter(
@@ -172,14 +181,15 @@ def _require_onnx() -> None:
         raise ModelError(ONNX_EXPORTER_MISSING) from None
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter warns it is legacy; the dynamo one needs onnxscript.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            buffer,
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],
@@ -187,30 +197,35 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opse
             opset_version=opset,
             do_constant_folding=True,
         )
+    return buffer.getvalue()
 
 
 def _export_torchscript(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]
-) -> None:
+    model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any]
+) -> bytes:
+    # Into memory, not to the file: torch.jit.save to a full disk aborts the process (C++
+    # terminate, exit 134) and leaves its temp file; Python's own write fails cleanly.
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated but still the portable format
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={"tlcli.json": json.dumps(metadata)})
+        torch.jit.save(traced, buffer, _extra_files={"tlcli.json": json.dumps(metadata)})
+    return buffer.getvalue()
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray | None:
+def _run_onnx(model: bytes, x: torch.Tensor) -> np.ndarray | None:
     try:
         import onnxruntime
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x.numpy()})[0]
 
 
-def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
+def _run_torchscript(model: bytes, x: torch.Tensor) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(io.BytesIO(model), map_location="cpu")
     with torch.no_grad():
         return module(x).numpy()
 
@@ -240,6 +255,34 @@ def compare_outputs(
         "logit_tolerance": logit_tolerance,
         "passed": bool(max_diff <= tolerance and logit_diff <= logit_tolerance and agree.all()),
     }
+
+
+def write_model_and_sidecar(out: Path, model: bytes, sidecar: Path, text: str) -> None:
+    """Both files to temp files first, then both renamed: a full disk leaves the existing
+    outputs as they were and no temp file, never a new model beside an old sidecar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    try:
+        for path, data in ((sidecar, text.encode("utf-8")), (out, model)):
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append(Path(name))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temps[0], sidecar)
+        os.replace(temps[1], out)
+    except OSError as exc:
+        disk = disk_error_of(exc)
+        if disk is None:
+            raise
+        raise ResourceError(
+            f"disk full while writing {out} ({disk.strerror}); nothing was written and any "
+            "existing file is as it was: free space or --out elsewhere, and export again"
+        ) from None
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def export_model(
@@ -339,57 +382,51 @@ def export_checked(
         "tlcli_version": __version__,
         "torch_version": torch.__version__,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    reporter.start("export", None, f"export {fmt}")
+    example = x[:TRACE_BATCH] if len(x) >= TRACE_BATCH else x.repeat(TRACE_BATCH, 1, 1, 1)
     try:
-        reporter.start("export", None, f"export {fmt}")
-        example = x[:TRACE_BATCH] if len(x) >= TRACE_BATCH else x.repeat(TRACE_BATCH, 1, 1, 1)
-        try:
-            if fmt == "onnx":
-                _export_onnx(model, example, tmp, opset)
-                write_metadata(tmp, onnx_metadata_of(loaded))
-            else:
-                _export_torchscript(model, example, tmp, metadata)
-        except Exception as exc:  # exporters raise anything for an unsupported op
-            raise ModelError(
-                f"{fmt} export of {loaded.architecture} failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); try --format "
-                f"{'torchscript' if fmt == 'onnx' else 'onnx'} or another --opset"
-            ) from None
-        finally:
-            reporter.finish("export")
-        with torch.no_grad():
-            reference = model(x).numpy()
-        exported = _run_onnx(tmp, x) if fmt == "onnx" else _run_torchscript(tmp, x)
-        if exported is None:
-            parity: dict[str, Any] = {"checked": False, "reason": ONNX_MISSING}
-            reporter.note(ONNX_MISSING, "warning")
-        else:
-            # A second batch size proves the batch dimension is really dynamic.
-            single = _run_onnx(tmp, x[:1]) if fmt == "onnx" else _run_torchscript(tmp, x[:1])
-            parity = compare_outputs(
-                np.concatenate([reference, reference[:1]]),
-                np.concatenate([exported, single]),
-                tolerance,
+        if fmt == "onnx":
+            exported_bytes = with_metadata(
+                _export_onnx(model, example, opset), onnx_metadata_of(loaded)
             )
-            parity.update(images=len(x), batch_sizes=[len(x), 1])
-            if not parity["passed"]:
-                raise ModelError(
-                    f"parity check failed: exported {fmt} outputs differ from PyTorch's by up "
-                    f"to {parity['max_abs_prob_diff']:.2e} in probability (tolerance "
-                    f"{tolerance:.0e}) and {parity['max_abs_logit_diff']:.2e} in logits "
-                    f"(tolerance {parity['logit_tolerance']:.1e}), top-1 agreement "
-                    f"{parity['top1_agreement']:.3f}; nothing was written"
-                )
-        parity.update({"source": source, "files": files})
-        os.replace(tmp, out)
+        else:
+            exported_bytes = _export_torchscript(model, example, metadata)
+    except Exception as exc:  # exporters raise anything for an unsupported op
+        raise ModelError(
+            f"{fmt} export of {loaded.architecture} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); try --format "
+            f"{'torchscript' if fmt == 'onnx' else 'onnx'} or another --opset"
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        reporter.finish("export")
+    run = _run_onnx if fmt == "onnx" else _run_torchscript
+    with torch.no_grad():
+        reference = model(x).numpy()
+    exported = run(exported_bytes, x)
+    if exported is None:
+        parity: dict[str, Any] = {"checked": False, "reason": ONNX_MISSING}
+        reporter.note(ONNX_MISSING, "warning")
+    else:
+        # A second batch size proves the batch dimension is really dynamic.
+        single = run(exported_bytes, x[:1])
+        parity = compare_outputs(
+            np.concatenate([reference, reference[:1]]),
+            np.concatenate([exported, single]),
+            tolerance,
+        )
+        parity.update(images=len(x), batch_sizes=[len(x), 1])
+        if not parity["passed"]:
+            raise ModelError(
+                f"parity check failed: exported {fmt} outputs differ from PyTorch's by up "
+                f"to {parity['max_abs_prob_diff']:.2e} in probability (tolerance "
+                f"{tolerance:.0e}) and {parity['max_abs_logit_diff']:.2e} in logits "
+                f"(tolerance {parity['logit_tolerance']:.1e}), top-1 agreement "
+                f"{parity['top1_agreement']:.3f}; nothing was written"
+            )
+    parity.update({"source": source, "files": files})
     metadata["parity"] = parity
     sidecar = sidecar_path(out)
-    sidecar.write_text(json.dumps(metadata, indent=1))
+    write_model_and_sidecar(out, exported_bytes, sidecar, json.dumps(metadata, indent=1))
     return {
         **metadata,
         "paths": {"model": str(out), "sidecar": str(sidecar)},

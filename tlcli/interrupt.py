@@ -17,8 +17,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -66,6 +67,12 @@ def recorded_stop_signals() -> Iterator[None]:
     previous_hook = sys.unraisablehook
     for s in installed:
         signal.signal(s, _on_stop_signal)
+    if _held and installed:  # came while the CLI was starting: stop now
+        _last = _held[0]
+        _held.clear()
+        for s in installed:
+            signal.signal(s, previous[s])
+        raise KeyboardInterrupt
     if installed:
 
         def hook(unraisable) -> None:
@@ -82,3 +89,55 @@ def recorded_stop_signals() -> Iterator[None]:
             signal.signal(s, previous[s])
         sys.unraisablehook = previous_hook
         _pending = None
+
+
+@contextmanager
+def deferred_stop_signals() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while importing torch and the CLI, then raise them.
+
+    A KeyboardInterrupt raised in the middle of torch's import leaves its C++ half
+    initialised: the interpreter then died at exit (abort, exit 134) or in a RecursionError.
+    The import always finishes; a stop that came meanwhile is raised right after it.
+    """
+    global _pending, _last
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    installed = [s for s, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+    held: list[int] = []
+    for s in installed:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s in installed:
+            signal.signal(s, previous[s])
+    if held:
+        _last = held[0]
+        raise KeyboardInterrupt
+
+
+_held: list[int] = []  # stop signals that came before a command's handler was installed
+
+
+def _hold(signum, frame) -> None:
+    _held.append(signum)
+
+
+def hold_stop_signals() -> None:
+    """From the start of the process until a command runs: record Ctrl-C and SIGTERM, raise
+    nothing. recorded_stop_signals raises a held one as soon as the command starts, so a
+    Ctrl-C while Python imports the CLI and torch (the first seconds) ends as one line,
+    exit 130, instead of a traceback, a RecursionError or an abort."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) not in (signal.SIG_IGN, None):
+            signal.signal(s, _hold)
+
+
+def run_entry_point(load_main: Callable[[], Callable[[], Any]]) -> None:
+    """The `tlcli` script: hold stop signals, import the CLI, run it."""
+    hold_stop_signals()
+    load_main()()

@@ -8,6 +8,7 @@ that say what to do.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ import timm
 import torch
 from torch import nn
 
-from tlcli.errors import ModelError
+from tlcli.config import check_device_name
+from tlcli.errors import ConfigError, ModelError
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -81,7 +83,39 @@ def resolve_model_name(name: str) -> str:
         )
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise ModelError(f"model folder {folder} has no weights file ({', '.join(WEIGHT_FILES)})")
+    check_local_dir_config(folder)
     return LOCAL_DIR + str(folder.resolve())
+
+
+def check_local_dir_config(folder: Path) -> None:
+    """config.json must be a JSON object naming a registered timm architecture: timm would
+    follow an hf-hub: name to the network and crash on the rest."""
+    fix = "save the model again with timm's save_for_hf, or download the folder again"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(
+            f"model folder {folder}: config.json is not readable JSON ({type(exc).__name__}); {fix}"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelError(f"model folder {folder}: config.json is not a JSON object; {fix}")
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or ":" in arch or not timm.is_model(arch):
+        raise ModelError(
+            f"model folder {folder}: config.json's architecture ({repr(arch)[:80]}) is not a "
+            f"timm architecture; {fix}"
+        )
+    for key in ("model_args", "pretrained_cfg"):
+        if not isinstance(config.get(key, {}), dict):
+            raise ModelError(f"model folder {folder}: config.json's {key} is not an object; {fix}")
+
+
+def _broken_local_dir(name: str, exc: BaseException) -> ModelError:
+    reason = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return ModelError(
+        f"cannot load the weights of {name} ({type(exc).__name__}: {reason}): the weights file "
+        "is damaged or config.json names another architecture; download or save it again"
+    )
 
 
 # Without this probe, an offline machine spends ~50 s in huggingface_hub's retries per file.
@@ -148,8 +182,12 @@ def create_model(
             raise ModelError(
                 f"model {name!r} does not support drop-path; set model.drop_path_rate=0"
             ) from None
+        if resolved.startswith(LOCAL_DIR):
+            raise _broken_local_dir(name, exc) from None
         raise
     except RuntimeError as exc:
+        if resolved.startswith(LOCAL_DIR) and pretrained:
+            raise _broken_local_dir(name, exc) from None
         if "Unknown model" in str(exc) or "not found" in str(exc).lower():
             raise ModelError(f"unknown model {name!r}; see timm.list_models() for names") from None
         if pretrained and "pretrained" in str(exc).lower():
@@ -165,6 +203,10 @@ def create_model(
         raise ModelError(
             f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
         ) from None
+    except Exception as exc:  # safetensors, json, pickle errors of a damaged folder's files
+        if not resolved.startswith(LOCAL_DIR):
+            raise
+        raise _broken_local_dir(name, exc) from None
     if num_classes:
         zero_init_head(model)
     return model
@@ -211,8 +253,19 @@ def classifier_param_names(model: nn.Module) -> list[str]:
 
 
 def pick_device(requested: str) -> torch.device:
+    """The device for --device / train.device, checked to exist here (a one-line exit 2)."""
+    check_device_name(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+        index = int(requested.split(":", 1)[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), cuda:0 to cuda:N-1; pick one of them"
+            )
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: Apple's MPS is not available here; use --device cpu")
     return torch.device(requested)

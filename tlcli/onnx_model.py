@@ -96,15 +96,20 @@ def metadata_props(
 
 def write_metadata(path: Path, props: dict[str, str]) -> None:
     """Set (replace) these metadata_props in the ONNX file at `path`, in place."""
+    path.write_bytes(with_metadata(path.read_bytes(), props))
+
+
+def with_metadata(model_bytes: bytes, props: dict[str, str]) -> bytes:
+    """The serialized ONNX model with these metadata_props set (replaced)."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load_from_string(model_bytes)
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    return model.SerializeToString()
 
 
 @dataclass

@@ -30,6 +30,9 @@ CM_MIN_FONT = 8.0
 CM_FONT_STEP_PER_CLASS = 0.1
 # Past this many classes zero cells stay blank, so the few real confusions stand out.
 CM_ANNOTATE_ZEROS_UP_TO = 20
+# Past this many classes the PNG shows only the most confused ones: 400 classes made a
+# 19,200 px figure with 160,000 annotations (out of memory). 50 x 0.4 in x 120 dpi = 2400 px.
+CM_MAX_PLOTTED_CLASSES = 50
 # Colour fraction above which the annotation switches to white to stay legible on dark cells.
 CM_DARK_CELL = 0.5
 
@@ -51,6 +54,14 @@ def _row_normalised(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
 
 
+def most_confused_classes(counts: np.ndarray, limit: int) -> list[int]:
+    """Indices of the `limit` classes with the most errors (as true or as predicted class),
+    in their original order; ties go to the earlier class."""
+    errors = counts.sum(axis=0) + counts.sum(axis=1) - 2 * np.diag(counts)
+    ranked = sorted(range(len(counts)), key=lambda i: (-int(errors[i]), i))
+    return sorted(ranked[:limit])
+
+
 def plot_confusion_matrix(
     cm: list[list[int]] | np.ndarray,
     classes: list[str],
@@ -69,6 +80,14 @@ def plot_confusion_matrix(
         raise ValueError(f"confusion matrix of shape {counts.shape} for {n} classes")
     colour = _row_normalised(counts) if normalize else counts.astype(np.float64)
     vmax = 1.0 if normalize else max(float(colour.max()), 1.0)
+    if n > CM_MAX_PLOTTED_CLASSES:  # colours stay fractions of the whole true class
+        keep = most_confused_classes(counts, CM_MAX_PLOTTED_CLASSES)
+        counts, colour = counts[np.ix_(keep, keep)], colour[np.ix_(keep, keep)]
+        title = (
+            f"{title}\nthe {len(keep)} most confused of {n} classes "
+            "(the whole matrix is in report.json)"
+        )
+        classes, n = [classes[i] for i in keep], len(keep)
 
     font = float(np.clip(CM_MAX_FONT - CM_FONT_STEP_PER_CLASS * n, CM_MIN_FONT, CM_MAX_FONT))
     side = max(CM_MIN_SIDE_INCHES, CM_CELL_INCHES * n)

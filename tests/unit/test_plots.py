@@ -108,3 +108,30 @@ def test_training_curves_without_optional_keys(tmp_path: Path) -> None:
 def test_training_curves_reject_empty_history(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no epochs"):
         plot_training_curves([], tmp_path / "empty.png")
+
+
+def test_confusion_matrix_png_stays_bounded_with_many_classes(tmp_path: Path) -> None:
+    """400 classes made a 19,200 px figure (out of memory): past CM_MAX_PLOTTED_CLASSES the
+    PNG shows the most confused classes only, at a bounded size."""
+    from tlcli.plots import CM_MAX_PLOTTED_CLASSES, DPI
+
+    n = 120
+    cm = np.diag(np.full(n, 10))
+    cm[7, 90] = cm[90, 7] = 3  # two confused pairs among many clean classes
+    cm[100, 5] = 1
+    width, height = assert_png(
+        plot_confusion_matrix(cm, [f"k{i}" for i in range(n)], tmp_path / "cm.png")
+    )
+    limit = (CM_MAX_PLOTTED_CLASSES * 0.4 + 4) * DPI  # the cells plus labels and colour bar
+    assert width < limit and height < limit, (width, height)
+
+
+def test_most_confused_classes_ranks_by_errors_then_order() -> None:
+    from tlcli.plots import most_confused_classes
+
+    cm = np.diag([5, 5, 5, 5, 5])
+    cm[3, 1] = 4  # classes 3 and 1: 4 errors each
+    cm[4, 0] = 1  # classes 4 and 0: 1 each
+    assert most_confused_classes(cm, 2) == [1, 3]
+    assert most_confused_classes(cm, 3) == [0, 1, 3]  # the tie 0 / 4 goes to the earlier
+    assert most_confused_classes(cm, 10) == [0, 1, 2, 3, 4]

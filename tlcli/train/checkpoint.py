@@ -6,10 +6,12 @@ malicious pickle, a whole pickled model) is refused before anything in it runs.
 
 from __future__ import annotations
 
+import math
 import pickle
 import platform
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from torch import nn
 
 from tlcli import __version__
 from tlcli.atomic import TEMP_SUFFIX, write_atomically
+from tlcli.data.cache import RESAMPLE
 from tlcli.errors import CheckpointError, ResourceError, disk_error_of
+from tlcli.models import DataSpec
 
 FORMAT = "tlcli-checkpoint"
 FORMAT_VERSION = 1
@@ -112,11 +116,30 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def compressed_members(path: Path) -> list[str]:
+    """Members of a checkpoint's zip that are not stored as is. torch.save stores every
+    member uncompressed; a deflated one may expand to gigabytes from a small file."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return []  # a legacy or plain pickle, or cut short: torch.load says which
+        with zipfile.ZipFile(path) as archive:
+            return [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a tlcli checkpoint safely or raise a one-line CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    packed = compressed_members(path)
+    if packed:
+        raise _damaged(
+            path,
+            f"{len(packed)} of its members are compressed ({packed[0][:80]}, ...), which "
+            "torch.save never does and a zip bomb does",
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -145,34 +168,177 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is not a tlcli checkpoint (no tlcli format marker); "
             "use best.pt or last.pt from a tlcli run dir"
         )
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _damaged(path, "its format_version is not an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer tlcli; upgrade tlcli to load it")
     return data
 
 
-def build_model(ckpt: dict[str, Any], weights: str = "best") -> tuple[nn.Module, str]:
+# What a checkpoint may pass to timm.create_model, with the types finetune writes: anything
+# else (checkpoint_path=, pretrained_cfg_overlay=, a file or URL) is refused, not passed on.
+MODEL_KWARG_TYPES: dict[str, type] = {
+    "num_classes": int,
+    "drop_rate": float,
+    "drop_path_rate": float,
+}
+# Bounds on what a checkpoint may ask us to allocate: a head for at most this many classes,
+# class names as long as a file name may be.
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME_CHARS = 255
+BEST_WEIGHTS = (None, "raw", "ema")
+MIN_CROP_PCT = 0.5  # timm's models use 0.75..1
+
+
+def _damaged(path: Path | str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is damaged or was not written by tlcli: {what}; "
+        "use best.pt or last.pt from a tlcli run dir"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def checked_architecture(value: Any, path: Path | str) -> str:
+    """A timm registered name, never a hub or folder reference: loading for inference must
+    not reach the network or read a file the checkpoint names."""
+    if not isinstance(value, str) or not value or len(value) > MAX_CLASS_NAME_CHARS:
+        raise _damaged(path, "its model architecture is not a name")
+    if ":" in value or "/" in value or not timm.is_model(value):
+        shown = value if value.isprintable() else ascii(value)
+        raise _damaged(path, f"model architecture {shown[:80]!r} is not a timm architecture")
+    return value
+
+
+def checked_model_kwargs(value: Any, num_classes: int, path: Path | str) -> dict[str, Any]:
+    """Only the keyword arguments finetune writes, of the right types and ranges."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _damaged(path, "its model kwargs are not a mapping of names")
+    unknown = sorted(set(value) - set(MODEL_KWARG_TYPES))
+    if unknown:
+        raise _damaged(
+            path, f"model kwargs {', '.join(k[:40] for k in unknown[:5])} are not allowed"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, item in value.items():
+        kind = MODEL_KWARG_TYPES[key]
+        if kind is int and not (isinstance(item, int) and not isinstance(item, bool)):
+            raise _damaged(path, f"model kwarg {key} is not an integer")
+        if kind is float and not (_is_number(item) and 0 <= item < 1):
+            raise _damaged(path, f"model kwarg {key} is not a number in [0, 1)")
+        kwargs[key] = kind(item)
+    if kwargs.get("num_classes", num_classes) != num_classes:
+        raise _damaged(
+            path, f"its head has {kwargs['num_classes']} classes but it lists {num_classes}"
+        )
+    kwargs["num_classes"] = num_classes
+    return kwargs
+
+
+def checked_classes(value: Any, path: Path | str) -> list[str]:
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_CLASSES:
+        raise _damaged(path, f"its classes are not a list of 1 to {MAX_CLASSES} names")
+    if not all(isinstance(c, str) and 0 < len(c) <= MAX_CLASS_NAME_CHARS for c in value):
+        raise _damaged(path, f"a class name is not a string of 1 to {MAX_CLASS_NAME_CHARS} chars")
+    if len(set(value)) != len(value):
+        raise _damaged(path, "its class names repeat")
+    return list(value)
+
+
+def checked_state(value: Any, what: str, path: Path | str) -> dict[str, torch.Tensor]:
+    """A mapping of names to finite dense tensors (a NaN weight makes every answer NaN)."""
+    if not isinstance(value, dict) or not value:
+        raise _damaged(path, f"its {what} is not a mapping of tensors")
+    for name, tensor in value.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise _damaged(path, f"its {what} holds a value that is not a named tensor")
+        if tensor.layout != torch.strided or tensor.is_meta or tensor.is_complex():
+            raise _damaged(path, f"its {what} tensor {name[:80]} is not a plain dense tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _damaged(path, f"its {what} tensor {name[:80]} holds inf or NaN")
+    return value
+
+
+def checked_data_spec(value: Any, path: Path | str) -> DataSpec:
+    """The preprocessing, in the ranges finetune can write (a crop_pct near 0 would make
+    every decoded square enormous)."""
+    if not isinstance(value, dict):
+        raise _damaged(path, "its data entry is missing")
+    size, interp = value.get("input_size"), value.get("interpolation")
+    mean, std, crop = value.get("mean"), value.get("std"), value.get("crop_pct")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= 4096):
+        raise _damaged(path, "its input size is not an integer in 16..4096")
+    if interp not in RESAMPLE:
+        raise _damaged(path, f"its interpolation is not one of {', '.join(RESAMPLE)}")
+    for name, triple, low in (("mean", mean, -10.0), ("std", std, 1e-6)):
+        if not (
+            isinstance(triple, list | tuple)
+            and len(triple) == 3
+            and all(_is_number(v) and low <= v <= 10 and math.isfinite(v) for v in triple)
+        ):
+            raise _damaged(path, f"its normalization {name} is not 3 numbers in range")
+    if not (_is_number(crop) and MIN_CROP_PCT <= crop <= 1):
+        raise _damaged(path, f"its crop_pct is not a number in {MIN_CROP_PCT}..1")
+    return DataSpec.from_dict(value)
+
+
+def _shape_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    return f"missing {len(missing)}, unexpected {len(unexpected)}, wrong shape {len(wrong)} tensors"
+
+
+def build_model(
+    ckpt: dict[str, Any], weights: str = "best", path: Path | str = "checkpoint"
+) -> tuple[nn.Module, str]:
     """Rebuild the network from a checkpoint alone (no network, no config file).
 
-    weights: "best" picks the EMA weights when the run found them better, "ema" or "raw"
-    force one. Returns the model (eval mode) and which weights were loaded.
+    Nothing the file says is trusted: the architecture must be a registered timm name, built
+    with pretrained=False and only MODEL_KWARG_TYPES; the weights must fit it exactly, which
+    is checked on a meta-device skeleton first, so a huge architecture named by a small file
+    allocates nothing. weights: "best" picks the EMA weights when the run found them better,
+    "ema" or "raw" force one. Returns the model (eval mode) and which weights were loaded.
     """
-    spec = ckpt["model"]
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict):
+        raise _damaged(path, "its model entry is missing")
+    classes = checked_classes(ckpt.get("classes"), path)
+    arch = checked_architecture(spec.get("architecture"), path)
+    kwargs = checked_model_kwargs(spec.get("kwargs", {}), len(classes), path)
+    best = ckpt.get("best_weights")
+    if best not in BEST_WEIGHTS:
+        raise _damaged(path, "its best_weights entry is not raw or ema")
+    use_ema = ckpt.get("ema_state_dict") is not None and (
+        weights == "ema" or (weights == "best" and best == "ema")
+    )
+    which = "ema_state_dict" if use_ema else "state_dict"
+    state = checked_state(ckpt.get(which), which, path)
     try:
-        model = timm.create_model(spec["architecture"], pretrained=False, **spec["kwargs"])
+        with torch.device("meta"):
+            skeleton = timm.create_model(arch, pretrained=False, **kwargs)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot rebuild model {spec.get('architecture')!r} ({exc}); "
+            f"cannot rebuild model {arch!r} ({type(exc).__name__}: {str(exc)[:200]}); "
             "upgrade timm to the version in the checkpoint's versions"
         ) from None
-    use_ema = ckpt.get("ema_state_dict") is not None and (
-        weights == "ema" or (weights == "best" and ckpt.get("best_weights") == "ema")
-    )
-    state = ckpt["ema_state_dict"] if use_ema else ckpt["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    mismatch = _shape_mismatch(skeleton, state)
+    if mismatch is not None:
         raise CheckpointError(
-            f"checkpoint weights do not fit {spec['architecture']}: missing {len(missing)}, "
-            f"unexpected {len(unexpected)} tensors; the file is damaged or from another model"
+            f"{path}: its weights do not fit {arch} ({mismatch}); "
+            "the file is damaged or from another model"
         )
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # dtypes that cannot be copied into the parameters
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _damaged(path, f"its weights cannot be loaded ({reason})") from None
     model.eval()
     return model, "ema" if use_ema else "raw"

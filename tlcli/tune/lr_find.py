@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tlcli.atomic import check_output_location
 from tlcli.config import Config
 from tlcli.errors import ConfigError, RunDirError
 from tlcli.strategy import set_train_mode
@@ -242,6 +243,7 @@ def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
         raise ConfigError(f"--out {out}: the plot is a PNG; give a .png file or a folder")
     if path.exists():
         raise RunDirError(f"{path} already exists; pass another --out (lr-find never overwrites)")
+    check_output_location(path, "--out")
     return path
 
 

@@ -159,9 +159,21 @@ def open_tune_dir(out: Path, study: str, storage: str, data_dir: Path) -> tuple[
     return paths, False
 
 
+def mask_storage_url(url: str) -> str:
+    """The storage URL with its password as ***: what tune.json, tables and errors show."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: open_storage says so; show no part of it
+        return url if "@" not in url else "<storage URL>"
+
+
 def open_storage(url: str) -> Any:
     import optuna
     import sqlalchemy.exc
+
+    shown = mask_storage_url(url)
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -177,10 +189,16 @@ def open_storage(url: str) -> Any:
             )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             if attempt + 1 == STORAGE_ATTEMPTS:
-                raise RunDirError(f"cannot open storage {url}: {exc.orig}") from None
+                raise RunDirError(f"cannot open storage {shown}: {exc.orig}") from None
             time.sleep(0.5 * (attempt + 1))
+        except sqlalchemy.exc.DatabaseError as exc:  # "file is not a database"
+            raise RunDirError(
+                f"cannot open storage {shown}: {exc.orig}; point --storage at an Optuna "
+                "database, or leave it out for OUT/study.db"
+            ) from None
         except (ImportError, ValueError, sqlalchemy.exc.ArgumentError) as exc:
-            raise RunDirError(f"cannot open storage {url}: {exc}; check the URL") from None
+            reason = str(exc).replace(url, shown)
+            raise RunDirError(f"cannot open storage {shown}: {reason}; check the URL") from None
     raise AssertionError("unreachable")
 
 
@@ -560,11 +578,13 @@ def tune(
     out = Path(out) if out else default_tune_dir(data_dir)
     study_name = settings.study or default_study_name(data_dir)
     storage_url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    paths, resumed = open_tune_dir(out, study_name, storage_url, data_dir)
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = open_storage(storage_url)
+    # A given --storage is connected to before --out is claimed: a typo must not bind the
+    # run dir to a database that does not exist. The default one lives in --out.
+    storage = open_storage(storage_url) if settings.storage else None
+    paths, resumed = open_tune_dir(out, study_name, mask_storage_url(storage_url), data_dir)
+    storage = storage or open_storage(storage_url)
     created = create_study_record(storage, study_name)
     study = optuna.load_study(
         study_name=study_name,
@@ -663,8 +683,8 @@ def tune(
             study.optimize(objective, n_trials=remaining, callbacks=[after_trial])
         except (KeyboardInterrupt, Interrupted):
             raise Interrupted(
-                f"{interrupted_word()}; finished trials are kept in {storage_url}: rerun the same "
-                "command to resume"
+                f"{interrupted_word()}; finished trials are kept in "
+                f"{mask_storage_url(storage_url)}: rerun the same command to resume"
             ) from None
         except TlcliError:
             write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
@@ -675,7 +695,7 @@ def tune(
     return {
         "run_dir": str(paths.root),
         "study": study_name,
-        "storage": storage_url,
+        "storage": mask_storage_url(storage_url),
         "resumed": resumed,
         "data_dir": str(data_dir),
         "epochs_per_trial": settings.epochs_per_trial,
@@ -691,7 +711,7 @@ def tune(
         },
         "seconds": round(time.perf_counter() - started, 1),
         "paths": {
-            "storage": storage_url,
+            "storage": mask_storage_url(storage_url),
             "trials_csv": str(paths.table),
             "plot": str(paths.plot),
             "best_config": str(paths.best),
