@@ -273,7 +273,6 @@ def finetune(
 
     def body() -> None:
         from tlcli.track import Tracking, require_backend
-        from tlcli.train.run import finetune as run_finetune
 
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
@@ -326,8 +325,10 @@ def finetune(
                 },
             },
         )
+        # Imported after the config: a bad one fails before torch loads, in a fraction of a second.
         from tlcli.render import RichReporter, finetune_summary_table
         from tlcli.train.distributed import is_main_process
+        from tlcli.train.run import finetune as run_finetune
 
         if not is_main_process():  # torchrun: rank 0 alone reports
             run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
@@ -421,10 +422,10 @@ def recommend(
     """
 
     def body() -> None:
+        cfg = build_config(config, set_, {"model": {"name": model}})
         from tlcli.recommend.advise import recommend as run_recommend
         from tlcli.render import RichReporter, recommendation_panel
 
-        cfg = build_config(config, set_, {"model": {"name": model}})
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
         with RichReporter(stderr) as reporter:
             result = run_recommend(data_dir, cfg, names, budget.value, reporter)
@@ -782,10 +783,6 @@ def lr_find(
     """
 
     def body() -> None:
-        from tlcli.render import RichReporter, lr_find_table
-        from tlcli.tune.lr_find import find_lr, plot_path
-        from tlcli.tune.plots import plot_lr_find
-
         cfg = job_config(
             config,
             set_,
@@ -798,6 +795,10 @@ def lr_find(
             {"name": opt.value if opt else None, "backbone_lr_mult": backbone_lr_mult},
             no_pretrained,
         )
+        from tlcli.render import RichReporter, lr_find_table
+        from tlcli.tune.lr_find import find_lr, plot_path
+        from tlcli.tune.plots import plot_lr_find
+
         path = plot_path(out)
         with RichReporter(stderr) as reporter:
             result = find_lr(data_dir, cfg, reporter, num_iter, start_lr, end_lr).to_dict()
