@@ -485,7 +485,7 @@ def evaluate(
 
     def body() -> None:
         from tlcli.evaluate import check_new_dir, evaluate_models, load_models, write_report_dir
-        from tlcli.render import RichReporter, evaluation_tables
+        from tlcli.render import RichReporter, evaluation_tables, shown
 
         if len(paths) < 2:
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
@@ -512,7 +512,7 @@ def evaluate(
             for table in evaluation_tables(report):
                 stdout.print(table)
             if report_dir is not None:
-                stdout.print(f"report written to {report_dir}/", highlight=False)
+                stdout.print(f"report written to {shown(report_dir)}/", highlight=False)
 
     run_command(body)
 
@@ -578,7 +578,7 @@ def predict(
             predict_files,
             write_prediction_csv,
         )
-        from tlcli.render import RichReporter, prediction_table
+        from tlcli.render import RichReporter, prediction_table, shown
 
         if csv_ is not None:
             check_new_file(csv_, force)
@@ -600,7 +600,7 @@ def predict(
         else:
             stdout.print(prediction_table(result.report))
             if csv_ is not None:
-                stdout.print(f"predictions written to {csv_}", highlight=False)
+                stdout.print(f"predictions written to {shown(csv_)}", highlight=False)
 
     run_command(body)
 
@@ -894,7 +894,7 @@ def tune(
     """
 
     def body() -> None:
-        from tlcli.render import RichReporter, tune_trials_table
+        from tlcli.render import RichReporter, shown, tune_trials_table
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
@@ -931,8 +931,9 @@ def tune(
         wide.print(table, crop=stdout.is_terminal)
         stdout.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
-            f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})\n"
-            f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}",
+            + shown(f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})")
+            + "\n"
+            + shown(f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}"),
             highlight=False,
             soft_wrap=True,
         )

@@ -37,7 +37,7 @@ from tlcli.data.scan import (
     identify_image,
     scan_class_folders,
 )
-from tlcli.errors import CheckpointError, DataError, RunDirError
+from tlcli.errors import CheckpointError, DataError, RunDirError, printable
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
@@ -492,15 +492,20 @@ def check_new_file(path: Path, force: bool = False) -> None:
 def write_predictions_csv(
     path: Path, rows: list[dict[str, Any]], probs: np.ndarray, classes: Sequence[str]
 ) -> Path:
-    """One row per file: the rows' columns, then a probability column per class."""
+    """One row per file: the rows' columns, then a probability column per class.
+
+    Names are printable() in every cell: a newline in a file or class name would otherwise
+    split a row (or the header) for every line-based reader, and a non-UTF-8 byte could not
+    be written as UTF-8 at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     lead = list(rows[0]) if rows else ["path"]
-    writer.writerow(lead + [f"p_{c}" for c in classes])
+    writer.writerow([printable(c) for c in lead + [f"p_{c}" for c in classes]])
     for row, row_probs in zip(rows, probs, strict=True):
-        writer.writerow([row[k] for k in lead] + [f"{p:.6f}" for p in row_probs])
+        writer.writerow([printable(row[k]) for k in lead] + [f"{p:.6f}" for p in row_probs])
     write_text_atomically(path, buffer.getvalue())  # a half-written CSV never takes the name
     return path
 
