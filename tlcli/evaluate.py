@@ -35,6 +35,7 @@ from tlcli.data.scan import (
     Skipped,
     find_split_dirs,
     identify_image,
+    no_readable_images,
     scan_class_folders,
 )
 from tlcli.errors import CheckpointError, DataError, RunDirError, printable
@@ -266,6 +267,9 @@ def predict_probabilities(
     paths = [first.paths[i] for i in order]
     labels = first.labels[order]
     skipped = list(first.skipped)
+    if not paths:  # nothing decoded: no model runs, the caller says so in one line
+        empty = np.zeros((0, len(classes)))
+        return Predictions(classes, [], labels, {m.name: empty for m in models}, skipped)
 
     member_probs: dict[str, np.ndarray] = {}
     for loaded in models:
@@ -437,7 +441,7 @@ def evaluate_models(
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}", "warning")
     if not preds.paths:
-        raise DataError(f"no decodable images in {', '.join(map(str, folders))}; nothing to score")
+        raise no_readable_images(", ".join(map(str, folders)), len(skipped))
     paths = [str(p) for p in preds.paths]
     entries = []
     for loaded in models:
@@ -647,10 +651,7 @@ def predict_files(
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}", "warning")
     if not preds.paths:
-        raise DataError(
-            f"no readable images among {', '.join(map(str, inputs))}; "
-            "give image files or folders of images"
-        )
+        raise no_readable_images(", ".join(map(str, inputs)), len(skipped))
     probs = preds.ensemble_probs
     ranked = top_k_labels(probs, preds.classes, top_k)
     members = {name: p.argmax(1) for name, p in preds.member_probs.items()}

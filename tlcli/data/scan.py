@@ -75,6 +75,16 @@ class FolderScan:
         return counts
 
 
+def no_readable_images(where: str, skipped: int = 0) -> DataError:
+    """The one error for input without a single usable image: a path that does not exist, an
+    empty folder, only other files, or only images that fail to decode."""
+    named = f" ({skipped} file(s) skipped, each named above)" if skipped else ""
+    return DataError(
+        f"no readable images in {where}{named}; give image files or folders of images "
+        "(jpg, png, ...)"
+    )
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX")
 
