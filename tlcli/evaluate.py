@@ -33,7 +33,7 @@ from tlcli.data.cache import DecodedImages, RowView, decode_images
 from tlcli.data.scan import (
     Sample,
     Skipped,
-    find_split_dirs,
+    detect_layout,
     identify_image,
     no_readable_images,
     scan_class_folders,
@@ -315,12 +315,11 @@ def select_eval_folders(root: Path, split: str = "auto") -> tuple[str, list[Path
         raise DataError(f"--split {split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
-    split_dirs = find_split_dirs(root)
-    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    # Split layout as in training (a train/ folder), or a root holding only split folders
-    # (a shipped val/ + test/ set); a class that happens to be named "val" stays a class.
-    split_layout = bool(split_dirs) and ("train" in split_dirs or len(children) == len(split_dirs))
-    if not split_layout:
+    # The training rule (a split holds class folders, a class holds images), so a shipped
+    # val/ + test/ set is split and a class that happens to be named "val" stays a class.
+    layout = detect_layout(root)
+    split_dirs = layout.splits
+    if layout.kind == "flat":
         if split in ("auto", "all"):
             return "all", [root], []
         raise DataError(
