@@ -33,7 +33,7 @@ from tlcli import __version__
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
 from tlcli.data.scan import Sample, no_readable_images
-from tlcli.errors import ModelError
+from tlcli.errors import DataError, ModelError
 from tlcli.evaluate import (
     MAX_PIXELS,
     LoadedModel,
