@@ -207,6 +207,23 @@ def add_filesystem_cases(root: Path) -> dict[str, str]:
     return {rel: "skipped" for rel in FS_SKIP_REASONS} | {EMPTY_CLASS: "left out"}
 
 
+# Names that are data, not terminal input: tlcli prints them through errors.printable.
+NON_UTF8_JPG = os.fsdecode(b"ants/caf\xe9.jpg")  # Latin-1 bytes, what Windows zips unpack to
+ESCAPE_JPG = "bees/clear\x1b[2J\x1b[31mred.jpg"  # an ANSI sequence: clears the screen
+NEWLINE_JPG = "bees/forged\nerror: all is well.jpg"  # truncated: its warning must stay one line
+NAME_SKIP_REASONS = {NEWLINE_JPG: "truncated"}
+
+
+def add_hostile_names(root: Path) -> dict[str, str]:
+    """Add files with a non-UTF-8 name, an escape sequence and a newline; {rel: outcome}."""
+    rng = np.random.default_rng(2)
+    (root / NON_UTF8_JPG).write_bytes(jpeg_bytes(random_image(rng, 0)))
+    (root / ESCAPE_JPG).write_bytes(jpeg_bytes(random_image(rng, 1)))
+    good = jpeg_bytes(random_image(rng, 1, side=64))
+    (root / NEWLINE_JPG).write_bytes(good[: len(good) // 2])
+    return {NON_UTF8_JPG: "ok", ESCAPE_JPG: "ok", NEWLINE_JPG: "skipped"}
+
+
 def unlock(root: Path) -> None:
     """Undo add_filesystem_cases' chmod 000 (so the folder can be deleted)."""
     for rel in (LOCKED_FILE, LOCKED_FOLDER):

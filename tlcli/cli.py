@@ -310,7 +310,6 @@ def finetune(
 
     def body() -> None:
         from tlcli.track import Tracking, require_backend
-        from tlcli.train.run import finetune as run_finetune
 
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
@@ -363,8 +362,10 @@ def finetune(
                 },
             },
         )
+        # Imported after the config: a bad one fails before torch loads, in a fraction of a second.
         from tlcli.render import RichReporter, finetune_summary_table
         from tlcli.train.distributed import is_main_process
+        from tlcli.train.run import finetune as run_finetune
 
         if not is_main_process():  # torchrun: rank 0 alone reports
             run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
@@ -458,10 +459,10 @@ def recommend(
     """
 
     def body() -> None:
+        cfg = build_config(config, set_, {"model": {"name": model}})
         from tlcli.recommend.advise import recommend as run_recommend
         from tlcli.render import RichReporter, recommendation_panel
 
-        cfg = build_config(config, set_, {"model": {"name": model}})
         names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
         with RichReporter(stderr) as reporter:
             result = run_recommend(data_dir, cfg, names, budget.value, reporter)
@@ -521,7 +522,7 @@ def evaluate(
 
     def body() -> None:
         from tlcli.evaluate import check_new_dir, evaluate_models, load_models, write_report_dir
-        from tlcli.render import RichReporter, evaluation_tables
+        from tlcli.render import RichReporter, evaluation_tables, shown
 
         if len(paths) < 2:
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
@@ -549,7 +550,7 @@ def evaluate(
             for table in evaluation_tables(report):
                 stdout.print(table)
             if report_dir is not None:
-                stdout.print(f"report written to {report_dir}/", highlight=False)
+                stdout.print(f"report written to {shown(report_dir)}/", highlight=False)
 
     run_command(body)
 
@@ -615,7 +616,7 @@ def predict(
             predict_files,
             write_prediction_csv,
         )
-        from tlcli.render import RichReporter, prediction_table
+        from tlcli.render import RichReporter, prediction_table, shown
 
         check_option_ranges(
             {"--batch-size": (batch_size, 1, MAX_EVAL_BATCH), "--top-k": (top_k, 1, MAX_TOP_K)}
@@ -640,7 +641,7 @@ def predict(
         else:
             stdout.print(prediction_table(result.report))
             if csv_ is not None:
-                stdout.print(f"predictions written to {csv_}", highlight=False)
+                stdout.print(f"predictions written to {shown(csv_)}", highlight=False)
 
     run_command(body)
 
@@ -826,10 +827,6 @@ def lr_find(
     """
 
     def body() -> None:
-        from tlcli.render import RichReporter, lr_find_table
-        from tlcli.tune.lr_find import find_lr, plot_path
-        from tlcli.tune.plots import plot_lr_find
-
         check_option_ranges(
             {
                 "--num-iter": (num_iter, 20, MAX_LR_FIND_STEPS),
@@ -849,6 +846,10 @@ def lr_find(
             {"name": opt.value if opt else None, "backbone_lr_mult": backbone_lr_mult},
             no_pretrained,
         )
+        from tlcli.render import RichReporter, lr_find_table
+        from tlcli.tune.lr_find import find_lr, plot_path
+        from tlcli.tune.plots import plot_lr_find
+
         path = plot_path(out)
         with RichReporter(stderr) as reporter:
             result = find_lr(data_dir, cfg, reporter, num_iter, start_lr, end_lr).to_dict()
@@ -944,7 +945,7 @@ def tune(
     """
 
     def body() -> None:
-        from tlcli.render import RichReporter, tune_trials_table
+        from tlcli.render import RichReporter, shown, tune_trials_table
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
@@ -987,8 +988,9 @@ def tune(
         wide.print(table, crop=stdout.is_terminal)
         stdout.print(
             f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
-            f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})\n"
-            f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}",
+            + shown(f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})")
+            + "\n"
+            + shown(f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}"),
             highlight=False,
             soft_wrap=True,
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tlcli.errors import ConfigError
+from tlcli.errors import ConfigError, short_repr
 
 STRATEGIES = ("auto", "head-only", "partial", "full")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
@@ -25,6 +25,11 @@ AUGMENTS = ("none", "light", "standard", "strong")
 STREAM_CHOICES = ("auto", "always", "never")
 HEAD_FITS = ("lbfgs", "epochs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# A config or space file is a few hundred bytes. These bound what a hostile one can cost:
+# YAML aliases (*name) repeat a node without copying it, so 421 bytes can stand for billions
+# of values, which the first error message that quoted one tried to print.
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 10_000  # values, lists and mappings, counted with every alias expanded
 
 
 @dataclass
@@ -135,7 +140,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} has the wrong type; see configs/default.yaml")
+        raise ConfigError(
+            f"{where}: {short_repr(value)} has the wrong type; see configs/default.yaml"
+        )
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -154,7 +161,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
     name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(f"{where} must be a {name}, got {value!r}; see configs/default.yaml")
+    raise ConfigError(
+        f"{where} must be a {name}, got {short_repr(value)}; see configs/default.yaml"
+    )
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
@@ -170,12 +179,13 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
     for section_name, values in overrides.items():
         if section_name not in sections:
             raise ConfigError(
-                f"{source}: unknown section {section_name!r}; valid: {', '.join(sorted(sections))}"
+                f"{source}: unknown section {short_repr(section_name)}; "
+                f"valid: {', '.join(sorted(sections))}"
             )
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+            raise ConfigError(f"{source}: section {short_repr(section_name)} must be a mapping")
         section = getattr(cfg, section_name)
         kinds = _section_types(section)
         for key, value in values.items():
@@ -188,14 +198,103 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
     return cfg
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> int | None:
+    """How many nodes a composed YAML document holds once every alias is expanded (counted
+    up to limit + 1, so a bomb costs no more than its file); None if a node contains itself.
+
+    An alias is the very node its anchor names, so this walks each node once (iteratively:
+    a deep document must not exhaust the stack).
+    """
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        key = id(node)
+        if children_counted:
+            ancestors.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in _children(node)))
+        elif key in ancestors:
+            return None  # a recursive anchor: &a [*a]
+        elif key not in sizes:
+            ancestors.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+    return sizes[id(root)]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> plain values (safe types only), refusing documents that expand too far.
+
+    Raises yaml.YAMLError for text that is not YAML (the caller words it), ConfigError for
+    one that is too large, too deep or recursive.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{source} is {len(text):,} characters long, far beyond a config; pass the right file"
+        )
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = expanded_size(node)
+        if size is None:
+            raise ConfigError(f"{source}: a YAML anchor refers to itself; write the values out")
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: over {MAX_YAML_NODES:,} values once its YAML aliases (*name) are "
+                "expanded; write the values out"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply for a config; fix it") from None
+    except ValueError as exc:  # a 5000-digit int, a 30th of February: YAML's own converters
+        raise ConfigError(f"{source}: a value cannot be read ({exc}); fix it") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: Path, what: str, option: str) -> Any:
+    """A config or space file, read and parsed within bounds; every failure is one line."""
+    path = Path(path)
+    name = f"{what} {path}"
+    if not path.is_file():
+        raise ConfigError(f"{name} does not exist; pass a YAML file to {option}")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror}; check its permissions") from None
+    try:
+        return parse_yaml(text, name)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{name} is not valid YAML{at}; fix it") from None
+
+
 def parse_set_option(item: str) -> dict[str, dict[str, Any]]:
     """`section.key=value` -> {section: {key: value}}, value parsed as YAML (1e-3, true, ...)."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=3e-4")
+        raise ConfigError(
+            f"--set {short_repr(item)}: expected section.key=value, e.g. optim.lr=3e-4"
+        )
     dotted, raw = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw, f"--set {dotted}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return {section: {key: value}}
@@ -205,14 +304,7 @@ def load_config(path: Path | None = None, sets: list[str] | None = None) -> Conf
     """Defaults, then the YAML file, then each --set in order."""
     cfg = Config()
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file to --config")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            at = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{at}; fix it") from None
+        data = load_yaml_file(path, "config file", "--config") or {}
         cfg = apply_overrides(cfg, data, str(path))
     for item in sets or []:
         cfg = apply_overrides(cfg, parse_set_option(item), f"--set {item}")
@@ -222,7 +314,7 @@ def load_config(path: Path | None = None, sets: list[str] | None = None) -> Conf
 
 def _check_range(ok: bool, what: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{what}={value!r} is out of range: expected {expected}")
+        raise ConfigError(f"{what}={short_repr(value)} is out of range: expected {expected}")
 
 
 # numpy and torch seeds are 32-bit; ints beyond 2^31 have no use in any setting here.
@@ -258,7 +350,9 @@ def validate(cfg: Config) -> None:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
-            raise ConfigError(f"{section}.{key}={value!r} is not one of: {', '.join(choices)}")
+            raise ConfigError(
+                f"{section}.{key}={short_repr(value)} is not one of: {', '.join(choices)}"
+            )
     o, s, d, t, st, m = cfg.optim, cfg.schedule, cfg.data, cfg.train, cfg.strategy, cfg.model
     _check_range(0 < o.lr <= 10, "optim.lr", o.lr, "0 < lr <= 10")
     _check_range(

@@ -7,7 +7,9 @@ with `--debug`. Internal bugs are not TlcliErrors and crash loudly.
 from __future__ import annotations
 
 import errno
+import reprlib
 import signal
+import unicodedata
 from collections.abc import Iterator
 
 # Exit codes, documented in the README. 1 is left to unexpected crashes, 2 to typer's
@@ -24,6 +26,70 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 # errno values that mean "out of disk" to the user: no space, quota, file size limit.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
+# An error is one line a person reads: a longer one is cut in its middle, so the problem (its
+# start) and what to do (its end) stay. A 421-byte YAML alias bomb once made a 39 MB "line".
+MAX_MESSAGE_CHARS = 500
+# A user's value quoted in a message (a config value of the wrong type, say).
+MAX_VALUE_CHARS = 80
+ELISION = " ... "
+# Characters a terminal acts on rather than shows (ESC starts a sequence that can clear the
+# screen, a newline forges a line), or that reorder the text around them (bidi controls).
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f" + "".join(map(chr, range(0x202A, 0x202F))))
+_BIDI_CONTROLS |= frozenset(map(chr, range(0x2066, 0x206A)))
+# os.fsdecode turns each byte that is not UTF-8 into one of these (PEP 383 surrogateescape).
+_SURROGATE_ESCAPES = range(0xDC80, 0xDD00)
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code in _SURROGATE_ESCAPES:
+        return f"\\x{code - 0xDC00:02x}"  # the byte of a non-UTF-8 name, as Python spells it
+    if 0xD800 <= code <= 0xDFFF or char in _BIDI_CONTROLS:
+        return f"\\u{code:04x}"
+    if unicodedata.category(char) in _CONTROL_CATEGORIES:
+        return repr(char)[1:-1] if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def printable(text: object) -> str:
+    """text with every control character and undecodable byte spelled out (`\\n`, `\\x1b`,
+    `\\xe9`): what every printer (errors, warnings, tables, CSV cells) shows of a name.
+
+    A file name is data, not terminal input: printed raw, an ESC sequence in it clears the
+    screen and a newline forges an `error:` line. Idempotent (the escapes are plain text), so
+    a message built from already escaped parts is unchanged.
+    """
+    text = str(text)
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(_escape_char(c) for c in text)
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """text cut to at most limit characters in its middle, marked by an ellipsis."""
+    if len(text) <= limit:
+        return text
+    keep = limit - len(ELISION)
+    head = (keep * 2) // 3
+    return text[:head] + ELISION + text[len(text) - (keep - head) :]
+
+
+def _value_repr() -> reprlib.Repr:
+    # reprlib stops at a few items and levels: the repr of a huge value costs nothing.
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 3, 4, 4, 4
+    short.maxstring = short.maxother = short.maxlong = MAX_VALUE_CHARS
+    return short
+
+
+_VALUE_REPR = _value_repr()
+
+
+def short_repr(value: object) -> str:
+    """repr(value) for a message, at most MAX_VALUE_CHARS long, whatever its size."""
+    return shorten(printable(_VALUE_REPR.repr(value)), MAX_VALUE_CHARS)
+
 
 class TlcliError(Exception):
     """A mistake the user can fix; the message is one line: problem, then what to do."""
@@ -31,6 +97,8 @@ class TlcliError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
+        # The one place every user-facing message passes: one printable line, never a flood.
+        message = shorten(printable(message))
         super().__init__(message)
         self.message = message
 

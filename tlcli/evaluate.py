@@ -33,11 +33,12 @@ from tlcli.data.cache import DecodedImages, RowView, decode_images
 from tlcli.data.scan import (
     Sample,
     Skipped,
-    find_split_dirs,
+    detect_layout,
     identify_image,
+    no_readable_images,
     scan_class_folders,
 )
-from tlcli.errors import CheckpointError, DataError, RunDirError
+from tlcli.errors import CheckpointError, DataError, RunDirError, printable
 from tlcli.metrics import classification_report
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
@@ -269,6 +270,9 @@ def predict_probabilities(
     paths = [first.paths[i] for i in order]
     labels = first.labels[order]
     skipped = list(first.skipped)
+    if not paths:  # nothing decoded: no model runs, the caller says so in one line
+        empty = np.zeros((0, len(classes)))
+        return Predictions(classes, [], labels, {m.name: empty for m in models}, skipped)
 
     member_probs: dict[str, np.ndarray] = {}
     for loaded in models:
@@ -314,12 +318,11 @@ def select_eval_folders(root: Path, split: str = "auto") -> tuple[str, list[Path
         raise DataError(f"--split {split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
-    split_dirs = find_split_dirs(root)
-    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    # Split layout as in training (a train/ folder), or a root holding only split folders
-    # (a shipped val/ + test/ set); a class that happens to be named "val" stays a class.
-    split_layout = bool(split_dirs) and ("train" in split_dirs or len(children) == len(split_dirs))
-    if not split_layout:
+    # The training rule (a split holds class folders, a class holds images), so a shipped
+    # val/ + test/ set is split and a class that happens to be named "val" stays a class.
+    layout = detect_layout(root)
+    split_dirs = layout.splits
+    if layout.kind == "flat":
         if split in ("auto", "all"):
             return "all", [root], []
         raise DataError(
@@ -440,7 +443,7 @@ def evaluate_models(
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}", "warning")
     if not preds.paths:
-        raise DataError(f"no decodable images in {', '.join(map(str, folders))}; nothing to score")
+        raise no_readable_images(", ".join(map(str, folders)), len(skipped))
     paths = [str(p) for p in preds.paths]
     entries = []
     for loaded in models:
@@ -497,15 +500,20 @@ def check_new_file(path: Path, force: bool = False) -> None:
 def write_predictions_csv(
     path: Path, rows: list[dict[str, Any]], probs: np.ndarray, classes: Sequence[str]
 ) -> Path:
-    """One row per file: the rows' columns, then a probability column per class."""
+    """One row per file: the rows' columns, then a probability column per class.
+
+    Names are printable() in every cell: a newline in a file or class name would otherwise
+    split a row (or the header) for every line-based reader, and a non-UTF-8 byte could not
+    be written as UTF-8 at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     lead = list(rows[0]) if rows else ["path"]
-    writer.writerow(lead + [f"p_{c}" for c in classes])
+    writer.writerow([printable(c) for c in lead + [f"p_{c}" for c in classes]])
     for row, row_probs in zip(rows, probs, strict=True):
-        writer.writerow([row[k] for k in lead] + [f"{p:.6f}" for p in row_probs])
+        writer.writerow([printable(row[k]) for k in lead] + [f"{p:.6f}" for p in row_probs])
     write_text_atomically(path, buffer.getvalue())  # a half-written CSV never takes the name
     return path
 
@@ -647,10 +655,7 @@ def predict_files(
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}", "warning")
     if not preds.paths:
-        raise DataError(
-            f"no readable images among {', '.join(map(str, inputs))}; "
-            "give image files or folders of images"
-        )
+        raise no_readable_images(", ".join(map(str, inputs)), len(skipped))
     probs = preds.ensemble_probs
     ranked = top_k_labels(probs, preds.classes, top_k)
     members = {name: p.argmax(1) for name, p in preds.member_probs.items()}

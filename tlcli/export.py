@@ -33,7 +33,7 @@ import torch
 from tlcli import __version__
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
-from tlcli.data.scan import Sample
+from tlcli.data.scan import Sample, no_readable_images
 from tlcli.errors import DataError, ModelError, ResourceError, disk_error_of
 from tlcli.evaluate import (
     MAX_PIXELS,
@@ -134,9 +134,11 @@ def parity_images(
     files: list[Path] = []
     source = ""
     if check_images is not None:
-        files, _ = collect_image_files([Path(check_images)])
+        files, skipped = collect_image_files([Path(check_images)])
         if not files:
-            raise DataError(f"no readable images in {check_images}; give a folder of images")
+            for item in skipped:
+                reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+            raise no_readable_images(str(check_images), len(skipped))
         source = str(check_images)
     else:
         split = loaded.path.parent / "split.json"
@@ -162,6 +164,10 @@ def parity_images(
         if len(decoded):
             x = augmenter.center_crop(torch.from_numpy(np.ascontiguousarray(decoded.pixels)))
             return x, [str(p) for p in decoded.paths], source
+        if check_images is not None:  # asked for real images: random ones would not do
+            for item in decoded.skipped:
+                reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+            raise no_readable_images(str(check_images), len(decoded.skipped))
     reporter.note(
         "no real images for the parity check (pass --check-images DIR): using random inputs",
         "warning",

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
+from tlcli.errors import printable  # noqa: E402
+
 # Screen-friendly resolution; a 50-class matrix at this DPI is still under 3000 px wide.
 DPI = 120
 
@@ -62,6 +64,12 @@ def most_confused_classes(counts: np.ndarray, limit: int) -> list[int]:
     return sorted(ranked[:limit])
 
 
+def _label(text: str) -> str:
+    """A name as a plot label: printable (FreeType cannot draw a non-UTF-8 byte's surrogate)
+    and with $ taken literally (matplotlib reads $...$ as math, and bad math fails the plot)."""
+    return printable(text).replace("$", r"\$")
+
+
 def plot_confusion_matrix(
     cm: list[list[int]] | np.ndarray,
     classes: list[str],
@@ -75,6 +83,7 @@ def plot_confusion_matrix(
     rare classes are as visible as common ones; the annotations always show raw counts.
     """
     counts = np.asarray(cm, dtype=np.int64)
+    classes, title = [_label(c) for c in classes], _label(title)
     n = len(classes)
     if counts.shape != (n, n):
         raise ValueError(f"confusion matrix of shape {counts.shape} for {n} classes")

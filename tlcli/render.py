@@ -7,7 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,9 +19,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tlcli.errors import printable
 from tlcli.interrupt import raise_if_interrupted
 
 LEVEL_STYLE = {"info": "dim", "warning": "yellow", "error": "red"}
+
+
+def shown(text: object) -> str:
+    """text as a table cell, note or line prints it: control characters and undecodable bytes
+    spelled out (errors.printable: a file name cannot clear the screen or forge a line), and
+    Rich markup taken literally (a file named "IMG [1].jpg" is not a style)."""
+    return escape_markup(printable(text))
 
 
 class RichReporter:
@@ -51,7 +59,7 @@ class RichReporter:
     def start(self, task: str, total: int | None, description: str = "") -> None:
         raise_if_interrupted()  # a Ctrl-C that Python swallowed (see tlcli/interrupt.py)
         self.finish(task)
-        self.tasks[task] = self.progress.add_task(description or task, total=total)
+        self.tasks[task] = self.progress.add_task(shown(description or task), total=total)
 
     def advance(self, task: str, amount: int = 1) -> None:
         raise_if_interrupted()
@@ -68,10 +76,7 @@ class RichReporter:
     def note(self, message: str, level: str = "info") -> None:
         style = LEVEL_STYLE.get(level, "")
         prefix = "warning: " if level == "warning" else ""
-        # escape: file names like "IMG [1].jpg" are not markup
-        self.console.print(
-            f"[{style}]{prefix}{escape(message)}[/]", highlight=False, soft_wrap=True
-        )
+        self.console.print(f"[{style}]{prefix}{shown(message)}[/]", highlight=False, soft_wrap=True)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -126,8 +131,8 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
             f"{summary['epochs_run']}" + (" (early stop)" if summary["stopped_early"] else ""),
         ),
         ("time", f"{summary['seconds']:.1f}s on {summary['device']}"),
-        ("best checkpoint", summary["paths"]["best"]),
-        ("curves", summary["paths"]["curves"]),
+        ("best checkpoint", shown(summary["paths"]["best"])),
+        ("curves", shown(summary["paths"]["curves"])),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -171,7 +176,7 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     head = Table(title="evaluation", show_header=False, title_justify="left")
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("data", escape(f"{folders} (split {report['split']})"))
+    head.add_row("data", shown(f"{folders} (split {report['split']})"))
     head.add_row(
         "images",
         f"{report['num_images']} scored, {len(report['skipped'])} skipped; classes present "
@@ -194,7 +199,7 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         models.caption = "ensemble: mean of the models' softmax probabilities"
     for name, weights, s in entries:
         models.add_row(
-            escape(name),
+            shown(name),
             weights,
             _pct(s["top1"]),
             f"{s['num_correct']}/{report['num_images']}",
@@ -213,13 +218,13 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         if report["ensemble"]
         else next(m["report"] for m in report["models"] if m["name"] == primary)
     )
-    per_class = _grid(f"per class ({escape(primary)})")
+    per_class = _grid(f"per class ({shown(primary)})")
     per_class.add_column("class", overflow="fold")
     for name in ("precision", "recall", "F1", "support"):
         per_class.add_column(name, justify="right")
     for row in detail["per_class"]:
         per_class.add_row(
-            escape(row["class"]),
+            shown(row["class"]),
             f"{row['precision']:.4f}",
             f"{row['recall']:.4f}",
             f"{row['f1']:.4f}",
@@ -236,10 +241,10 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         cm = _grid("confusion matrix")
         cm.add_column("true \\ pred", style="bold")
         for name in classes:
-            cm.add_column(escape(name), justify="right")
+            cm.add_column(shown(name), justify="right")
         for i, row in enumerate(detail["confusion_matrix"]):
             cm.add_row(
-                escape(classes[i]),
+                shown(classes[i]),
                 *(
                     f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]")
                     for j, v in enumerate(row)
@@ -256,13 +261,13 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         confused.add_column("predicted as")
         confused.add_column("count", justify="right")
         for pair in detail["most_confused"][:TERMINAL_TOP_CONFUSED]:
-            confused.add_row(escape(pair["true"]), escape(pair["predicted"]), str(pair["count"]))
+            confused.add_row(shown(pair["true"]), shown(pair["predicted"]), str(pair["count"]))
         tables.append(confused)
 
     wrong = detail["misclassified"]
     if wrong:
-        shown = wrong[:TERMINAL_MISCLASSIFIED]
-        missed = _grid(f"misclassified, most confident first ({len(shown)} of {len(wrong)})")
+        listed = wrong[:TERMINAL_MISCLASSIFIED]
+        missed = _grid(f"misclassified, most confident first ({len(listed)} of {len(wrong)})")
         # Relative to the folder scored (named in the head table): long paths wrapped the rows.
         base = os.path.commonpath([os.path.abspath(f) for f in report["folders"]])
         missed.caption = f"paths relative to the data folder above; --json lists all {len(wrong)}"
@@ -270,11 +275,11 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         missed.add_column("true")
         missed.add_column("predicted")
         missed.add_column("confidence", justify="right")
-        for item in shown:
+        for item in listed:
             missed.add_row(
-                escape(_path_under(item["path"], base)),
-                escape(item["true"]),
-                escape(item["predicted"]),
+                shown(_path_under(item["path"], base)),
+                shown(item["true"]),
+                shown(item["predicted"]),
                 f"{item['confidence']:.3f}",
             )
         tables.append(missed)
@@ -286,7 +291,7 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     calibration.add_row(
         "expected calibration error", f"{detail['ece']:.4f} ({len(detail['reliability'])} bins)"
     )
-    calibration.add_row("reliability diagram", escape(diagram) if diagram else "with --report-dir")
+    calibration.add_row("reliability diagram", shown(diagram) if diagram else "with --report-dir")
     mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
         detail["n"], 1
     )
@@ -302,7 +307,7 @@ def prediction_table(report: dict[str, Any]) -> Table:
     title = f"predictions ({models[0]['name']})"
     if len(models) > 1:
         title = f"predictions (ensemble of {len(models)} checkpoints)"
-    table = _grid(escape(title))
+    table = _grid(shown(title))
     table.add_column("file", overflow="fold")
     table.add_column("label", style="bold")
     table.add_column("prob.", justify="right")
@@ -312,8 +317,8 @@ def prediction_table(report: dict[str, Any]) -> Table:
         table.add_column("next", overflow="fold", max_width=TERMINAL_RUNNERS_UP_WIDTH)
     for item in report["predictions"]:
         rest = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top_k"][1:])
-        cells = [escape(item["path"]), escape(item["label"]), f"{item['confidence']:.3f}"]
-        table.add_row(*cells, *([escape(rest)] if runners_up else []))
+        cells = [shown(item["path"]), shown(item["label"]), f"{item['confidence']:.3f}"]
+        table.add_row(*cells, *([shown(rest)] if runners_up else []))
     if report["skipped"]:
         table.caption = f"{len(report['skipped'])} file(s) skipped (listed above)"
     return table
@@ -326,23 +331,23 @@ def export_table(result: dict[str, Any]) -> Table:
     table.add_column()
     pre = result["preprocessing"]
     parity = result["parity"]
-    table.add_row("model", escape(f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)"))
+    table.add_row("model", shown(f"{result['paths']['model']} ({result['bytes'] / 1e6:.1f} MB)"))
     fp32 = result["paths"].get("fp32_model")  # --quantize: the checked model it came from
     if fp32 is not None:
-        table.add_row("quantized from", escape(f"{fp32} (fp32, parity-checked below)"))
+        table.add_row("quantized from", shown(f"{fp32} (fp32, parity-checked below)"))
     table.add_row(
         "preprocessing",
-        escape(result["paths"]["sidecar"]) + " and the ONNX metadata"
+        shown(result["paths"]["sidecar"]) + " and the ONNX metadata"
         if result["format"] == "onnx"
-        else escape(result["paths"]["sidecar"]),
+        else shown(result["paths"]["sidecar"]),
     )
     table.add_row(
         "input",
         f"N x {' x '.join(map(str, pre['input_size']))} (dynamic batch); resize "
         f"{pre['resize_shorter_side_to']} {pre['interpolation']}, center crop "
-        f"{pre['center_crop']}, mean {escape(str(pre['mean']))}, std {escape(str(pre['std']))}",
+        f"{pre['center_crop']}, mean {shown(str(pre['mean']))}, std {shown(str(pre['std']))}",
     )
-    table.add_row("classes", escape(", ".join(result["classes"])))
+    table.add_row("classes", shown(", ".join(result["classes"])))
     if parity["checked"]:
         verdict = "[green]passed[/]" if parity["passed"] else "[red]FAILED[/]"
         table.add_row(
@@ -355,10 +360,10 @@ def export_table(result: dict[str, Any]) -> Table:
         table.add_row(
             "checked on",
             f"{parity['images']} images in batches of "
-            f"{' and '.join(map(str, parity['batch_sizes']))}: {escape(parity['source'])}",
+            f"{' and '.join(map(str, parity['batch_sizes']))}: {shown(parity['source'])}",
         )
     else:
-        table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {escape(parity['reason'])}")
+        table.add_row("parity vs PyTorch", f"[yellow]not checked[/]: {shown(parity['reason'])}")
     return table
 
 
@@ -366,7 +371,7 @@ def quantization_table(quantization: dict[str, Any]) -> Table:
     """`tlcli export --quantize`: fp32 and int8 side by side (val top-1, latency, size)."""
     rows = quantization["models"]
     calibration = quantization["calibration"]
-    table = _grid(escape(f"{quantization['method']}, fp32 vs int8"))
+    table = _grid(shown(f"{quantization['method']}, fp32 vs int8"))
     for name, justify in [("model", "left"), ("file", "left"), ("size", "right")] + [
         (n, "right") for n in ("val top-1", "agrees w/ fp32", "CPU latency")
     ]:
@@ -376,13 +381,13 @@ def quantization_table(quantization: dict[str, Any]) -> Table:
         share = "" if row is rows[0] else f" ({100 * row['bytes'] / fp32_bytes:.0f}%)"
         table.add_row(
             row["model"],
-            escape(row["file"]),
+            shown(row["file"]),
             f"{row['bytes'] / 1e6:.1f} MB{share}",
             f"{row['val_top1']:.4f}",
             _pct(row["agreement_with_fp32"]),
             f"{row['latency_ms']:.1f} ms",
         )
-    table.caption = escape(
+    table.caption = shown(
         f"val top-1 on {rows[0]['val_images']} val images of the run; latency: "
         f"{rows[0]['latency']}; calibrated on {calibration['images']} of "
         f"{calibration['of']} train images (seed {calibration['seed']}, {calibration['method']})"
@@ -421,7 +426,7 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
             f"probe estimate of head-only: {lo:.2f}-{hi:.2f} (95% interval on the sample; a "
             "rough guide, see docs/benchmarks.md)"
         )
-    lines += [f"- {reason}" for reason in rec["reasons"]]
+    lines += [f"- {shown(reason)}" for reason in rec["reasons"]]
     command = f"tlcli finetune {result['data_dir']} --model {result['model']} " + (
         f"--strategy {rec['strategy']}"
         + (f" --trainable-stages {rec['trainable_stages']}" if rec["strategy"] == "partial" else "")
@@ -432,7 +437,7 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
             else ""
         )
     )
-    lines.append(f"[dim]{command}[/]")
+    lines.append(f"[dim]{shown(command)}[/]")
     out: list[Any] = [Panel("\n".join(lines), title="recommendation", title_align="left")]
 
     table = Table(title="measurements", show_header=False, title_justify="left")
@@ -458,7 +463,7 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
         f"{dup['label_conflict_groups']} with conflicting labels",
     )
     for group in dup["label_conflict_examples"][:3]:
-        table.add_row("", "same picture: " + ", ".join(group))
+        table.add_row("", "same picture: " + shown(", ".join(group)))
     table.add_row(
         "linear probe",
         f"{sim['probe_accuracy']:.3f} ({sim['num_sampled']} images, {sim['feature_dim']} features)",
@@ -486,7 +491,7 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
         for c in result["candidates"]:
             ranking.add_row(
                 str(c["rank"]),
-                c["model"],
+                shown(c["model"]),
                 f"{c['logme']:.3f}",
                 f"{c['probe_accuracy']:.3f}",
                 f"{c['knn_accuracy']:.3f}",
@@ -513,7 +518,7 @@ def lr_find_table(result: dict[str, Any]) -> Table:
         ("optimizer", result["optimizer"]),
         ("steps", f"{result['steps']} of {result['num_iter']} ({result['stop_reason']})"),
         ("time", f"{result['seconds']:.1f}s"),
-        ("plot", str(result.get("plot", "-"))),
+        ("plot", shown(result.get("plot", "-"))),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -523,7 +528,7 @@ def lr_find_table(result: dict[str, Any]) -> Table:
 def _param_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if 1e-2 <= abs(value) < 1e3 or value == 0 else f"{value:.2e}"
-    return str(value)
+    return shown(value)
 
 
 # Short column headers for the searched parameters: the table has one column per parameter.

@@ -209,3 +209,73 @@ def test_apply_overrides_copies_and_validates():
     assert dataclasses.replace(changed.optim, lr=cfg.optim.lr) == cfg.optim
     with pytest.raises(ConfigError):
         apply_overrides(cfg, {"optim": {"lr": 20.0}}, "test")
+
+
+# --- hostile config files and --set values: bounded work, one short line ---------------------
+
+# 9 anchors of 9 aliases each: 9**9 (387 million) strings in 330 bytes. PyYAML shares the
+# aliased nodes, so loading is instant; the first repr of the value was not.
+ALIAS_BOMB_LEVELS = "abcdefghi"
+
+
+def alias_bomb(indent: str = "  ") -> str:
+    """A YAML list whose aliases expand to 9**9 strings (a 'billion laughs')."""
+    lines = [f'{indent}- &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip(ALIAS_BOMB_LEVELS, ALIAS_BOMB_LEVELS[1:-1], strict=False):
+        lines.append(f"{indent}- &{name} [{','.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_fast_in_one_short_line(tmp_path):
+    import time
+
+    path = _write(tmp_path, "optim:\n  lr:\n" + alias_bomb("  "))
+    assert path.stat().st_size < 450
+    started = time.perf_counter()
+    message = _config_error(path=path)
+    assert time.perf_counter() - started < 2
+    assert len(f"error: {message}") <= 300
+    assert "aliases" in message and str(path) in message
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a: &a [*a]\n", ["anchor refers to itself"]),
+        ("[" * 3000 + "]" * 3000 + "\n", ["nested too deeply"]),
+        ("optim:\n  lr: " + "9" * 5000 + "\n", ["cannot be read", "digits"]),
+        ("optim:\n  lr: 2023-02-30\n", ["cannot be read"]),
+    ],
+)
+def test_hostile_yaml_is_one_line(tmp_path, text, words):
+    message = _config_error(path=_write(tmp_path, text))
+    for word in words:
+        assert word in message, message
+
+
+def test_config_file_not_utf8_or_unreadable_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"optim:\n  name: caf\xe9\n")
+    assert "not UTF-8" in _config_error(path=path)
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 2_000_000 + "\n")
+    assert "far beyond a config" in _config_error(path=big)
+
+
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("optim.lr=" + "9" * 100_000, ["cannot be read"]),  # a huge int: Python refuses it
+        ("optim.lr=" + "x" * 100_000, ["optim.lr must be a float", "..."]),
+        ("optim.name=x\nerror: forged\x1b[2J", ["\\nerror: forged\\x1b[2J"]),
+        ("optim.lr=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+         "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]",
+         ["aliases"]),
+        ("optim.name=caf\udce9", ["caf\\udce9"]),  # a non-UTF-8 byte, as the shell passes it
+    ],
+)  # fmt: skip
+def test_huge_or_weird_set_values_are_one_short_line(item, words):
+    message = _config_error(sets=[item])
+    assert len(message) <= 500 and message.isprintable()
+    for word in words:
+        assert word in message, message

@@ -8,6 +8,7 @@ random-init `test_resnet`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from corpus import (
@@ -23,12 +25,16 @@ from corpus import (
     BRACKETS_JPG,
     CMYK_JPEG,
     EMPTY_CLASS,
+    ESCAPE_JPG,
     EXIF_JPEG,
     FS_SKIP_REASONS,
     GRAY16_PNG,
     LA_PNG,
     LOCKED_FILE,
     LOCKED_FOLDER,
+    NAME_SKIP_REASONS,
+    NEWLINE_JPG,
+    NON_UTF8_JPG,
     ONE_BIT_PNG,
     PALETTE_PNG,
     PANORAMA_PNG,
@@ -39,6 +45,7 @@ from corpus import (
     TRUNCATED_JPEG,
     UNICODE_JPG,
     add_filesystem_cases,
+    add_hostile_names,
     make_bad_image_folder,
     make_image_folder,
     tree_digest,
@@ -52,6 +59,7 @@ from tlcli.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
     EXIT_RUN_DIR,
+    printable,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -91,6 +99,9 @@ MESSY_FOLDER_CASES = {
     "unreadable-file": (LOCKED_FILE, "skipped", 0),
     "unreadable-folder": (LOCKED_FOLDER, "skipped", 0),
     "empty-class-folder": (EMPTY_CLASS, "left out", 0),
+    "non-utf8-file-name": (NON_UTF8_JPG, "trained", 0),
+    "escape-sequence-in-file-name": (ESCAPE_JPG, "trained", 0),
+    "newline-in-file-name": (NEWLINE_JPG, "skipped", 0),
 }
 ERROR_CASES = {
     # case: (exit code, words of the error line)
@@ -119,7 +130,22 @@ ERROR_CASES = {
     "existing-run-dir": (EXIT_RUN_DIR, ["already exists and is not empty", "--resume"]),
     "resume-a-data-folder": (EXIT_RUN_DIR, ["not a resumable run dir"]),
     "resume-before-first-checkpoint": (EXIT_RUN_DIR, ["before its first checkpoint"]),
+    "config-alias-bomb": (EXIT_CONFIG, ["over 10,000 values", "aliases"]),
+    "space-alias-bomb": (EXIT_CONFIG, ["over 10,000 values", "aliases"]),
+    "set-huge-value": (EXIT_CONFIG, ["optim.lr must be a float", "xxx...xxx"]),
+    "predict-missing-path": (EXIT_DATA, ["no readable images in"]),
+    "predict-empty-folder": (EXIT_DATA, ["no readable images in"]),
+    "predict-only-non-images": (EXIT_DATA, ["no readable images in", "1 file(s) skipped"]),
+    "predict-only-truncated": (EXIT_DATA, ["no readable images in", "2 file(s) skipped"]),
+    "evaluate-only-truncated": (EXIT_DATA, ["no readable images in", "4 file(s) skipped"]),
+    "recommend-only-truncated": (EXIT_DATA, ["no readable images in"]),
+    "export-check-images-unreadable": (EXIT_DATA, ["no readable images in"]),
+    "val-and-test-only": (EXIT_DATA, ["no train/ folder"]),
+    "split-and-class-folders-mixed": (EXIT_DATA, ["(train/)", "(car/)", "not both"]),
+    "two-val-folders": (EXIT_DATA, ["2 val folders", "keep one"]),
 }
+# Layouts that look like a split but are not: a clean run (test_layout_case_trains).
+LAYOUT_CASES = {"class-named-train": 0, "class-named-val": 0}
 # Typer rejects these before tlcli runs: exit 2 and its usage box (several lines).
 USAGE_CASES = {
     "epochs-not-a-number": (["--epochs", "abc"], "Invalid value for '--epochs'"),
@@ -166,7 +192,7 @@ def assert_error(result, code: int, words: list[str]) -> str:
 @pytest.fixture
 def messy_folder(tmp_path, monkeypatch):
     root = tmp_path / "messy photos"
-    outcomes = make_bad_image_folder(root) | add_filesystem_cases(root)
+    outcomes = make_bad_image_folder(root) | add_filesystem_cases(root) | add_hostile_names(root)
     if os.geteuid() == 0:
         simulate_permissions(root, monkeypatch)
     yield root, outcomes
@@ -207,12 +233,15 @@ def test_messy_folder_trains_and_names_every_bad_file(messy_folder, tmp_path):
     skipped = {
         Path(s["path"]).relative_to(root).as_posix(): s["reason"] for s in summary["skipped"]
     }
-    expected_skips = {**SKIP_REASONS, **FS_SKIP_REASONS}
+    expected_skips = {**SKIP_REASONS, **FS_SKIP_REASONS, **NAME_SKIP_REASONS}
     assert set(skipped) == set(expected_skips)
     for rel, words in expected_skips.items():
         assert words.lower() in skipped[rel].lower(), (rel, skipped[rel])
         # ...and named on the terminal, with its reason, exactly as it is spelled.
-        assert f"skipped {root / rel}: {skipped[rel]}" in result.stderr, rel
+        assert printable(f"skipped {root / rel}: {skipped[rel]}") in result.stderr, rel
+    # Names are printed escaped: nothing clears the screen, no line is forged.
+    assert "\x1b" not in result.output
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error")]
     split = json.loads((run / "split.json").read_text())
     # Split at scan time; the decoder then drops what it cannot decode (the truncated JPEG).
     trained = {rel for rows in split["splits"].values() for rel, _ in rows} - set(skipped)
@@ -283,7 +312,44 @@ def build_error_case(case: str, tmp: Path, trained: dict) -> tuple[list, list[Pa
         return ["finetune", tmp / "data", *TINY, *out], [tmp / "data"]
     if case == "missing-data-folder":
         return ["finetune", tmp / "nowhere", *TINY, *out], []
+    layouts = {
+        "val-and-test-only": [("val", {"a": 2, "b": 2}), ("test", {"a": 2, "b": 2})],
+        "split-and-class-folders-mixed": [("train", {"a": 2, "b": 2}), ("", {"car": 2})],
+        "two-val-folders": [(s, {"a": 2, "b": 2}) for s in ("train", "val", "validation")],
+    }
+    if case in layouts:
+        for sub, counts in layouts[case]:
+            make_image_folder(tmp / "data" / sub, counts)
+        return ["finetune", tmp / "data", *TINY, *out], [tmp / "data"]
+    unreadable = tmp / "broken"
+    for name in ("red", "blue"):
+        for i in range(2):
+            (unreadable / name).mkdir(parents=True, exist_ok=True)
+            (unreadable / name / f"{i}.png").write_bytes(_truncated_png())
+    readable_cases = {
+        "predict-missing-path": ["predict", trained["best"], tmp / "typo"],
+        "predict-empty-folder": ["predict", trained["best"], tmp],
+        "predict-only-non-images": ["predict", trained["best"], config],
+        "predict-only-truncated": ["predict", trained["best"], unreadable / "red"],
+        "evaluate-only-truncated": ["evaluate", trained["best"], unreadable],
+        "recommend-only-truncated": [
+            "recommend", unreadable, "--model", "test_resnet", "--set", "model.pretrained=false",
+        ],
+        "export-check-images-unreadable": [
+            "export", trained["best"], "--format", "torchscript", "--out", tmp / "new-run" / "m.pt",
+            "--check-images", unreadable,
+        ],
+    }  # fmt: skip
+    if case in readable_cases:
+        if case == "predict-empty-folder":
+            shutil.rmtree(unreadable)
+            (tmp / "good").rename(tmp / ".good")  # hidden: the folder holds nothing to read
+            return [*readable_cases[case]], []
+        if case == "predict-only-non-images":
+            config.write_text("train:\n  epochs: 1\n")
+        return readable_cases[case], [unreadable, trained["best"]]
     config_texts = {
+        "config-alias-bomb": "optim:\n  lr:\n" + alias_bomb(),
         "config-unknown-key": "optim:\n  lrr: 0.1\n",
         "config-wrong-type": "optim:\n  lr: fast\n",
         "config-not-yaml": "train: [1, 2\n",
@@ -293,6 +359,11 @@ def build_error_case(case: str, tmp: Path, trained: dict) -> tuple[list, list[Pa
         return [*finetune, "--config", config], [good, config]
     if case == "config-missing-file":
         return [*finetune, "--config", tmp / "missing.yaml"], [good]
+    if case == "space-alias-bomb":
+        config.write_text("optimizer:\n  type: categorical\n  choices:\n" + alias_bomb())
+        return ["tune", good, "--trials", 1, "--space", config, *out], [good, config]
+    if case == "set-huge-value":
+        return [*finetune, "--set", "optim.lr=" + "x" * 100_000], [good]
     options = {
         "negative-epochs": ["--epochs", "-1"],
         "zero-batch-size": ["--batch-size", "0"],
@@ -337,6 +408,23 @@ def build_error_case(case: str, tmp: Path, trained: dict) -> tuple[list, list[Pa
     raise AssertionError(f"no command for case {case}")
 
 
+def alias_bomb() -> str:
+    """A YAML list of 330 bytes whose aliases stand for 9**8 strings (a 'billion laughs')."""
+    levels = "abcdefghi"
+    lines = ['  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    pairs = zip(levels, levels[1:-1], strict=False)
+    lines += [f"  - &{b} [{','.join([f'*{a}'] * 9)}]" for a, b in pairs]
+    return "\n".join(lines) + "\n"
+
+
+def _truncated_png() -> bytes:
+    from corpus import random_image
+
+    buffer = io.BytesIO()
+    random_image(np.random.default_rng(0), 0, side=64).save(buffer, "PNG")
+    return buffer.getvalue()[:200]
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_error_case_is_one_line_with_its_exit_code(case, tmp_path, trained):
     code, words = ERROR_CASES[case]
@@ -376,6 +464,49 @@ def test_class_with_one_image_trains_when_val_is_given(tmp_path):
     assert summary["num_train"] == 6 and summary["classes"] == ["a", "lonely"]
 
 
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_layout_case_trains(case, tmp_path):
+    """A class named like a split (railway trains; a class "val") holds images, not class
+    folders: the folder is flat, every name a class (it was read as a split layout)."""
+    name = case.removeprefix("class-named-")
+    data = make_image_folder(tmp_path / "data", {name: 4, "car": 4, "boat": 4})
+    result = invoke("finetune", data, *TINY, "--strategy", "head-only", "--out", tmp_path / "r")
+    assert result.exit_code == LAYOUT_CASES[case], result.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["classes"] == sorted(["boat", "car", name])
+    assert summary["num_train"] + summary["num_val"] == 12
+
+
+def test_hostile_class_and_file_names_in_every_printer(tmp_path):
+    """Non-UTF-8 bytes, a newline and an escape sequence in class and file names: finetune,
+    evaluate (tables, report dir, plots) and predict (table, CSV, JSON) all run; the terminal
+    sees escapes, the CSV has one line per row, the JSON is valid and holds the real names."""
+    latin1, newline = os.fsdecode(b"caf\xe9"), "new\nline"
+    data = make_image_folder(tmp_path / "data", {latin1: 4, newline: 4})
+    (data / newline / f"{newline}_0.png").rename(data / newline / "x\x1b[2Jy.png")
+    run = tmp_path / "run"
+    result = invoke("finetune", data, *TINY, "--strategy", "head-only", "--out", run)
+    assert result.exit_code == 0, result.stderr
+    report = tmp_path / "report"
+    evaluated = invoke("evaluate", run / "best.pt", data, "--report-dir", report)
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert (report / "confusion_matrix.png").stat().st_size > 0
+    csv_path = tmp_path / "p.csv"
+    predicted = invoke("predict", run / "best.pt", data, "--csv", csv_path)
+    assert predicted.exit_code == 0, predicted.stderr
+    for out in (result, evaluated, predicted):
+        assert "\x1b" not in out.output and "\udce9" not in out.output
+        assert not [line for line in out.output.splitlines() if line.startswith("error")]
+    assert "caf\\xe9" in predicted.stdout and "new\\nline" in predicted.stdout
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + 8 and lines[0].endswith(",p_caf\\xe9,p_new\\nline")
+    as_json = invoke("predict", run / "best.pt", data, "--json")
+    labels = {p["label"] for p in json.loads(as_json.stdout)["predictions"]}
+    assert labels <= {latin1, newline}
+    paths = {p["path"] for p in json.loads(as_json.stdout)["predictions"]}
+    assert str(data / newline / "x\x1b[2Jy.png") in paths  # the real name, to open the file
+
+
 # --- the documentation ----------------------------------------------------------------------
 
 
@@ -389,6 +520,7 @@ def test_every_case_is_documented_with_its_exit_code():
     expected = {case: code for case, (_, _, code) in MESSY_FOLDER_CASES.items()}
     expected |= {case: code for case, (code, _) in ERROR_CASES.items()}
     expected |= dict.fromkeys(USAGE_CASES, EXIT_CONFIG)
+    expected |= LAYOUT_CASES
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
     wrong = {case: (rows[case], code) for case, code in expected.items() if rows[case] != code}

@@ -201,6 +201,7 @@ LR = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
         ({"trainable_stages": {"type": "int", "low": 1, "high": 2.5}}, ["whole-number"]),
         ({"lr": LR, "optim.lr": LR}, ["same config key"]),
         (["lr"], ["expected a mapping"]),
+        ({"lr": {**LR, 1: 2}}, ["lr", "unknown key 1"]),  # not a string key: was a TypeError
     ],
 )
 def test_bad_space_is_a_one_line_config_error(data, words):
@@ -274,6 +275,25 @@ def test_cli_bad_space_exits_2_before_any_work(images, tmp_path):
     space.write_text("lr: {type: float\nlow: [\n")
     result = _invoke("tune", images, "--trials", 1, "--space", space, "--out", out, *_cli_sets())
     _assert_one_line_error(result, EXIT_CONFIG, "not valid YAML")
+
+
+def test_cli_space_alias_bomb_is_one_short_line_in_under_2s(images, tmp_path):
+    """A categorical's choices that expand to 9**9 strings: refused before anything reprs them."""
+    import time
+
+    levels = "abcdefghi"
+    lines = ['  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    pairs = zip(levels, levels[1:-1], strict=False)
+    lines += [f"  - &{b} [{','.join([f'*{a}'] * 9)}]" for a, b in pairs]
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer:\n  type: categorical\n  choices:\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "tune"
+    started = time.perf_counter()
+    result = _invoke("tune", images, "--trials", 1, "--space", space, "--out", out, *_cli_sets())
+    assert time.perf_counter() - started < 2
+    _assert_one_line_error(result, EXIT_CONFIG, str(space), "aliases")
+    assert len(result.stderr.strip()) <= 300
+    assert not out.exists()
 
 
 # --- lr-find end to end ---------------------------------------------------------------------

@@ -55,7 +55,9 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         st = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # fsencode: a non-UTF-8 name (PEP 383 surrogates) is hashed as its bytes, not refused.
+        name = os.fsencode(os.path.abspath(path))
+        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -45,6 +45,19 @@ SPLIT_NAMES = {
 }
 
 
+SPLIT_OF = {name: split for split, names in SPLIT_NAMES.items() for name in names}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a data folder is organised: "split" (train/val/test folders of class folders) or
+    "flat" (class folders); a split layout's other folders are left out (and named)."""
+
+    kind: str
+    splits: dict[str, Path] = field(default_factory=dict)
+    left_out: list[Path] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
@@ -73,6 +86,16 @@ class FolderScan:
         for sample in self.splits.get(split, []):
             counts[self.classes[sample.label]] += 1
         return counts
+
+
+def no_readable_images(where: str, skipped: int = 0) -> DataError:
+    """The one error for input without a single usable image: a path that does not exist, an
+    empty folder, only other files, or only images that fail to decode."""
+    named = f" ({skipped} file(s) skipped, each named above)" if skipped else ""
+    return DataError(
+        f"no readable images in {where}{named}; give image files or folders of images "
+        "(jpg, png, ...)"
+    )
 
 
 def _is_hidden(name: str) -> bool:
@@ -172,15 +195,62 @@ def _scan_class_folders(
     return found
 
 
-def _find_split_dirs(root: Path) -> dict[str, Path]:
-    children = {p.name.lower(): p for p in _list_class_dirs(root)}
-    splits = {}
-    for split, names in SPLIT_NAMES.items():
-        for name in names:
-            if name in children:
-                splits[split] = children[name]
-                break
-    return splits
+def _folder_kind(folder: Path) -> str:
+    """ "split" if folder holds folders (a split's class folders), else "class" if it holds
+    image files (a class folder), else "empty"."""
+    try:
+        with os.scandir(folder) as entries:
+            visible = [e for e in entries if not _is_hidden(e.name)]
+            if any(e.is_dir() for e in visible):
+                return "split"
+            images = (e for e in visible if Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+            return "class" if any(e.is_file() for e in images) else "empty"
+    except OSError:  # unlistable: the scan names it
+        return "empty"
+
+
+def _names(folders: list[Path]) -> str:
+    return ", ".join(f"{p.name}/" for p in folders)
+
+
+def detect_layout(root: Path) -> Layout:
+    """Split or flat layout, decided by names and contents; DataError where they conflict.
+
+    A folder named like a split (train, val, test, ...) is a split only when it holds class
+    folders. One that holds images is a class: a flat set of vehicles has a class "train".
+    Split folders next to folders of images have no single reading, so they are refused.
+    """
+    named: dict[str, list[Path]] = {}
+    others: list[Path] = []
+    for child in _list_class_dirs(root):
+        split = SPLIT_OF.get(child.name.lower())
+        if split is None:
+            others.append(child)
+        else:
+            named.setdefault(split, []).append(child)
+    kinds = {p: _folder_kind(p) for folders in named.values() for p in folders}
+    if "split" not in kinds.values():
+        return Layout("flat")
+    as_classes = [p for p, kind in kinds.items() if kind == "class"]
+    as_splits = [p for p, kind in kinds.items() if kind == "split"]
+    if as_classes:
+        raise DataError(
+            f"{root}: {_names(as_splits)} holds class folders but {_names(as_classes)} holds "
+            f"images; put every split's images in {root}/<split>/<class>/"
+        )
+    image_folders = [p for p in others if _folder_kind(p) == "class"]
+    if image_folders:
+        raise DataError(
+            f"{root} holds split folders ({_names(as_splits)}) and folders of images "
+            f"({_names(image_folders)}); use {root}/<class>/ or {root}/train|val[|test]/<class>/"
+            ", not both"
+        )
+    for split, folders in named.items():
+        if len(folders) > 1:
+            raise DataError(
+                f"{root} has {len(folders)} {split} folders ({_names(folders)}); keep one"
+            )
+    return Layout("split", {s: folders[0] for s, folders in named.items()}, others)
 
 
 def scan_image_folder(
@@ -192,12 +262,22 @@ def scan_image_folder(
         raise DataError(f"data folder {root} does not exist or is not a folder")
     skipped: list[Skipped] = []
     warnings: list[str] = []
-    split_dirs = _find_split_dirs(root)
-    if "train" in split_dirs:
+    detected = detect_layout(root)
+    if detected.kind == "split":
+        if "train" not in detected.splits:
+            raise DataError(
+                f"{root} has {_names(list(detected.splits.values()))} but no train/ folder: "
+                f"put the training images in {root}/train/<class>/ (tlcli evaluate scores a "
+                "model on it as it is)"
+            )
         layout = "split"
+        if detected.left_out:
+            warnings.append(
+                f"{_names(detected.left_out)} in {root}: not a train/val/test split, left out"
+            )
         found = {
             split: _scan_class_folders(path, max_pixels, skipped, on_file)
-            for split, path in split_dirs.items()
+            for split, path in detected.splits.items()
         }
         per_split = found
         train = per_split["train"]
@@ -236,11 +316,6 @@ def scan_image_folder(
             if missing:
                 warnings.append(f"{split}/ has no images of: {', '.join(missing)}")
     return FolderScan(root, layout, classes, splits, skipped, warnings)
-
-
-def find_split_dirs(root: Path) -> dict[str, Path]:
-    """The train/val/test folders directly under root (any of their usual spellings)."""
-    return _find_split_dirs(Path(root))
 
 
 def scan_class_folders(

@@ -71,6 +71,7 @@ def auto_strategy(
             workers=_workers(cfg),
             disk_cache=cfg.data.cache,
             max_pixels=cfg.data.max_pixels,
+            classes=scan.classes,
         )
     rec = decide(signals_from(scan, train_samples, similarity, stage_names))
     cfg = apply_recommendation(cfg, rec)
@@ -123,6 +124,7 @@ def recommend(
                     cfg.data.cache,
                     cfg.data.max_pixels,
                     cfg.model.pretrained,
+                    scan.classes,
                 )
             )
         except ModelError:

@@ -23,10 +23,11 @@ from PIL import Image
 
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import MIN_IMAGES_FOR_POOL, decode_images
-from tlcli.data.scan import FolderScan, Sample
+from tlcli.data.scan import FolderScan, Sample, no_readable_images
+from tlcli.errors import DataError
 from tlcli.models import create_model, data_spec_of
 from tlcli.recommend.logme import logme_score
-from tlcli.recommend.probes import head_confidence, knn_accuracy, probe_accuracy
+from tlcli.recommend.probes import MIN_FOLDS, head_confidence, knn_accuracy, probe_accuracy
 from tlcli.strategy import model_stages
 from tlcli.train.loop import batch_indices, gather
 from tlcli.train.progress import Reporter
@@ -303,6 +304,31 @@ def extract_probe_features(
     )
 
 
+def require_probe_images(
+    labels: np.ndarray,
+    skipped: Sequence[Any],
+    num_classes: int,
+    classes: Sequence[str],
+    reporter: Reporter,
+) -> None:
+    """Refuse, in one line, a sample whose readable images cannot be cross-validated: every
+    class needs MIN_FOLDS of them (a decode that kept none crashed the probes before)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    short = [i for i in range(num_classes) if counts[i] < MIN_FOLDS]
+    if not short:
+        return
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
+    if not len(labels):
+        raise no_readable_images("the sampled train images", len(skipped))
+    names = ", ".join(classes[i] if i < len(classes) else f"class {i}" for i in short)
+    raise DataError(
+        f"the probes need {MIN_FOLDS} readable images of each class; {names} "
+        f"{'has' if len(short) == 1 else 'have'} fewer ({len(skipped)} sampled file(s) "
+        "skipped, each named above); fix or add images, or remove the class"
+    )
+
+
 def measure_similarity(
     model_name: str,
     samples: Sequence[Sample],
@@ -314,10 +340,12 @@ def measure_similarity(
     disk_cache: bool = True,
     max_pixels: int = 178_956_970,
     pretrained: bool = True,
+    classes: Sequence[str] = (),
 ) -> Similarity:
     """Probe a pretrained backbone's frozen features on a class-stratified sample.
 
-    pretrained=False measures a random-init backbone (tests, or a floor to compare with).
+    pretrained=False measures a random-init backbone (tests, or a floor to compare with);
+    classes name the labels in errors.
     """
     sample = stratified_sample(samples, num_classes, budget.per_class, budget.total, seed)
     model = create_model(model_name, None, pretrained=pretrained)
@@ -336,6 +364,7 @@ def measure_similarity(
         lambda n: reporter.advance("decode-sample", n),
     )
     reporter.finish("decode-sample")
+    require_probe_images(decoded.labels, decoded.skipped, num_classes, classes, reporter)
     augmenter = BatchAugmenter(PRESETS["none"], spec.input_size, spec.mean, spec.std, num_classes)
     final, stages, logits, seconds = extract_probe_features(
         model, decoded.pixels, augmenter, 32, reporter

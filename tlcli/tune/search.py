@@ -560,21 +560,21 @@ def tune(
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or join) a study; returns the summary with the trial rows and best."""
-    import optuna
-
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     if settings.trials < 1:
         raise ConfigError(f"--trials {settings.trials} must be >= 1")
     if settings.epochs_per_trial < 1:
         raise ConfigError(f"--epochs-per-trial {settings.epochs_per_trial} must be >= 1")
-    create_pruner(settings.pruner)  # validate before touching the disk
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"DATA_DIR {data_dir} is not a folder; pass an image folder")
     user_space = load_space(settings.space_file) if settings.space_file else {}
     base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
     resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
+    import optuna  # after the checks: a bad space or config fails in a fraction of a second
+
+    create_pruner(settings.pruner)  # validate before touching the disk
     out = Path(out) if out else default_tune_dir(data_dir)
     study_name = settings.study or default_study_name(data_dir)
     storage_url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tlcli.config import Config, apply_overrides
-from tlcli.errors import ConfigError
+from tlcli.config import Config, apply_overrides, load_yaml_file
+from tlcli.errors import ConfigError, short_repr
 
 # Short names for the settings the lecture says to search, and where each lives.
 PARAM_KEYS: dict[str, tuple[str, str]] = {
@@ -111,7 +109,7 @@ def config_key(name: str) -> tuple[str, str]:
         if key in {f.name for f in dataclasses.fields(section_type)}:
             return section, key
     raise ConfigError(
-        f"unknown parameter {name!r}; use one of {', '.join(PARAM_KEYS)} or a config "
+        f"unknown parameter {short_repr(name)}; use one of {', '.join(PARAM_KEYS)} or a config "
         "key as section.key (see configs/default.yaml)"
     )
 
@@ -129,7 +127,7 @@ def _number(value: Any, where: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {short_repr(value)}")
     return value
 
 
@@ -142,12 +140,16 @@ def parse_param(name: str, raw: Any, source: str) -> ParamSpec:
             f"{where} must be a mapping like {{type: float, low: 0.0, high: 1.0}}, "
             "or null to leave it out of the search"
         )
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    unknown = [k for k in raw if k not in SPEC_KEYS]  # YAML keys need not be strings
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(SPEC_KEYS)}")
+        raise ConfigError(
+            f"{where}: unknown key {short_repr(unknown[0])}; valid: {', '.join(SPEC_KEYS)}"
+        )
     kind = raw.get("type")
     if kind not in TYPES:
-        raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
+        raise ConfigError(
+            f"{where}: type must be one of {', '.join(TYPES)}, got {short_repr(kind)}"
+        )
     field_type = _field_type(section, key)
     if kind == "categorical":
         extra = sorted({"low", "high", "log"} & set(raw))
@@ -173,7 +175,7 @@ def parse_param(name: str, raw: Any, source: str) -> ParamSpec:
         low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
         log = raw.get("log", False)
         if not isinstance(log, bool):
-            raise ConfigError(f"{where}.log must be true or false, got {log!r}")
+            raise ConfigError(f"{where}.log must be true or false, got {short_repr(log)}")
         if kind == "int" and (low != int(low) or high != int(high)):
             raise ConfigError(f"{where}: an int range needs whole-number low and high")
         if low >= high:
@@ -216,15 +218,7 @@ def parse_space(data: Any, source: str) -> dict[str, ParamSpec | None]:
 
 
 def load_space(path: Path) -> dict[str, ParamSpec | None]:
-    if not path.is_file():
-        raise ConfigError(f"space file {path} does not exist; pass a YAML file to --space")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"space file {path} is not valid YAML{at}; fix it") from None
-    return parse_space(data, str(path))
+    return parse_space(load_yaml_file(path, "space file", "--space"), str(path))
 
 
 def resolve_space(
