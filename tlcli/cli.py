@@ -152,8 +152,39 @@ def build_config(
     return apply_overrides(cfg, explicit, "command-line options")
 
 
+# What --resume accepts besides the run dir: the run's config.yaml rules everything else.
+RESUME_OPTIONS = frozenset({"resume", "epochs", "json_", "track", "tracking_uri"})
+
+
+def options_given(ctx: typer.Context) -> list[str]:
+    """The options and arguments typed on the command line, as typed (--lr, --no-ema, DATA_DIR)."""
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        if param.param_type_name == "argument":
+            given.append((param.name, param.name.upper()))
+            continue
+        flag = param.opts[0]
+        if param.secondary_opts and not ctx.params.get(param.name):
+            flag = param.secondary_opts[0]
+        given.append((param.name, flag))
+    return [flag for name, flag in given if name not in RESUME_OPTIONS]
+
+
+def refuse_options_on_resume(resume: Path, given: list[str]) -> None:
+    if given:
+        raise_usage(
+            f"{', '.join(given)} cannot be given with --resume: {resume} continues as its "
+            "config.yaml says (only --epochs N may be added, to train it longer); drop "
+            f"{'it' if len(given) == 1 else 'them'}, or start a new run with --out"
+        )
+
+
 @app.command()
 def finetune(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
         typer.Argument(
@@ -281,6 +312,8 @@ def finetune(
             raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
         tracking = Tracking(track.value, tracking_uri) if track else None
         require_backend(tracking)  # a missing library fails now, not after the training
+        if resume is not None:
+            refuse_options_on_resume(resume, options_given(ctx))
         cfg = build_config(
             config,
             set_,
@@ -329,12 +362,13 @@ def finetune(
         from tlcli.render import RichReporter, finetune_summary_table
         from tlcli.train.distributed import is_main_process
 
+        more = {"epochs": epochs} if resume is not None else {}  # --resume --epochs N
         if not is_main_process():  # torchrun: rank 0 alone reports
-            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
+            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking, **more)
             return
         with RichReporter(stderr) as reporter:
             summary = run_finetune(
-                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking
+                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking, **more
             )
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
