@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from tlcli.errors import exception_chain
+from tlcli.errors import RunDirError, exception_chain
 
 try:
     import fcntl
@@ -60,6 +60,25 @@ def write_text_atomically(path: Path, text: str) -> None:
     """write_atomically for a text file (UTF-8): CSVs, YAML, JSON."""
     data = text.encode("utf-8")
     write_atomically(path, lambda handle: handle.write(data))
+
+
+def refuse_output_inside(
+    output: Path, data_dirs: Iterable[Path | None], what: str, advice: str = ""
+) -> None:
+    """Refuse an output path (run dir, report dir, export, CSV, plot) that is, or is inside,
+    one of the data folders a command reads or its model was trained on: tlcli writes
+    nothing under a data folder (a run dir there would be taken for a class next time).
+    Every command checks its outputs here, before any work. Links are followed."""
+    out = Path(output).resolve()
+    for folder in data_dirs:
+        if folder is None or not Path(folder).is_dir():  # a file input has no inside
+            continue
+        data = Path(folder).resolve()
+        if out == data or data in out.parents:
+            raise RunDirError(
+                f"{what} {output} is inside the data folder {folder}, and tlcli writes "
+                f"nothing under a data folder; {advice or 'give a path outside it'}"
+            )
 
 
 def fsync_dir(folder: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,6 +111,20 @@ def exit_with_error(exc: TlcliError) -> None:
         traceback.print_exc()
     stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code) from None
+
+
+def refuse_output_in_data(
+    output: Path | None, what: str, inputs: list[Path], checkpoints: Sequence[Path] = ()
+) -> None:
+    """Before any work: refuse an output inside a data folder the command reads, or one that
+    a checkpoint's run was trained on (its run.json)."""
+    if output is None:
+        return
+    from tlcli.atomic import refuse_output_inside
+    from tlcli.train.run import data_dir_of_run
+
+    trained_on = [data_dir_of_run(Path(c).parent) for c in checkpoints]
+    refuse_output_inside(output, [*inputs, *trained_on], what)
 
 
 def print_json(data: Any) -> None:
@@ -523,6 +537,7 @@ def evaluate(
         if len(paths) < 2:
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
         *checkpoints, data_dir = paths
+        refuse_output_in_data(report_dir, "--report-dir", [data_dir], checkpoints)
         if report_dir is not None:
             check_new_dir(report_dir)  # fail before the work, not after
         models = load_models(checkpoints, weights.value)
@@ -613,6 +628,7 @@ def predict(
         )
         from tlcli.render import RichReporter, prediction_table
 
+        refuse_output_in_data(csv_, "--csv", inputs, [checkpoint, *(ckpt or [])])
         if csv_ is not None:
             check_new_file(csv_, force)
         models = load_models([checkpoint, *(ckpt or [])], weights.value)
@@ -698,6 +714,8 @@ def export(
 
         if out is None:
             raise_usage("give the file to write with --out FILE")
+        inputs = [check_images] if check_images is not None else []
+        refuse_output_in_data(out, "--out", inputs, [checkpoint])
         check_new_file(out, force)
         check_new_file(sidecar_path(out), force)
         loaded = load_for_inference(checkpoint, weights.value)
@@ -833,6 +851,7 @@ def lr_find(
             no_pretrained,
         )
         path = plot_path(out)
+        refuse_output_in_data(path, "the plot" if out is None else "--out", [data_dir])
         with RichReporter(stderr) as reporter:
             result = find_lr(data_dir, cfg, reporter, num_iter, start_lr, end_lr).to_dict()
         result["plot"] = str(plot_lr_find(result, path))

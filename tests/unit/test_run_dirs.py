@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -274,3 +275,59 @@ def test_resume_with_epochs_extends_a_finished_run_on_the_new_schedule(finished,
     # And extended again, from where it is now.
     assert invoke("finetune", "--resume", run, "--epochs", 5).exit_code == 0
     assert len(_metrics(run)) == 5
+
+
+# --- nothing is written under DATA_DIR ------------------------------------------------------
+
+# lr-find and tune take fewer options than finetune.
+JOB = [
+    "--model",
+    "test_resnet",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--set",
+    "data.image_size=64",
+]
+# Every command with an output, pointed inside the data folder (DATA): (argv, what is named).
+OUTPUT_IN_DATA = {
+    "finetune-out": (["finetune", "DATA", *TINY, "--out", "DATA/runs/x"], "--out"),
+    "finetune-out-is-data": (["finetune", "DATA", *TINY, "--out", "DATA"], "--out"),
+    "finetune-out-via-link": (["finetune", "DATA", *TINY, "--out", "LINK/x"], "--out"),
+    "evaluate-report-dir": (["evaluate", "CKPT", "DATA", "--report-dir", "DATA/r"], "--report-dir"),
+    "predict-csv": (["predict", "CKPT", "DATA", "--csv", "DATA/p.csv"], "--csv"),
+    "predict-csv-in-training-data": (["predict", "CKPT", "OTHER", "--csv", "DATA/p.csv"], "--csv"),
+    "export-into-training-data": (["export", "CKPT", "--out", "DATA/m.onnx"], "--out"),
+    "lr-find-plot": (["lr-find", "DATA", *JOB, "--out", "DATA/lr.png"], "--out"),
+    "tune-out": (["tune", "DATA", "--trials", "1", *JOB, "--out", "DATA/t"], "the tune run dir"),
+    "tune-storage": (["tune", "DATA", "--trials", "1", *JOB, "--out", "OUT",
+                      "--storage", "sqlite:///DATA/s.db"], "--storage"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_IN_DATA))
+def test_an_output_inside_the_data_folder_is_refused(case, finished, data, tmp_path):
+    argv, what = OUTPUT_IN_DATA[case]
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    other = make_image_folder(tmp_path / "other", {"red": 2, "blue": 2})
+    names = {"DATA": data, "LINK": tmp_path / "link", "OTHER": other, "OUT": tmp_path / "out",
+             "CKPT": finished["lbfgs"] / "best.pt"}  # fmt: skip
+    args = [re.sub(r"\b(DATA|LINK|OTHER|OUT|CKPT)\b", lambda m: str(names[m[1]]), a) for a in argv]
+    before = tree_digest(data)
+    result = invoke(*args)
+    assert result.exit_code == EXIT_RUN_DIR, result.stderr
+    line = one_error_line(result.stderr)
+    assert f"{what} " in line and "is inside the data folder" in line, line
+    assert tree_digest(data) == before
+
+
+def test_finetune_dot_from_inside_the_data_folder_is_refused(data, monkeypatch):
+    """The default run dir would be DATA/runs/...: refused, with an --out beside the data."""
+    before = tree_digest(data)
+    monkeypatch.chdir(data)
+    result = invoke("finetune", ".", *TINY)
+    assert result.exit_code == EXIT_RUN_DIR, result.stderr
+    line = one_error_line(result.stderr)
+    assert "the default run dir runs/data-" in line and "inside the data folder ." in line, line
+    assert f"pass --out {data.parent / 'runs' / 'data-'}" in line, line
+    assert tree_digest(data) == before

@@ -25,6 +25,7 @@ from tlcli.atomic import (
     CLAIM_FILE,
     claim_folder,
     claim_holder,
+    refuse_output_inside,
     release_claim,
     write_text_atomically,
 )
@@ -131,6 +132,14 @@ class RunPaths:
         return self.root / "curves.png"
 
 
+def data_dir_of_run(run_dir: Path) -> Path | None:
+    """The data folder a run dir's run was trained on (run.json), None when not a run dir."""
+    try:
+        return Path(json.loads((Path(run_dir) / "run.json").read_text())["data_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def default_run_dir(data_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{Path(data_dir).resolve().name}-{stamp}"
@@ -169,6 +178,12 @@ def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunP
 
     Returns the paths and the claim (atomic.claim_folder) to release when the run ends."""
     root = Path(out) if out is not None else default_run_dir(Path(data_dir or "."))
+    if out is None and data_dir is not None:
+        # Refused rather than moved: a run dir somewhere the user did not name (the data's
+        # parent may be a shared, read-only data store) would be a surprise.
+        where = Path(data_dir).resolve().parent / "runs" / root.name
+        refuse_output_inside(root, [data_dir], "the default run dir", f"pass --out {where}")
+    refuse_output_inside(root, [data_dir], "--out")
     try:
         if out is None:
             root = make_unique_dir(root)
