@@ -184,6 +184,28 @@ def test_resume_of_a_run_another_process_trains_is_refused(stopped_run, tmp_path
     assert invoke("finetune", "--resume", stopped_run).exit_code == 0  # once it is free
 
 
+def test_an_image_deleted_before_resume_is_one_line(stopped_run, data, tmp_path):
+    """A file of the run's split is gone: the "folder changed" line, exit 3, how to go on."""
+    import shutil
+
+    from tlcli.errors import EXIT_DATA
+
+    own_data = Path(shutil.copytree(data, tmp_path / "data"))
+    run = Path(shutil.copytree(stopped_run, tmp_path / "run"))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_dir": str(own_data)}))
+    split = json.loads((run / "split.json").read_text())
+    gone = own_data / split["splits"]["val"][0][0]
+    gone.unlink()
+    before = tree_digest(run)
+    result = invoke("finetune", "--resume", run)
+    assert result.exit_code == EXIT_DATA, result.stderr
+    line = one_error_line(result.stderr)
+    assert f"{gone} is in the split of {run} but gone from the data folder" in line, line
+    assert f"restore it and run tlcli finetune --resume {run} again" in line, line
+    assert tree_digest(run) == before
+
+
 # --- --resume and its options ---------------------------------------------------------------
 
 EPOCH_RUN = [

@@ -388,6 +388,7 @@ def prepare_job(
     if last is not None and split_path is not None:
         classes, splits = load_split(split_path, Path(data_dir))
         train_samples, val_samples = splits["train"], splits["val"]
+        refuse_missing_split_files(train_samples + val_samples, split_path.parent)
     else:
         classes = scan.classes
         train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
@@ -434,6 +435,8 @@ def prepare_job(
     val_data = decode_split(val_samples, spec, cfg, reporter, "val")
     if world.distributed and world.is_main:
         barrier(world)
+    for note in dict.fromkeys(d.cache_note for d in (train_data, val_data) if d.cache_note):
+        reporter.note(note, "warning")  # once, though both splits fell back
     report_skipped(reporter, train_data.skipped + val_data.skipped)
     missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
     if missing:
@@ -474,6 +477,19 @@ def prepare_job(
         val_data,
         reasons,
     )
+
+
+def refuse_missing_split_files(samples: list[Sample], run_root: Path) -> None:
+    """--resume trains on the split the run started with: a file of it that is gone since is
+    a one-line FolderChanged that says how to go on."""
+    gone = [s.path for s in samples if not s.path.exists()]
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise FolderChanged(
+            f"{gone[0]}{more} is in the split of {run_root} but gone from the data folder: the "
+            f"folder changed; restore it and run tlcli finetune --resume {run_root} again, or "
+            "start a new run with --out"
+        )
 
 
 def finetune(
