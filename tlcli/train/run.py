@@ -678,10 +678,10 @@ def resume_plan(
     done = int(loop["epoch"])
     if epochs is None:
         if loop["stopped_early"] or done >= cfg.train.epochs:
-            how = "stopped early" if loop["stopped_early"] else "finished"
+            early = ", stopped early" if loop["stopped_early"] else ""
             raise RunDirError(
-                f"{root} is finished ({how} after {done} of {cfg.train.epochs} epochs): "
-                f"nothing to resume; add --epochs N (more than {done}) to train it longer"
+                f"{root} is finished ({done} of {cfg.train.epochs} epochs{early}): nothing to "
+                f"resume; add --epochs N (more than {done}) to train it longer"
             )
         return cfg, last
     if epochs <= done:
