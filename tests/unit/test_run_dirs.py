@@ -303,14 +303,8 @@ def test_resume_with_epochs_extends_a_finished_run_on_the_new_schedule(finished,
 
 # lr-find and tune take fewer options than finetune.
 JOB = [
-    "--model",
-    "test_resnet",
-    "--no-pretrained",
-    "--device",
-    "cpu",
-    "--set",
-    "data.image_size=64",
-]
+    "--model", "test_resnet", "--no-pretrained", "--device", "cpu", "--set", "data.image_size=64",
+]  # fmt: skip
 # Every command with an output, pointed inside the data folder (DATA): (argv, what is named).
 OUTPUT_IN_DATA = {
     "finetune-out": (["finetune", "DATA", *TINY, "--out", "DATA/runs/x"], "--out"),
