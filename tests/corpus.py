@@ -450,3 +450,70 @@ def make_checkpoint(path: Path, classes: tuple[str, ...] = ("blue", "red")) -> P
         },
     )
     return path
+
+
+# Run dirs, caches and files that change: each case needs two processes, a stopped run or a
+# read-only cache dir, so each has a test of its own: case -> (exit code, "file::test").
+# docs/reliability.md has a row for each (test_corpus.py checks both).
+RUN_DIR_CASES = {
+    "two-runs-one-out": (
+        6,
+        "test_run_dirs.py::test_two_runs_with_one_out_one_trains_the_other_is_refused",
+    ),
+    "two-default-runs-one-second": (
+        0,
+        "test_run_dirs.py::test_two_default_named_runs_in_one_second_get_two_run_dirs",
+    ),
+    "claim-of-a-killed-run": (
+        0,
+        "test_run_dirs.py::test_a_claim_left_by_a_killed_run_is_no_obstacle",
+    ),
+    "resume-a-run-in-training": (
+        6,
+        "test_run_dirs.py::test_resume_of_a_run_another_process_trains_is_refused",
+    ),
+    "output-inside-data-folder": (
+        6,
+        "test_run_dirs.py::test_an_output_inside_the_data_folder_is_refused",
+    ),
+    "finetune-dot-inside-data-folder": (
+        6,
+        "test_run_dirs.py::test_finetune_dot_from_inside_the_data_folder_is_refused",
+    ),
+    "resume-with-other-options": (
+        2,
+        "test_run_dirs.py::test_resume_refuses_every_option_but_epochs_by_name",
+    ),
+    "resume-finished-epoch-run": (
+        6,
+        "test_run_dirs.py::test_a_finished_run_has_nothing_to_resume_epoch_run_and_head_only_alike",
+    ),
+    "resume-finished-head-only": (
+        6,
+        "test_run_dirs.py::test_a_finished_run_has_nothing_to_resume_epoch_run_and_head_only_alike",
+    ),
+    "resume-fewer-epochs": (
+        2,
+        "test_run_dirs.py::test_resume_with_fewer_epochs_than_done_is_refused",
+    ),
+    "resume-extend-epochs": (
+        0,
+        "test_run_dirs.py::test_resume_with_epochs_extends_a_finished_run_on_the_new_schedule",
+    ),
+    "read-only-cache-dir": (
+        0,
+        "test_caches.py::test_a_read_only_cache_dir_falls_back_to_ram_with_one_warning",
+    ),
+    "image-deleted-after-scan": (
+        3,
+        "test_caches.py::test_an_image_deleted_after_the_scan_is_one_line",
+    ),
+    "image-deleted-before-resume": (
+        3,
+        "test_run_dirs.py::test_an_image_deleted_before_resume_is_one_line",
+    ),
+    "contents-swapped-mtime-kept": (
+        0,
+        "test_caches.py::test_evaluate_scores_swapped_contents_not_the_stale_cache",
+    ),
+}

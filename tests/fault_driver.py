@@ -13,6 +13,12 @@ Per child (each optional):
               sleeps, until the test kills the process
   fsize       bytes: once the first last.pt is written, files may grow to at most this
               size (RLIMIT_FSIZE), as on a disk that has just filled up
+  barrier     a folder: each child waits at the start of the training job (prepare_job)
+              until every child has got there or exited, so that two racing runs have both
+              passed every check of the run dir before either writes to it
+  clock       seconds since the epoch: time.strftime shows this moment (runs "started in
+              the same second")
+  cwd         the folder the child runs in
 
 The server writes {name: pid} to plan["pids"] once all children run, then {name: status}
 to plan["results"] when all have exited: the exit code, or -N when killed by signal N.
@@ -31,6 +37,7 @@ import time
 from pathlib import Path
 
 HANG_SECONDS = 120  # far longer than the test waits: the process is killed first
+BARRIER_SECONDS = 60  # a child waits this long at most for the others at the barrier
 
 
 class StallingHandle:
@@ -94,7 +101,33 @@ def install_disk_limit(limit: int) -> None:
     run.save_checkpoint = save
 
 
-def run_child(child: dict) -> int:
+def install_barrier(folder: Path, name: str, parties: int) -> None:
+    from tlcli.train import run
+
+    real = run.prepare_job
+
+    def wait_for_all(*args, **kwargs):
+        (folder / f"{name}.arrived").touch()
+        deadline = time.monotonic() + BARRIER_SECONDS
+        while time.monotonic() < deadline:
+            if len({p.name.split(".")[0] for p in folder.iterdir()}) >= parties:
+                break
+            time.sleep(0.02)
+        return real(*args, **kwargs)
+
+    run.prepare_job = wait_for_all
+
+
+def install_clock(seconds: float) -> None:
+    real = time.strftime
+
+    def strftime(fmt, t=None):
+        return real(fmt, time.localtime(seconds) if t is None else t)
+
+    time.strftime = strftime
+
+
+def run_child(child: dict, parties: int = 1) -> int:
     """In the forked child: inject the faults, run the CLI, return its exit code."""
     stderr = os.open(child["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(stderr, 2)
@@ -106,6 +139,12 @@ def run_child(child: dict) -> int:
         install_stalled_write(int(child["hang_epoch"]), Path(child["marker"]))
     if child.get("fsize"):
         install_disk_limit(int(child["fsize"]))
+    if child.get("barrier"):
+        install_barrier(Path(child["barrier"]), child["name"], parties)
+    if child.get("clock") is not None:
+        install_clock(float(child["clock"]))
+    if child.get("cwd"):
+        os.chdir(child["cwd"])
     from tlcli.cli import main
 
     sys.argv = ["tlcli", *child["argv"]]
@@ -119,6 +158,9 @@ def run_child(child: dict) -> int:
 
         traceback.print_exc()
         code = 1
+    finally:
+        if child.get("barrier"):  # an exited child no longer holds the others up
+            (Path(child["barrier"]) / f"{child['name']}.exited").touch()
     return code
 
 
@@ -149,7 +191,7 @@ def main() -> None:
         if pid == 0:
             code = 1
             try:
-                code = run_child(child)
+                code = run_child(child, len(plan["children"]))
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -6,13 +6,20 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from tlcli.errors import RunDirError, exception_chain
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; claims always succeed there
+    fcntl = None
+
 TEMP_SUFFIX = ".tmp"  # .<name>.<random>.tmp next to the target while it is written
+# The lock file a process holds while it owns a folder (a run dir): see claim_folder.
+CLAIM_FILE = ".tlcli-claim"
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -53,6 +60,25 @@ def write_text_atomically(path: Path, text: str) -> None:
     """write_atomically for a text file (UTF-8): CSVs, YAML, JSON."""
     data = text.encode("utf-8")
     write_atomically(path, lambda handle: handle.write(data))
+
+
+def refuse_output_inside(
+    output: Path, data_dirs: Iterable[Path | None], what: str, advice: str = ""
+) -> None:
+    """Refuse an output path (run dir, report dir, export, CSV, plot) that is, or is inside,
+    one of the data folders a command reads or its model was trained on: tlcli writes
+    nothing under a data folder (a run dir there would be taken for a class next time).
+    Every command checks its outputs here, before any work. Links are followed."""
+    out = Path(output).resolve()
+    for folder in data_dirs:
+        if folder is None or not Path(folder).is_dir():  # a file input has no inside
+            continue
+        data = Path(folder).resolve()
+        if out == data or data in out.parents:
+            raise RunDirError(
+                f"{what} {output} is inside the data folder {folder}, and tlcli writes "
+                f"nothing under a data folder; {advice or 'give a path outside it'}"
+            )
 
 
 def fsync_dir(folder: Path) -> None:
@@ -113,3 +139,55 @@ def check_output_location(path: Path, option: str) -> None:
         )
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirError(f"{option} {path}: cannot write in {ancestor}; give a path you can write")
+
+
+def claim_folder(folder: Path) -> int | None:
+    """Claim folder for this process: an exclusive flock on folder/CLAIM_FILE, which then
+    holds '<host> <pid>' for the messages of those refused. Returns the lock's file
+    descriptor (keep it open while the folder is in use), or None when another process holds
+    the claim.
+
+    Of two processes that try at once exactly one wins, and the kernel drops the lock when
+    its process dies (SIGKILL, out of memory), so the claim of a dead run is never in the way;
+    a CLAIM_FILE left behind is just a file.
+    """
+    path = Path(folder) / CLAIM_FILE
+    if fcntl is None:
+        return -1
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # The holder before us removes the file as it lets go: if it did so after we opened
+        # the file, we hold the lock of a file that no longer has the name; try again.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+    return fd
+
+
+def release_claim(folder: Path, fd: int) -> None:
+    """Let go of claim_folder's claim: remove CLAIM_FILE (still locked, so no one else holds
+    the name), then unlock by closing."""
+    if fd < 0:
+        return
+    (Path(folder) / CLAIM_FILE).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def claim_holder(folder: Path) -> str:
+    """Who holds folder's claim, in words, from what its holder wrote into CLAIM_FILE."""
+    try:
+        host, pid = (Path(folder) / CLAIM_FILE).read_text().split()
+    except (OSError, ValueError):  # being written right now
+        return "another process"
+    return f"process {pid} on {host}" if host != socket.gethostname() else f"process {pid}"

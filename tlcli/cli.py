@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,6 +150,20 @@ def exit_with_error(exc: TlcliError) -> None:
     raise typer.Exit(exc.exit_code) from None
 
 
+def refuse_output_in_data(
+    output: Path | None, what: str, inputs: list[Path], checkpoints: Sequence[Path] = ()
+) -> None:
+    """Before any work: refuse an output inside a data folder the command reads, or one that
+    a checkpoint's run was trained on (its run.json)."""
+    if output is None:
+        return
+    from tlcli.atomic import refuse_output_inside
+    from tlcli.train.run import data_dir_of_run
+
+    trained_on = [data_dir_of_run(Path(c).parent) for c in checkpoints]
+    refuse_output_inside(output, [*inputs, *trained_on], what)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
     sys.stdout.flush()
@@ -189,8 +203,39 @@ def build_config(
     return apply_overrides(cfg, explicit, "command-line options")
 
 
+# What --resume accepts besides the run dir: the run's config.yaml rules everything else.
+RESUME_OPTIONS = frozenset({"resume", "epochs", "json_", "track", "tracking_uri"})
+
+
+def options_given(ctx: typer.Context) -> list[str]:
+    """The options and arguments typed on the command line, as typed (--lr, --no-ema, DATA_DIR)."""
+    given = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        if param.param_type_name == "argument":
+            given.append((param.name, param.name.upper()))
+            continue
+        flag = param.opts[0]
+        if param.secondary_opts and not ctx.params.get(param.name):
+            flag = param.secondary_opts[0]
+        given.append((param.name, flag))
+    return [flag for name, flag in given if name not in RESUME_OPTIONS]
+
+
+def refuse_options_on_resume(resume: Path, given: list[str]) -> None:
+    if given:
+        raise_usage(
+            f"{', '.join(given)} cannot be given with --resume: {resume} continues as its "
+            "config.yaml says (only --epochs N may be added, to train it longer); drop "
+            f"{'it' if len(given) == 1 else 'them'}, or start a new run with --out"
+        )
+
+
 @app.command()
 def finetune(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
         typer.Argument(
@@ -317,6 +362,8 @@ def finetune(
             raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
         tracking = Tracking(track.value, tracking_uri) if track else None
         require_backend(tracking)  # a missing library fails now, not after the training
+        if resume is not None:
+            refuse_options_on_resume(resume, options_given(ctx))
         cfg = build_config(
             config,
             set_,
@@ -367,12 +414,13 @@ def finetune(
         from tlcli.train.distributed import is_main_process
         from tlcli.train.run import finetune as run_finetune
 
+        more = {"epochs": epochs} if resume is not None else {}  # --resume --epochs N
         if not is_main_process():  # torchrun: rank 0 alone reports
-            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking)
+            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking, **more)
             return
         with RichReporter(stderr) as reporter:
             summary = run_finetune(
-                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking
+                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking, **more
             )
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
@@ -528,6 +576,7 @@ def evaluate(
             raise_usage("give at least one checkpoint and then the data folder: CKPT DATA_DIR")
         check_option_ranges({"--batch-size": (batch_size, 1, MAX_EVAL_BATCH)})
         *checkpoints, data_dir = paths
+        refuse_output_in_data(report_dir, "--report-dir", [data_dir], checkpoints)
         if report_dir is not None:
             check_new_dir(report_dir)  # fail before the work, not after
         models = load_models(checkpoints, weights.value)
@@ -621,6 +670,7 @@ def predict(
         check_option_ranges(
             {"--batch-size": (batch_size, 1, MAX_EVAL_BATCH), "--top-k": (top_k, 1, MAX_TOP_K)}
         )
+        refuse_output_in_data(csv_, "--csv", inputs, [checkpoint, *(ckpt or [])])
         if csv_ is not None:
             check_new_file(csv_, force)
         models = load_models([checkpoint, *(ckpt or [])], weights.value)
@@ -709,6 +759,8 @@ def export(
         check_option_ranges(
             {"--tolerance": (tolerance, 1e-12, 1.0), "--opset": (opset, *ONNX_OPSETS)}
         )
+        inputs = [check_images] if check_images is not None else []
+        refuse_output_in_data(out, "--out", inputs, [checkpoint])
         check_new_file(out, force)
         check_new_file(sidecar_path(out), force)
         loaded = load_for_inference(checkpoint, weights.value)
@@ -851,6 +903,7 @@ def lr_find(
         from tlcli.tune.plots import plot_lr_find
 
         path = plot_path(out)
+        refuse_output_in_data(path, "the plot" if out is None else "--out", [data_dir])
         with RichReporter(stderr) as reporter:
             result = find_lr(data_dir, cfg, reporter, num_iter, start_lr, end_lr).to_dict()
         result["plot"] = str(plot_lr_find(result, path))

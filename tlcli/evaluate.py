@@ -261,6 +261,8 @@ def predict_probabilities(
                 lambda n: reporter.advance("decode", n),
             )
             reporter.finish("decode")
+            if decoded[key].cache_note:
+                reporter.note(decoded[key].cache_note, "warning")
             if decoded[key].streamed:
                 reporter.note(f"streaming the images from their files ({decoded[key].streamed})")
     # A file that fails to decode fails at every size; intersect anyway to stay aligned.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlcli.atomic import write_text_atomically
-from tlcli.errors import RunDirError
+from tlcli.errors import RunDirError, printable
 
 REPORT_FILE = "report.html"
 EVALUATE_INPUT = "report.json"  # written by evaluate --report-dir
@@ -83,8 +83,9 @@ window.addEventListener("load",imagesDone);
 
 
 def esc(value: Any) -> str:
-    """HTML-escaped text (quotes too: names end up in attributes as well)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text (quotes too: names end up in attributes as well), with control
+    characters and undecodable bytes spelled out as every other printer shows them."""
+    return html.escape(printable(value), quote=True)
 
 
 def fmt(value: Any, spec: str = ".4f") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -297,3 +298,164 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+
+
+# --- files that change, cache dirs that cannot be written ------------------------------------
+
+
+def _swap_contents_keeping_mtimes(a: Path, b: Path) -> None:
+    """What `cp --preserve=timestamps` or rsync -t of other photos over these does: same
+    sizes, same mtimes, other pixels."""
+    stats = {p: os.stat(p) for p in (a, b)}
+    data = {a: b.read_bytes(), b: a.read_bytes()}
+    for path in (a, b):
+        path.write_bytes(data[path])
+        os.utime(path, ns=(stats[path].st_atime_ns, stats[path].st_mtime_ns))
+    assert all(os.stat(p).st_mtime_ns == stats[p].st_mtime_ns for p in (a, b))
+    assert all(os.stat(p).st_size == stats[p].st_size for p in (a, b))
+
+
+def test_contents_swapped_with_the_mtime_kept_are_decoded_again(image_folder, decode_calls):
+    """The key has the ctime and inode: a write changes the ctime, which cannot be set back."""
+    root = image_folder(counts={"a": 2, "b": 2}, ext=".bmp")  # BMP: equal sizes, same bytes
+    samples = _samples_of(root, ".bmp")
+    before = np.array(decode_images(samples, SIZE).pixels)
+    _swap_contents_keeping_mtimes(samples[0].path, samples[-1].path)
+    after = decode_images(samples, SIZE)
+    assert len(decode_calls) == 2
+    np.testing.assert_array_equal(after.pixels[0], before[-1])
+    np.testing.assert_array_equal(after.pixels[-1], before[0])
+
+
+def _samples_of(root: Path, ext: str) -> list[Sample]:
+    paths = sorted(root.rglob(f"*{ext}"))
+    classes = sorted({p.parent.name for p in paths})
+    return [Sample(p, classes.index(p.parent.name)) for p in paths]
+
+
+def test_evaluate_scores_swapped_contents_not_the_stale_cache(tmp_path):
+    """Red files that now hold blue pixels and vice versa: top-1 falls from 1.0 to 0.0."""
+    from corpus import make_image_folder
+    from typer.testing import CliRunner
+
+    from tlcli.cli import app
+
+    data = make_image_folder(tmp_path / "data", {"red": 4, "blue": 4}, ext=".bmp")
+    run = tmp_path / "run"
+    tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--device", "cpu"]
+    runner = CliRunner()
+
+    def top1() -> float:
+        result = runner.invoke(
+            app, ["evaluate", str(run / "best.pt"), str(data), "--json"], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)["models"][0]["report"]["top1"]
+
+    args = ["finetune", str(data), *tiny, "--strategy", "head-only", "--out", str(run)]
+    assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+    assert top1() == 1.0
+    reds, blues = sorted((data / "red").iterdir()), sorted((data / "blue").iterdir())
+    for red, blue in zip(reds, blues, strict=True):
+        _swap_contents_keeping_mtimes(red, blue)
+    assert top1() == 0.0
+
+
+def _make_read_only(folder: Path, monkeypatch) -> None:
+    """A read-only cache dir (an HPC node's, a container's). chmod stops no write of root's,
+    so as root the file system's answer is made explicit, as the corpus does for chmod 000."""
+    import errno
+    import pathlib
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o555)
+    if os.geteuid() != 0:
+        return
+    real_mkdir, real_mkstemp = pathlib.Path.mkdir, tempfile.mkstemp
+
+    def refuse(path) -> None:
+        if Path(os.path.abspath(path)).is_relative_to(folder):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def mkdir(self, *args, **kwargs):
+        if not self.is_dir():
+            refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):
+        refuse(dir or ".")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("before", ["empty", "decoded already"])
+def test_a_read_only_cache_dir_falls_back_to_ram_with_one_warning(
+    image_folder, tmp_cache_dir, tmp_path, monkeypatch, before
+):
+    """finetune trains (exit 0) and says so in one line: the decode cache's, or, when the
+    decoded images were cached already, the feature cache's."""
+    from typer.testing import CliRunner
+
+    from tlcli.cli import app
+
+    data = image_folder(counts={"a": 4, "b": 4})
+    tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--device", "cpu",
+            "--strategy", "head-only", "--workers", "1"]  # fmt: skip
+    runner = CliRunner()
+    if before == "decoded already":
+        split = ["--set", "strategy.head_fit=epochs", "--epochs", "1"]  # decodes, no features
+        args = ["finetune", str(data), *tiny, *split, "--out", str(tmp_path / "r0")]
+        assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+    cache = tmp_cache_dir / "ro"
+    cache.mkdir()
+    if before == "decoded already":
+        os.rename(tmp_cache_dir / "images", cache / "images")
+    monkeypatch.setenv("TLCLI_CACHE_DIR", str(cache))
+    _make_read_only(cache, monkeypatch)
+    listing = sorted(cache.rglob("*"))
+    try:
+        args = ["finetune", str(data), *tiny, "--out", str(tmp_path / "r1")]
+        result = runner.invoke(app, args, catch_exceptions=False)
+    finally:
+        os.chmod(cache, 0o755)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1, result.stderr
+    kind = "the cache" if before == "empty" else "the feature cache"
+    assert f"cannot write {kind} in {cache}" in warnings[0], warnings
+    assert "TLCLI_CACHE_DIR" in warnings[0]
+    assert sorted(cache.rglob("*")) == listing  # nothing written
+
+
+def test_an_image_deleted_after_the_scan_is_one_line(image_folder, monkeypatch):
+    """Deleted between the scan and the decode: the "folder changed" line, exit 3."""
+    from typer.testing import CliRunner
+
+    import tlcli.train.run as run_module
+    from tlcli.cli import app
+    from tlcli.errors import EXIT_DATA
+
+    data = image_folder(counts={"a": 4, "b": 4})
+    victim = sorted((data / "a").iterdir())[0]
+    real_scan = run_module.scan_image_folder
+
+    def scan_then_delete(*args, **kwargs):
+        scan = real_scan(*args, **kwargs)
+        victim.unlink()
+        return scan
+
+    monkeypatch.setattr(run_module, "scan_image_folder", scan_then_delete)
+    tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--device", "cpu"]
+    out = data.parent / "run"
+    result = CliRunner().invoke(
+        app, ["finetune", str(data), *tiny, "--out", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == EXIT_DATA, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert f"{victim} was in the folder when it was scanned" in lines[-1], lines[-1]
+    assert "the folder changed; run the command again" in lines[-1]
+    assert not any(out.iterdir()), "the failed run left files: the same --out must work"

@@ -40,6 +40,7 @@ from corpus import (
     PANORAMA_PNG,
     PNG_NAMED_JPG,
     RGBA_PNG,
+    RUN_DIR_CASES,
     SKIP_REASONS,
     STRIP_PNG,
     TRUNCATED_JPEG,
@@ -521,7 +522,16 @@ def test_every_case_is_documented_with_its_exit_code():
     expected |= {case: code for case, (code, _) in ERROR_CASES.items()}
     expected |= dict.fromkeys(USAGE_CASES, EXIT_CONFIG)
     expected |= LAYOUT_CASES
+    expected |= {case: code for case, (code, _) in RUN_DIR_CASES.items()}
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
     wrong = {case: (rows[case], code) for case, code in expected.items() if rows[case] != code}
     assert not wrong, f"documented vs tested exit code: {wrong}"
+
+
+def test_every_case_tested_elsewhere_names_a_test_that_exists():
+    """RUN_DIR_CASES points at the test that runs each case: it must be there."""
+    for case, (_, where) in RUN_DIR_CASES.items():
+        file_name, test_name = where.split("::")
+        source = (Path(__file__).parent / file_name).read_text()
+        assert f"def {test_name}(" in source, (case, where)

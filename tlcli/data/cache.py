@@ -2,12 +2,13 @@
 
 Transfer-learning sets are small: decoding and resizing the same JPEGs every epoch is most of
 an epoch's data cost. The array lives in RAM or, with the disk cache, in a memory-mapped
-`.npy` under the cache folder keyed by the files' paths, sizes and mtimes and the target
-size, so a changed folder gets a new cache and an unchanged one is reused across runs.
+`.npy` under the cache folder keyed by the files' paths, sizes, times and inodes and the
+target size, so a changed folder gets a new cache and an unchanged one is reused across runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, w
 from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
-from tlcli.errors import ResourceError, disk_error_of
+from tlcli.errors import FolderChanged, ResourceError, disk_error_of
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 1
@@ -51,14 +52,43 @@ def cache_root() -> Path:
 
 
 def files_fingerprint(paths: Sequence[Path]) -> str:
-    """Hash of paths, sizes and mtimes: any added, removed or edited file changes it."""
+    """Hash of paths, sizes, mtimes, ctimes and inodes: any added, removed or edited file
+    changes it. The mtime alone can be set back (touch -d, rsync -t, a copy that keeps it:
+    contents swapped with the mtime kept were scored from stale pixels); the ctime cannot be
+    set, and every write changes it; a file replaced by another (rename) has a new inode.
+
+    A file gone since the scan is a one-line FolderChanged."""
     digest = hashlib.sha256()
     for path in paths:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise FolderChanged(
+                f"{path} was in the folder when it was scanned, and now cannot be read "
+                f"({exc.strerror}): the folder changed; run the command again (it scans anew)"
+            ) from None
         # fsencode: a non-UTF-8 name (PEP 383 surrogates) is hashed as its bytes, not refused.
         name = os.fsencode(os.path.abspath(path))
-        digest.update(name + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(
+            name
+            + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+            f"\0{st.st_dev}:{st.st_ino}\n".encode()
+        )
     return digest.hexdigest()
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why no cache file can be made in folder (a read-only file system or cache dir, as on
+    HPC nodes and in containers), or None when one can. A full disk is not such a reason:
+    the writers say so (exit 7), or the images are streamed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=temp_prefix("probe"), suffix=TEMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return None if disk_error_of(exc) is not None else (exc.strerror or str(exc))
+    return None
 
 
 class RowView:
@@ -98,6 +128,7 @@ class DecodedImages:
     paths: list[Path]
     skipped: list[Skipped]
     streamed: str | None = None  # why pixels is a StreamedPixels read from the files, if so
+    cache_note: str | None = None  # why the disk cache was not used (it could not be written)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -217,13 +248,21 @@ def decode_images(
         f"{DECODE_CACHE_VERSION}:{size}:{resample}:{max_pixels}:{files_fingerprint(paths)}".encode()
     ).hexdigest()[:32]
     array_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    cached = None
+    cached, note = None, None
     if disk_cache and stream != "always":  # a cache made earlier is used even if space is short
         cached = _load_cache(array_path, meta_path, (len(paths), size, size, 3))
+        reason = unwritable_reason(folder) if cached is None else None
+        if reason is not None:
+            disk_cache = False
+            note = (
+                f"cannot write the cache in {folder} ({reason}): decoding into RAM instead; "
+                "set TLCLI_CACHE_DIR to a writable folder to keep the decoded images"
+            )
     if cached is None:
         why = stream_reason(stream, len(paths), size, disk_cache, folder)
         if why is not None:
-            return _streamed(samples, size, resample, max_pixels, workers, on_advance, why)
+            streamed = _streamed(samples, size, resample, max_pixels, workers, on_advance, why)
+            return dataclasses.replace(streamed, cache_note=note)
     if cached is not None:
         pixels, failures = cached
         if on_advance is not None:
@@ -253,7 +292,7 @@ def decode_images(
     keep = _kept(len(paths), failures)
     if failures:
         pixels = RowView(pixels, keep)
-    return _decoded(samples, pixels, keep, failures)
+    return dataclasses.replace(_decoded(samples, pixels, keep, failures), cache_note=note)
 
 
 def _kept(count: int, failures: dict[int, str]) -> np.ndarray:

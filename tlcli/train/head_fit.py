@@ -24,7 +24,7 @@ from torch import nn
 
 from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
-from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint
+from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint, unwritable_reason
 from tlcli.models import DataSpec
 from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, batch_indices, gather
@@ -122,8 +122,10 @@ def cached_features(
     reporter: Reporter,
     task: str,
     views: int,
+    store: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """extract_features through an on-disk cache keyed by everything that changes them."""
+    """extract_features through an on-disk cache keyed by everything that changes them
+    (store=False: read it, but do not write to it)."""
     from tlcli.models import classifier_param_names
 
     head = set(classifier_param_names(model))  # the head is refit: not part of the key
@@ -154,11 +156,28 @@ def cached_features(
         views,
         cfg.train.seed,
     )
-    if cfg.data.cache:
+    if cfg.data.cache and store:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Atomic, with a temp file of its own: tune workers or DDP ranks may fill one key.
         save_atomically(path, {"features": feats, "labels": labels})
     return feats, labels
+
+
+def feature_cache_writable(cfg: Config, images: DecodedImages, reporter: Reporter) -> bool:
+    """Whether extracted features can be saved to the cache (its dir may be read-only, as on
+    HPC nodes and in containers: then they stay in RAM). Said in one line, unless the decode
+    cache has said so already."""
+    if not cfg.data.cache:
+        return False
+    folder = cache_root() / "features"
+    reason = unwritable_reason(folder)
+    if reason is not None and images.cache_note is None:
+        reporter.note(
+            f"cannot write the feature cache in {folder} ({reason}): the features are kept "
+            "in RAM only; set TLCLI_CACHE_DIR to a writable folder",
+            "warning",
+        )
+    return reason is None
 
 
 def fit_logistic_regression(
@@ -250,6 +269,7 @@ def fit_head_on_features(
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
+    store = feature_cache_writable(cfg, train_data, reporter)
     train_x, train_y = cached_features(
         model,
         train_data,
@@ -260,9 +280,10 @@ def fit_head_on_features(
         reporter,
         "features-train",
         cfg.strategy.head_views,
+        store,
     )
     val_x, val_y = cached_features(
-        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0
+        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0, store
     )
     fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
     with torch.no_grad():

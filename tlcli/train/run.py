@@ -7,6 +7,7 @@ summary.json and curves.png. An existing run dir is never overwritten unless res
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -20,13 +21,21 @@ from typing import Any
 import torch
 import yaml
 
-from tlcli.atomic import write_text_atomically
-from tlcli.config import Config, config_from_dict, config_to_dict
+from tlcli.atomic import (
+    CLAIM_FILE,
+    claim_folder,
+    claim_holder,
+    refuse_output_inside,
+    release_claim,
+    write_text_atomically,
+)
+from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
 from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
 from tlcli.data.split import load_split, save_split, train_val_samples
 from tlcli.errors import (
+    ConfigError,
     DataError,
     FolderChanged,
     Interrupted,
@@ -123,24 +132,97 @@ class RunPaths:
         return self.root / "curves.png"
 
 
+def data_dir_of_run(run_dir: Path) -> Path | None:
+    """The data folder a run dir's run was trained on (run.json), None when not a run dir."""
+    try:
+        return Path(json.loads((Path(run_dir) / "run.json").read_text())["data_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def default_run_dir(data_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{Path(data_dir).resolve().name}-{stamp}"
 
 
-def create_run_dir(out: Path) -> RunPaths:
-    """Make a fresh run dir; refuse a non-empty existing one (never overwrite a user's run)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunDirError(
-            f"run dir {out} already exists and is not empty; pass a new --out, or "
-            f"--resume {out} to continue it"
-        )
+# Default run dirs started in one second are told apart by -2, -3, ...; past this many,
+# something is wrong (a loop starting runs): pass --out.
+MAX_DEFAULT_NAME_TRIES = 1000
+
+
+def make_unique_dir(base: Path) -> Path:
+    """Create base, else base-2, base-3, ...: the first that did not exist. mkdir is atomic,
+    so two runs started in the same second get two folders."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, MAX_DEFAULT_NAME_TRIES + 1):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunDirError(f"{base} and {MAX_DEFAULT_NAME_TRIES - 1} variants exist; pass --out")
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether folder exists and is not an empty folder (a claim file left by a killed run
+    counts as empty)."""
+    if not folder.exists():
+        return False
+    return not folder.is_dir() or any(p.name != CLAIM_FILE for p in folder.iterdir())
+
+
+def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunPaths, int]:
+    """Make and claim a fresh run dir (--out, else a new runs/<data>-<time>[-N]); refuse a
+    non-empty one (never overwrite a user's run) and one another process is starting in.
+
+    Returns the paths and the claim (atomic.claim_folder) to release when the run ends."""
+    root = Path(out) if out is not None else default_run_dir(Path(data_dir or "."))
+    if out is None and data_dir is not None:
+        # Refused rather than moved: a run dir somewhere the user did not name (the data's
+        # parent may be a shared, read-only data store) would be a surprise.
+        where = Path(data_dir).resolve().parent / "runs" / root.name
+        refuse_output_inside(root, [data_dir], "the default run dir", f"pass --out {where}")
+    refuse_output_inside(root, [data_dir], "--out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out is None:
+            root = make_unique_dir(root)
+        elif holds_a_run(root):
+            raise run_dir_exists(root)
+        root.mkdir(parents=True, exist_ok=True)
+        claim = claim_folder(root)
     except OSError as exc:
-        raise RunDirError(f"cannot create run dir {out}: {exc.strerror}") from None
-    return RunPaths(out)
+        raise RunDirError(f"cannot create run dir {root}: {exc.strerror}") from None
+    if claim is None:
+        raise RunDirError(
+            f"run dir {root} is in use: {claim_holder(root)} is starting a run in it; "
+            "pass another --out"
+        )
+    if holds_a_run(root):  # another run filled it between our check and our claim
+        release_claim(root, claim)
+        raise run_dir_exists(root)
+    return RunPaths(root), claim
+
+
+def run_dir_exists(root: Path) -> RunDirError:
+    return RunDirError(
+        f"run dir {root} already exists and is not empty; pass a new --out, or "
+        f"--resume {root} to continue it"
+    )
+
+
+def claim_run_to_resume(root: Path) -> int:
+    """Claim a run dir for --resume; refuse one that another live process is training."""
+    try:
+        claim = claim_folder(root)
+    except OSError as exc:
+        raise RunDirError(f"cannot resume {root}: {exc.strerror}") from None
+    if claim is None:
+        raise RunDirError(
+            f"{root} is being trained by {claim_holder(root)}; wait for it to finish or stop "
+            f"it, then --resume {root}"
+        )
+    return claim
 
 
 def resolve_workers(requested: int) -> int:
@@ -306,6 +388,7 @@ def prepare_job(
     if last is not None and split_path is not None:
         classes, splits = load_split(split_path, Path(data_dir))
         train_samples, val_samples = splits["train"], splits["val"]
+        refuse_missing_split_files(train_samples + val_samples, split_path.parent)
     else:
         classes = scan.classes
         train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
@@ -352,6 +435,8 @@ def prepare_job(
     val_data = decode_split(val_samples, spec, cfg, reporter, "val")
     if world.distributed and world.is_main:
         barrier(world)
+    for note in dict.fromkeys(d.cache_note for d in (train_data, val_data) if d.cache_note):
+        reporter.note(note, "warning")  # once, though both splits fell back
     report_skipped(reporter, train_data.skipped + val_data.skipped)
     missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
     if missing:
@@ -394,6 +479,19 @@ def prepare_job(
     )
 
 
+def refuse_missing_split_files(samples: list[Sample], run_root: Path) -> None:
+    """--resume trains on the split the run started with: a file of it that is gone since is
+    a one-line FolderChanged that says how to go on."""
+    gone = [s.path for s in samples if not s.path.exists()]
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise FolderChanged(
+            f"{gone[0]}{more} is in the split of {run_root} but gone from the data folder: the "
+            f"folder changed; restore it and run tlcli finetune --resume {run_root} again, or "
+            "start a new run with --out"
+        )
+
+
 def finetune(
     data_dir: Path | None,
     cfg: Config,
@@ -401,16 +499,22 @@ def finetune(
     resume: Path | None = None,
     reporter: Reporter | None = None,
     tracking: Tracking | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder; returns the run summary (also summary.json).
 
-    Under torchrun, each process trains its share of every batch (DDP); rank 0 alone writes
-    files, reports and logs to the tracker (tracking: MLflow or TensorBoard, opt-in)."""
+    resume: a run dir to continue with its own config.yaml (cfg is not used then); with
+    epochs, to that many epochs (see resume_plan). Under torchrun, each process trains its
+    share of every batch (DDP); rank 0 alone writes files, reports and logs to the tracker
+    (tracking: MLflow or TensorBoard, opt-in)."""
     world = init_world(cfg.train.device)
     try:
-        with open_tracker(tracking, world.is_main) as tracker:
+        # The run dir's claim (claims) is let go when the run ends.
+        with open_tracker(tracking, world.is_main) as tracker, contextlib.ExitStack() as claims:
             main_reporter = reporter if world.is_main else None
-            return _finetune(world, data_dir, cfg, out, resume, main_reporter, tracker)
+            return _finetune(
+                world, data_dir, cfg, out, resume, main_reporter, tracker, claims, epochs
+            )
     finally:
         close_world(world)
 
@@ -423,6 +527,8 @@ def _finetune(
     resume: Path | None,
     reporter: Reporter | None,
     tracker: Tracker,
+    claims: contextlib.ExitStack,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     from tlcli.train.head_fit import fit_head_on_features
 
@@ -430,6 +536,8 @@ def _finetune(
     started = time.perf_counter()
     if resume is not None:
         paths = RunPaths(Path(resume))
+        if paths.config.is_file() and world.is_main:  # a run dir: one process trains it
+            claims.callback(release_claim, paths.root, claim_run_to_resume(paths.root))
         if paths.config.is_file() and not paths.last.is_file():
             raise RunDirError(
                 f"{resume} was stopped before its first checkpoint: nothing to resume; "
@@ -443,13 +551,16 @@ def _finetune(
         cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
         data_dir = Path(json.loads(paths.run_info.read_text())["data_dir"])
         last = load_checkpoint(paths.last)
-        if "train_state" not in last:
-            raise RunDirError(f"{paths.root} finished (head-only L-BFGS fit): nothing to resume")
+        cfg, last = resume_plan(paths.root, cfg, last, epochs)
         remove_stale_temp_files(paths.root)  # half-written checkpoints of a killed process
     else:
         if data_dir is None:
             raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
-        root = create_run_dir(out or default_run_dir(data_dir)).root if world.is_main else None
+        root = None
+        if world.is_main:
+            created, claim = create_run_dir(out, data_dir)
+            claims.callback(release_claim, created.root, claim)
+            root = created.root
         paths = RunPaths(Path(broadcast_object(root, world)))
         last = None
     job = prepare_job(data_dir, cfg, reporter, last, paths.split, world)
@@ -472,6 +583,9 @@ def _finetune(
                 indent=1,
             )
         )
+    if last is not None and epochs is not None and world.is_main:
+        # Extended: config.yaml now says N epochs, so that a later --resume goes on to N.
+        write_text_atomically(paths.config, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     cfg, plan = job.cfg, job.plan
     reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
     if last is not None:
@@ -540,6 +654,44 @@ def _finetune(
     artifacts = {"curves": paths.curves, "report": paths.root / REPORT_FILE, "best": paths.best}
     tracker.on_run_end(summary, artifacts)
     return summary
+
+
+def resume_plan(
+    root: Path, cfg: Config, last: dict[str, Any], epochs: int | None
+) -> tuple[Config, dict[str, Any]]:
+    """What --resume continues: the run's own config (cfg, from its config.yaml) and last.pt,
+    or with epochs, the same run extended (or cut) to that many epochs.
+
+    A finished run (all its epochs, an early stop, or a head-only L-BFGS fit, which has no
+    epochs) has nothing to resume: refused alike, exit 6. An extended run's LR schedule is
+    recomputed over the new total: epoch k gets the LR that an `epochs`-epoch run has at
+    epoch k (after a finished cosine that is a warm restart), and early stopping's patience
+    counts afresh.
+    """
+    if "train_state" not in last:
+        raise RunDirError(
+            f"{root} is finished (a head-only L-BFGS fit: one pass, no epochs to add): "
+            "nothing to resume; start a new run with --out (--set strategy.head_fit=epochs "
+            "trains the head by epochs)"
+        )
+    loop = last["train_state"]["loop"]
+    done = int(loop["epoch"])
+    if epochs is None:
+        if loop["stopped_early"] or done >= cfg.train.epochs:
+            early = ", stopped early" if loop["stopped_early"] else ""
+            raise RunDirError(
+                f"{root} is finished ({done} of {cfg.train.epochs} epochs{early}): nothing to "
+                f"resume; add --epochs N (more than {done}) to train it longer"
+            )
+        return cfg, last
+    if epochs <= done:
+        raise ConfigError(
+            f"--epochs {epochs}: {root} has trained {done} epochs already; pass more than "
+            f"{done} to train it longer"
+        )
+    cfg = apply_overrides(cfg, {"train": {"epochs": epochs}}, "--epochs")
+    loop = {**loop, "stopped_early": False, "epochs_since_best": 0}
+    return cfg, {**last, "train_state": {**last["train_state"], "loop": loop}}
 
 
 def _train_epochs(

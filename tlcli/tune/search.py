@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tlcli.atomic import process_alive, write_text_atomically
+from tlcli.atomic import process_alive, refuse_output_inside, write_text_atomically
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
@@ -126,6 +126,9 @@ def default_study_name(data_dir: Path) -> str:
 
 def open_tune_dir(out: Path, study: str, storage: str, data_dir: Path) -> tuple[TunePaths, bool]:
     """Create the run dir, or reopen one of the same study (resume); refuse anything else."""
+    refuse_output_inside(out, [data_dir], "the tune run dir")
+    if storage.startswith("sqlite:///"):  # a database file: an output too
+        refuse_output_inside(Path(storage.removeprefix("sqlite:///")), [data_dir], "--storage")
     paths = TunePaths(Path(out))
     if paths.info.is_file():
         info = json.loads(paths.info.read_text())
