@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def save_split(path: Path, root: Path, classes: list[str], splits: dict[str, lis
         "root": str(root),
         "classes": classes,
         "splits": {
-            name: [[str(s.path.relative_to(root)), s.label] for s in samples]
+            name: [[os.path.relpath(s.path, root), s.label] for s in samples]
             for name, samples in splits.items()
         },
     }

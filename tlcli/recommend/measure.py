@@ -6,6 +6,7 @@ confidence)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -246,7 +247,7 @@ def find_duplicates(scan: FolderScan, workers: int, reporter: Reporter) -> Dupli
     near = _groups(pairs, len(paths))
     cross = [g for g in near if len({entries[i][0] for i in g}) > 1]
     conflicts = [g for g in near if len({entries[i][1].label for i in g}) > 1]
-    rel = [str(Path(p).relative_to(scan.root)) for p in paths]
+    rel = [os.path.relpath(p, scan.root) for p in paths]
     return Duplicates(
         exact_groups=len(exact),
         exact_files=sum(len(g) for g in exact),

@@ -142,7 +142,8 @@ def cached_features(
     cached = _load_features(path, len(images) * (1 + views)) if cfg.data.cache else None
     if cached is not None:
         reporter.note(f"{task}: features from cache {path.name}")
-        return cached
+        # The key holds the files, not their labels: a relabelled manifest reuses the features.
+        return cached[0], torch.from_numpy(np.tile(images.labels, 1 + views))
     feats, labels = extract_features(
         model,
         images,

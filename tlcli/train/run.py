@@ -24,7 +24,8 @@ from tlcli.atomic import write_text_atomically
 from tlcli.config import Config, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
-from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
+from tlcli.data.manifest import scan_data
+from tlcli.data.scan import FolderScan, Sample, Skipped
 from tlcli.data.split import load_split, save_split, train_val_samples
 from tlcli.errors import (
     DataError,
@@ -176,7 +177,7 @@ def decode_split(
 
 def scan_with_progress(data_dir: Path, cfg: Config, reporter: Reporter) -> FolderScan:
     reporter.start("scan", None, "scan images")
-    scan = scan_image_folder(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
+    scan = scan_data(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
     reporter.finish("scan")
     for warning in scan.warnings:
         reporter.note(warning, "warning")
@@ -304,7 +305,7 @@ def prepare_job(
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels
     scan = scan_with_progress(data_dir, cfg, reporter)
     if last is not None and split_path is not None:
-        classes, splits = load_split(split_path, Path(data_dir))
+        classes, splits = load_split(split_path, scan.root)
         train_samples, val_samples = splits["train"], splits["val"]
     else:
         classes = scan.classes
@@ -457,7 +458,7 @@ def _finetune(
         # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(
             paths.split,
-            job.data_dir,
+            job.scan.root,
             job.classes,
             {"train": job.train_samples, "val": job.val_samples},
         )

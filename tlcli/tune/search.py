@@ -32,6 +32,7 @@ import yaml
 
 from tlcli.atomic import process_alive, write_text_atomically
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
+from tlcli.data.manifest import is_manifest
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
 from tlcli.train.progress import NullReporter, Reporter
@@ -567,8 +568,10 @@ def tune(
     if settings.epochs_per_trial < 1:
         raise ConfigError(f"--epochs-per-trial {settings.epochs_per_trial} must be >= 1")
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise ConfigError(f"DATA_DIR {data_dir} is not a folder; pass an image folder")
+    if not data_dir.is_dir() and not is_manifest(data_dir):
+        raise ConfigError(
+            f"DATA_DIR {data_dir} is not a folder; pass an image folder or a manifest"
+        )
     user_space = load_space(settings.space_file) if settings.space_file else {}
     base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
     resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
