@@ -488,6 +488,13 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     )
     table.add_row("kNN probe", f"{sim['knn_accuracy']:.3f}")
     table.add_row("LogME", f"{sim['logme']:.3f}")
+    if sim.get("label_issues") is not None:
+        table.add_row(
+            "label issues",
+            f"{sim['label_issues']} of {sim['num_sampled']} sampled images look mislabeled "
+            f"({sim['label_issues'] / max(sim['num_sampled'], 1):.1%}); "
+            "tlcli doctor DATA_DIR lists them all",
+        )
     stages = ", ".join(f"{p['stage']} {p['accuracy']:.2f}" for p in sim["stage_probes"])
     table.add_row("stage probes", stages or "-")
     if sim.get("head_confidence"):

@@ -97,3 +97,18 @@ def test_cv_needs_head_only(tmp_path):
     assert result.exit_code == EXIT_CONFIG
     assert "--cv needs the head-only L-BFGS fit" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_recommend_counts_label_issues_in_its_sample():
+    import numpy as np
+
+    from tlcli.recommend.measure import sample_label_issues
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    features = rng.normal(0, 0.3, (90, 16)) + np.eye(16)[labels] * 4
+    noisy = labels.copy()
+    noisy[[0, 31, 62]] = [1, 2, 0]  # three flipped labels
+    assert sample_label_issues(features, labels, 3, 5, 0) == 0
+    assert sample_label_issues(features, noisy, 3, 5, 0) >= 3
+    assert sample_label_issues(features[:12], labels[:12], 3, 5, 0) is None  # too few per class

@@ -116,6 +116,18 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     return np.asarray(issues, dtype=np.int64), get_label_quality_scores(labels, probs)
 
 
+def count_label_issues(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, seed: int
+) -> int:
+    """Label issues among these images (recommend's sample): doctor's method, in brief."""
+    x, y = torch.from_numpy(features).float(), torch.from_numpy(labels).long()
+    fold_sets = stratified_folds(labels, folds, seed)
+    probs, _ = out_of_fold_probabilities(
+        x, y, num_classes, fold_sets, DOCTOR_WEIGHT_DECAY, DOCTOR_MAX_ITER
+    )
+    return len(rank_label_issues(labels, probs)[0])
+
+
 def group_ids(data: DoctorData, near: list[list[int]]) -> list[object]:
     """One id per image: its near-duplicate cluster, else its manifest group, else None."""
     groups: list[object] = [getattr(data.scan, "groups", {}).get(p) for p in data.paths]

@@ -102,6 +102,7 @@ class Similarity:
     head_confidence: dict[str, float] | None  # None when the model has no pretrained head
     seconds_per_image: float
     stage_names: list[str]  # backbone stages as strategy.py plans them, input first
+    label_issues: int | None = None  # of the sample, by doctor's out-of-fold heads + cleanlab
 
 
 def stratified_sample(
@@ -329,9 +330,26 @@ def measure_similarity(
         head_confidence=head_confidence(logits) if logits is not None else None,
         seconds_per_image=seconds,
         stage_names=[s.name for s in model_stages(model)[:-1]],
+        label_issues=sample_label_issues(final, labels, num_classes, budget.folds, seed),
     )
     reporter.finish("probes")
     return result
+
+
+def sample_label_issues(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, seed: int
+) -> int | None:
+    """How many sampled images doctor would flag as label issues; None when a class has too
+    few images for the folds or cleanlab is not installed."""
+    from tlcli.errors import ConfigError
+    from tlcli.recommend.doctor import count_label_issues
+
+    if np.bincount(labels, minlength=num_classes).min() < folds:
+        return None
+    try:
+        return count_label_issues(features, labels, num_classes, folds, seed)
+    except ConfigError:
+        return None
 
 
 def to_plain(value: Any) -> Any:
