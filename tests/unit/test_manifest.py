@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from corpus import BAD_MANIFEST_CASES, make_image_folder, make_manifest_images, write_bad_manifest
 from typer.testing import CliRunner
 
@@ -122,3 +123,34 @@ def test_unreadable_image_in_a_manifest_is_skipped_and_named(tmp_path):
 def test_manifest_that_is_not_there_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv")
+
+
+def test_cached_features_take_the_current_labels(tmp_path):
+    """The feature cache is keyed by files, not labels: a relabelled manifest of the same files
+    reuses the features, with its own labels (it used to get the cached, stale ones)."""
+    import numpy as np
+    import timm
+
+    from tlcli.config import load_config
+    from tlcli.data.augment import PRESETS, BatchAugmenter
+    from tlcli.data.cache import DecodedImages
+    from tlcli.models import data_spec_of
+    from tlcli.train.head_fit import cached_features
+    from tlcli.train.progress import NullReporter
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3, "b": 3})
+    paths = sorted(folder.rglob("*.png"))
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    spec = data_spec_of(model, 32)
+    pixels = np.zeros((len(paths), spec.cache_size, spec.cache_size, 3), np.uint8)
+    augmenter = BatchAugmenter(PRESETS["none"], spec.input_size, spec.mean, spec.std, 2)
+    cfg = load_config(None, ["data.image_size=32"])
+    cpu = torch.device("cpu")
+    first = DecodedImages(pixels, np.array([0, 0, 0, 1, 1, 1]), paths, [])
+    relabelled = DecodedImages(pixels, np.array([1, 0, 1, 0, 1, 0]), paths, [])
+    feats, labels = cached_features(model, first, augmenter, cpu, cfg, spec, NullReporter(), "t", 0)
+    again, new_labels = cached_features(
+        model, relabelled, augmenter, cpu, cfg, spec, NullReporter(), "t", 0
+    )
+    assert torch.equal(feats, again)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1] and new_labels.tolist() == [1, 0, 1, 0, 1, 0]
