@@ -449,6 +449,65 @@ def make_checkpoint(path: Path, classes: tuple[str, ...] = ("blue", "red")) -> P
             "ema_state_dict": None,
         },
     )
+
+
+# --- bad manifests: each is one line, exit 3, naming the row --------------------------------
+
+MANIFEST_HEADER = "path,label,split\n"
+# case -> (manifest text, or bytes for encodings; words of the error line). Each is written
+# next to a folder a/a_0.png, a/a_1.png, b/b_0.png, b/b_1.png (make_manifest_images).
+BAD_MANIFEST_CASES: dict[str, tuple[str | bytes, list[str]]] = {
+    "manifest-missing-file": (
+        "path,label\na/a_0.png,a\nb/gone.png,b\n",
+        ["line 3", "b/gone.png does not exist"],
+    ),
+    "manifest-empty-label": ("path,label\na/a_0.png,a\nb/b_0.png,\n", ["line 3", "empty label"]),
+    "manifest-unknown-split": (
+        MANIFEST_HEADER + "a/a_0.png,a,train\nb/b_0.png,b,holdout\n",
+        ["line 3", "'holdout' is not train, val or test"],
+    ),
+    "manifest-missing-column": ("path,class\na/a_0.png,a\n", ["no label column"]),
+    "manifest-duplicate-path": (
+        "path,label\na/a_0.png,a\nb/b_0.png,b\n./a/a_0.png,b\n",
+        ["line 4", "listed again (first on line 2)"],
+    ),
+    "manifest-bad-encoding": (
+        "path,label\na/a_0.png,a\nb/b_0.png,caf\xe9\n".encode("latin-1"),
+        ["line 3", "not UTF-8"],
+    ),
+    "manifest-empty": ("", ["is empty"]),
+    "manifest-header-only": ("path,label\n", ["has no rows"]),
+    "manifest-wrong-field-count": (
+        "path,label\na/a_0.png,a,extra\n",
+        ["line 2", "3 fields, the header has 2"],
+    ),
+    "manifest-jsonl-not-json": (
+        '{"path": "a/a_0.png", "label": "a"}\n{"path": "b/b_0.png", label: b}\n',
+        ["line 2", "not valid JSON"],
+    ),
+    "manifest-jsonl-not-an-object": ('["a/a_0.png", "a"]\n', ["line 1", "not a JSON object"]),
+    "manifest-path-is-a-folder": ("path,label\na,a\nb/b_0.png,b\n", ["line 2", "is a folder"]),
+    "manifest-one-class": ("path,label\na/a_0.png,a\na/a_1.png,a\n", ["only one class"]),
+    "manifest-val-label-not-in-train": (
+        MANIFEST_HEADER + "a/a_0.png,a,train\nb/b_0.png,b,train\na/a_1.png,c,val\n",
+        ["line 4", "'c' (val) has no train rows"],
+    ),
+}
+
+
+def make_manifest_images(root: Path) -> Path:
+    """Two classes of two images each, for the bad manifests to point at."""
+    return make_image_folder(root, {"a": 2, "b": 2})
+
+
+def write_bad_manifest(root: Path, case: str) -> Path:
+    """The manifest of a BAD_MANIFEST_CASES case, in root (next to make_manifest_images)."""
+    content, _ = BAD_MANIFEST_CASES[case]
+    path = root / ("manifest.jsonl" if "jsonl" in case else "manifest.csv")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
     return path
 
 

@@ -301,6 +301,13 @@ def finetune(
     patience: Annotated[
         int | None, typer.Option(help="Stop after this many epochs without val gain (0 = off).")
     ] = None,
+    cv: Annotated[
+        int | None,
+        typer.Option(
+            "--cv",
+            help="Head-only: also K-fold accuracy on train+val, with mean and spread over folds.",
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Decode threads (-1 = all cores).")] = None,
     val_split: Annotated[
         float | None, typer.Option(help="Val fraction when the folder has no val/ split.")
@@ -403,12 +410,20 @@ def finetune(
                     "epochs": epochs,
                     "seed": seed,
                     "patience": patience,
+                    "cv_folds": cv,
                     "ema": ema,
                     "device": device,
                     "compile": compile,
                 },
             },
         )
+        if cfg.train.cv_folds and (
+            cfg.strategy.name != "head-only" or cfg.strategy.head_fit != "lbfgs"
+        ):
+            raise_usage(
+                "--cv needs the head-only L-BFGS fit; add --strategy head-only (the other "
+                "strategies train too long to repeat K times)"
+            )
         # Imported after the config: a bad one fails before torch loads, in a fraction of a second.
         from tlcli.render import RichReporter, finetune_summary_table
         from tlcli.train.distributed import is_main_process
@@ -519,6 +534,76 @@ def recommend(
         else:
             for renderable in recommendation_panel(result):
                 stdout.print(renderable)
+
+    run_command(body)
+
+
+@app.command()
+def doctor(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Image folder or manifest (.csv/.jsonl), as for finetune.")
+    ],
+    model: ModelOpt = None,
+    folds: Annotated[
+        int, typer.Option(min=2, help="Folds of the out-of-fold heads (each image held out once).")
+    ] = 5,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write issues.csv and contact_sheet.png here (a new or empty folder).",
+        ),
+    ] = None,
+    write_relabel: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a manifest CSV of every image, label issues first with their suggested "
+            "label: review it, then pass it back as DATA."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Label issues shown in the table.")] = 20,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Find the images to look at: likely label issues, ambiguous images, outliers, near
+    duplicates.
+
+    Out-of-fold probabilities from k-fold L-BFGS heads on cached frozen features; label
+    issues ranked by cleanlab (confident learning). Never moves or edits a file of DATA_DIR.
+
+      tlcli doctor ../shared/data/clothing_small --out runs/doctor
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
+    """
+
+    def body() -> None:
+        from tlcli.atomic import write_text_atomically
+        from tlcli.recommend.doctor import (
+            check_output_paths,
+            diagnose,
+            relabel_manifest,
+            scan_rows,
+            write_report,
+        )
+        from tlcli.render import RichReporter, doctor_tables
+
+        cfg = build_config(config, set_, {"model": {"name": model}, "train": {"device": device}})
+        check_output_paths(data_dir, out, write_relabel)
+        with RichReporter(stderr) as reporter:
+            result, scan = diagnose(data_dir, cfg, folds, reporter)
+        files = write_report(result, out) if out is not None else {}
+        if write_relabel is not None:
+            text = relabel_manifest(result, scan_rows(scan), write_relabel)
+            write_text_atomically(write_relabel, text)
+            files["relabel_manifest"] = str(write_relabel)
+        result["files"] = files
+        if json_:
+            print_json(result)
+        else:
+            for table in doctor_tables(result, top):
+                stdout.print(table)
 
     run_command(body)
 

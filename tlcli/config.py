@@ -85,6 +85,8 @@ class DataConfig:
     # Read the files every epoch instead of the cache: auto (only when the decoded set would
     # not fit on the cache disk, or in RAM without it), always, never.
     stream: str = "auto"
+    # A seeded split keeps each near-duplicate cluster on one side (no leakage into val).
+    group_duplicates: bool = True
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     patience: int = 0  # early stopping after this many epochs without val gain; 0 disables
+    cv_folds: int = 0  # head-only L-BFGS: also K-fold accuracy on train+val (0: off)
     ema: bool = False
     ema_decay: float = 0.998
     amp: bool = True  # bf16/fp16 autocast on CUDA only
@@ -379,6 +382,7 @@ def validate(cfg: Config) -> None:
     _check_range(d.max_pixels > 0, "data.max_pixels", d.max_pixels, "> 0")
     _check_range(1 <= t.epochs <= 100_000, "train.epochs", t.epochs, "1..100000")
     _check_range(t.patience >= 0, "train.patience", t.patience, ">= 0 (0 disables)")
+    _check_range(t.cv_folds == 0 or t.cv_folds >= 2, "train.cv_folds", t.cv_folds, "0 or >= 2")
     _check_range(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < x < 1")
     _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
     _check_range(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"0..{MAX_SEED}")

@@ -30,6 +30,7 @@ from tlcli.atomic import check_output_location, write_text_atomically
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, RowView, decode_images
+from tlcli.data.manifest import is_manifest, manifest_entries
 from tlcli.data.scan import (
     Sample,
     Skipped,
@@ -384,6 +385,42 @@ def labelled_samples(
     return samples, found, skipped, notes
 
 
+def manifest_eval_samples(
+    manifest: Path, split: str, classes: Sequence[str]
+) -> tuple[str, list[Sample], list[str], list[Skipped], list[str]]:
+    """labelled_samples for a manifest: its rows of the split (auto: test, else val, else all),
+    labelled by the model's class index. Returns (split, samples, classes found, skipped,
+    warnings)."""
+    if split not in SPLIT_CHOICES:
+        raise DataError(f"--split {split!r}: expected one of {', '.join(SPLIT_CHOICES)}")
+    entries, skipped, has_split = manifest_entries(manifest, MAX_PIXELS)
+    present = {s for _, _, s in entries}
+    notes = []
+    if split == "auto":
+        split = next((s for s in AUTO_SPLIT_ORDER if s in present), "all")
+    if split != "all" and split not in present:
+        raise DataError(
+            f"manifest {manifest} has no {split} rows (found: {', '.join(sorted(present))}); "
+            "pick one with --split"
+        )
+    if split in ("all", "train") and "train" in present:
+        notes.append("evaluating on images that include train rows: accuracy there is optimistic")
+    chosen = [(row, image) for row, image, s in entries if split == "all" or s == split]
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({row.label for row, _ in chosen} - set(index))
+    if unknown:
+        raise CheckpointError(
+            f"{manifest} has label(s) the checkpoint does not know: {', '.join(unknown)}; "
+            f"it knows: {', '.join(classes)} (fix the labels)"
+        )
+    samples = [Sample(image, index[row.label]) for row, image in chosen]
+    found = [c for c in classes if c in {row.label for row, _ in chosen}]
+    missing = [c for c in classes if c not in found]
+    if missing:
+        notes.append(f"no images of {', '.join(missing)}: evaluating a subset of the classes")
+    return split if has_split else "all", samples, found, skipped, notes
+
+
 def model_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a classification report, for the side-by-side table."""
     keys = ("top1", "top5", "loss", "balanced_accuracy", "macro_f1", "weighted_f1", "ece")
@@ -432,9 +469,15 @@ def evaluate_models(
     """
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    split_name, folders, notes = select_eval_folders(data_dir, split)
     classes = models[0].classes
-    samples, found, skipped, scan_notes = labelled_samples(folders, classes, reporter)
+    if is_manifest(data_dir):
+        split_name, samples, found, skipped, scan_notes = manifest_eval_samples(
+            data_dir, split, classes
+        )
+        folders, notes = [Path(data_dir)], []
+    else:
+        split_name, folders, notes = select_eval_folders(data_dir, split)
+        samples, found, skipped, scan_notes = labelled_samples(folders, classes, reporter)
     notes += scan_notes
     for note in notes:
         reporter.note(note, "warning")

@@ -124,13 +124,31 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
         (
             "images",
             f"{summary['num_train']} train, {summary['num_val']} val, "
-            f"{len(summary['skipped'])} skipped",
+            f"{len(summary['skipped'])} skipped"
+            + (
+                f"; split kept {summary['split_groups_kept_together']} group(s) "
+                "(near-duplicates, manifest groups) on one side"
+                if summary.get("split_groups_kept_together")
+                else ""
+            ),
         ),
         (
             "epochs",
             f"{summary['epochs_run']}" + (" (early stop)" if summary["stopped_early"] else ""),
         ),
         ("time", f"{summary['seconds']:.1f}s on {summary['device']}"),
+        *(
+            [
+                (
+                    "cross-validation",
+                    f"{cv['folds']} folds of {cv['images']} train+val images: "
+                    f"{cv['mean']:.4f} +- {cv['std']:.4f} (sd over folds; "
+                    f"{min(cv['fold_accuracy']):.4f}-{max(cv['fold_accuracy']):.4f})",
+                )
+            ]
+            if (cv := summary.get("cv"))
+            else []
+        ),
         ("best checkpoint", shown(summary["paths"]["best"])),
         ("curves", shown(summary["paths"]["curves"])),
     ]
@@ -470,6 +488,13 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     )
     table.add_row("kNN probe", f"{sim['knn_accuracy']:.3f}")
     table.add_row("LogME", f"{sim['logme']:.3f}")
+    if sim.get("label_issues") is not None:
+        table.add_row(
+            "label issues",
+            f"{sim['label_issues']} of {sim['num_sampled']} sampled images look mislabeled "
+            f"({sim['label_issues'] / max(sim['num_sampled'], 1):.1%}); "
+            "tlcli doctor DATA_DIR lists them all",
+        )
     stages = ", ".join(f"{p['stage']} {p['accuracy']:.2f}" for p in sim["stage_probes"])
     table.add_row("stage probes", stages or "-")
     if sim.get("head_confidence"):
@@ -565,3 +590,94 @@ def tune_trials_table(rows: list[dict[str, Any]], best: int | None) -> Table:
             style=style,
         )
     return table
+
+
+DOCTOR_TABLE_ROWS = 5  # ambiguous, outliers and clusters shown; --json and issues.csv list all
+
+
+def doctor_tables(result: dict[str, Any], top: int) -> list[Table]:
+    """`tlcli doctor`: the summary, then the flagged images, most likely first."""
+    import statistics
+
+    acc = result["fold_accuracy"]
+    spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+    summary = Table(title="doctor", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    files = result.get("files", {})
+    rows = [
+        (
+            "data",
+            f"{result['data']} ({result['num_images']} images, {result['num_skipped']} "
+            f"skipped, {len(result['classes'])} classes)",
+        ),
+        (
+            "out-of-fold heads",
+            f"{result['folds']} folds, L-BFGS, weight decay "
+            f"{result['weight_decay']:.0e}: accuracy {result['out_of_fold_accuracy']:.4f} "
+            f"(folds {min(acc):.3f}-{max(acc):.3f}, sd {spread:.3f})",
+        ),
+        ("label issues", f"{len(result['label_issues'])} (cleanlab confident learning)"),
+        ("ambiguous", f"{len(result['ambiguous'])} (two classes within 0.1)"),
+        ("outliers", f"{len(result['outliers'])} (far from their nearest neighbours)"),
+        (
+            "near-duplicates",
+            f"{len(result['near_duplicates'])} clusters, "
+            f"{sum(1 for c in result['near_duplicates'] if len(c['labels']) > 1)} with "
+            "conflicting labels",
+        ),
+        ("time", f"{result['seconds']:.1f}s"),
+    ]
+    rows += [(name.replace("_", " "), path) for name, path in files.items()]
+    for key, value in rows:
+        summary.add_row(key, shown(value))
+    tables = [summary]
+    n_issues = len(result["label_issues"])
+    issues = _grid(f"likely label issues, most likely first ({min(top, n_issues)} of {n_issues})")
+    columns = ("#", "file", "given", "suggested", "p(given)", "p(sugg.)")
+    for name in columns:
+        justify = "right" if name.startswith(("#", "p(")) else "left"
+        issues.add_column(name, justify=justify)
+    for rank, item in enumerate(result["label_issues"][:top], start=1):
+        issues.add_row(
+            str(rank),
+            shown(item["path"]),
+            shown(item["given_label"]),
+            shown(item["suggested_label"]),
+            f"{item['given_prob']:.3f}",
+            f"{item['suggested_prob']:.3f}",
+        )
+    tables.append(issues)
+    for key, title, score in (
+        ("ambiguous", "ambiguous (closest two classes first)", "margin"),
+        ("outliers", "outliers (most unusual first)", "kNN dist."),
+    ):
+        if not result[key]:
+            continue
+        table = _grid(f"{title}, {min(DOCTOR_TABLE_ROWS, len(result[key]))} of {len(result[key])}")
+        for name in ("file", "given", "suggested", score):
+            table.add_column(name, justify="right" if name == score else "left")
+        for item in result[key][:DOCTOR_TABLE_ROWS]:
+            table.add_row(
+                shown(item["path"]),
+                shown(item["given_label"]),
+                shown(item["suggested_label"]),
+                f"{item['score']:.3f}",
+            )
+        tables.append(table)
+    if result["near_duplicates"]:
+        clusters = sorted(
+            result["near_duplicates"], key=lambda c: (-len(c["labels"]), -len(c["paths"]))
+        )
+        n_shown = min(DOCTOR_TABLE_ROWS, len(clusters))
+        table = _grid(f"near-duplicate clusters, {n_shown} of {len(clusters)} (conflicting first)")
+        for name in ("files", "labels", "splits"):
+            table.add_column(name)
+        for cluster in clusters[:DOCTOR_TABLE_ROWS]:
+            table.add_row(
+                shown(", ".join(cluster["paths"])),
+                shown(", ".join(cluster["labels"])),
+                ", ".join(cluster["splits"]),
+            )
+        tables.append(table)
+    return tables

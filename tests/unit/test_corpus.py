@@ -22,6 +22,7 @@ import pytest
 import torch
 from corpus import (
     ANIMATED_GIF,
+    BAD_MANIFEST_CASES,
     BRACKETS_JPG,
     CMYK_JPEG,
     EMPTY_CLASS,
@@ -523,6 +524,7 @@ def test_every_case_is_documented_with_its_exit_code():
     expected |= dict.fromkeys(USAGE_CASES, EXIT_CONFIG)
     expected |= LAYOUT_CASES
     expected |= {case: code for case, (code, _) in RUN_DIR_CASES.items()}
+    expected |= dict.fromkeys(BAD_MANIFEST_CASES, EXIT_DATA)  # run in test_manifest.py
     missing = sorted(set(expected) - set(rows))
     assert not missing, f"not in {DOCS.name}: {missing}"
     wrong = {case: (rows[case], code) for case, code in expected.items() if rows[case] != code}

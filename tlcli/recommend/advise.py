@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tlcli.config import Config
-from tlcli.data.scan import FolderScan, Sample, scan_image_folder
+from tlcli.data.manifest import scan_data
+from tlcli.data.scan import FolderScan, Sample
 from tlcli.data.split import train_val_samples
 from tlcli.errors import ModelError
 from tlcli.recommend.decide import Recommendation, Signals, apply_recommendation, decide
@@ -103,7 +104,7 @@ def recommend(
     plan = BUDGETS[budget]
     workers = _workers(cfg)
     reporter.start("scan", None, "scan images")
-    scan = scan_image_folder(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
+    scan = scan_data(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
     reporter.finish("scan")
     train, val = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
     size = measure_size(scan, train, val, plan.header_sample, cfg.train.seed)

@@ -5,14 +5,12 @@ confidence)."""
 
 from __future__ import annotations
 
-import hashlib
+import os
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -22,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import MIN_IMAGES_FOR_POOL, decode_images
+from tlcli.data.cache import decode_images
+from tlcli.data.duplicates import duplicate_groups
 from tlcli.data.scan import FolderScan, Sample, no_readable_images
 from tlcli.errors import DataError
 from tlcli.models import create_model, data_spec_of
@@ -45,13 +44,6 @@ BUDGETS = {
     "quick": Budget(per_class=100, total=600, folds=5, header_sample=300),
     "thorough": Budget(per_class=200, total=3000, folds=5, header_sample=3000),
 }
-# dHash Hamming distance (of 64 bits) at or below which two images are near-duplicate
-# candidates: survives re-encoding and resizing, not crops.
-NEAR_DUPLICATE_BITS = 4
-# Candidates are confirmed on 16x16 colour thumbnails (mean absolute difference, 0-255): the
-# 64-bit grey hash alone pairs different garments shot on the same background.
-NEAR_DUPLICATE_MAD = 6.0
-THUMB_SIDE = 16
 # Earlier stages are pooled to a 2x2 grid: global pooling throws away the layout that
 # shape-like (dissimilar) data depends on.
 STAGE_POOL_GRID = 2
@@ -110,6 +102,7 @@ class Similarity:
     head_confidence: dict[str, float] | None  # None when the model has no pretrained head
     seconds_per_image: float
     stage_names: list[str]  # backbone stages as strategy.py plans them, input first
+    label_issues: int | None = None  # of the sample, by doctor's out-of-fold heads + cleanlab
 
 
 def stratified_sample(
@@ -171,82 +164,14 @@ def measure_size(
     )
 
 
-def file_hashes(path: str) -> tuple[str, int, np.ndarray | None]:
-    """(sha1 of the bytes, 64-bit dHash, 16x16 colour thumbnail): duplicate keys."""
-    data = Path(path).read_bytes()
-    sha = hashlib.sha1(data).hexdigest()
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (64, 64))  # JPEG DCT scaling: a thumbnail costs almost nothing
-            rgb = img.convert("RGB")
-            small = np.asarray(rgb.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
-            thumb = np.asarray(rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR), np.int16)
-    except Exception:
-        return sha, -1, None
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return sha, int(np.packbits(bits).view(">u8")[0]), thumb
-
-
-def _popcount64(values: np.ndarray) -> np.ndarray:
-    bytes_view = values.view(np.uint8).reshape(*values.shape, 8)
-    return np.unpackbits(bytes_view, axis=-1).sum(-1)
-
-
-def _groups(pairs: list[tuple[int, int]], n: int) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        parent[find(a)] = find(b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(n):
-        members[find(i)].append(i)
-    return [g for g in members.values() if len(g) > 1]
-
-
 def find_duplicates(scan: FolderScan, workers: int, reporter: Reporter) -> Duplicates:
     """Exact (same bytes) and near (dHash within NEAR_DUPLICATE_BITS) duplicate groups."""
     entries = [(split, s) for split, samples in scan.splits.items() for s in samples]
     paths = [str(s.path) for _, s in entries]
-    reporter.start("hash", len(paths), "hash images (duplicates)")
-    if workers > 1 and len(paths) >= MIN_IMAGES_FOR_POOL:
-        with ThreadPoolExecutor(workers) as pool:  # PIL and hashlib release the GIL
-            hashes = []
-            for result in pool.map(file_hashes, paths):
-                hashes.append(result)
-                reporter.advance("hash")
-    else:
-        hashes = []
-        for path in paths:
-            hashes.append(file_hashes(path))
-            reporter.advance("hash")
-    reporter.finish("hash")
-    by_sha: dict[str, list[int]] = defaultdict(list)
-    for i, (sha, _, _) in enumerate(hashes):
-        by_sha[sha].append(i)
-    exact = [g for g in by_sha.values() if len(g) > 1]
-    dhash = np.array([max(h, 0) for _, h, _ in hashes], dtype=np.uint64)
-    valid = np.array([h != -1 for _, h, _ in hashes])
-    thumbs = [t for _, _, t in hashes]
-    pairs = []
-    chunk = 512
-    for start in range(0, len(dhash), chunk):
-        block = dhash[start : start + chunk, None] ^ dhash[None, :]
-        close = _popcount64(block) <= NEAR_DUPLICATE_BITS
-        for i, j in zip(*np.nonzero(close), strict=True):
-            a, b = start + int(i), int(j)
-            if a < b and valid[a] and valid[b]:
-                if float(np.abs(thumbs[a] - thumbs[b]).mean()) <= NEAR_DUPLICATE_MAD:
-                    pairs.append((a, b))
-    near = _groups(pairs, len(paths))
+    exact, near = hashed_duplicate_groups(paths, workers, reporter)
     cross = [g for g in near if len({entries[i][0] for i in g}) > 1]
     conflicts = [g for g in near if len({entries[i][1].label for i in g}) > 1]
-    rel = [str(Path(p).relative_to(scan.root)) for p in paths]
+    rel = [os.path.relpath(p, scan.root) for p in paths]
     return Duplicates(
         exact_groups=len(exact),
         exact_files=sum(len(g) for g in exact),
@@ -258,6 +183,16 @@ def find_duplicates(scan: FolderScan, workers: int, reporter: Reporter) -> Dupli
         cross_split_examples=[[rel[i] for i in g] for g in cross[:MAX_EXAMPLES]],
         label_conflict_examples=[[rel[i] for i in g] for g in conflicts[:MAX_EXAMPLES]],
     )
+
+
+def hashed_duplicate_groups(
+    paths: Sequence[str], workers: int, reporter: Reporter
+) -> tuple[list[list[int]], list[list[int]]]:
+    """duplicate_groups with a progress bar."""
+    reporter.start("hash", len(paths), "hash images (duplicates)")
+    groups = duplicate_groups(paths, workers, lambda: reporter.advance("hash"))
+    reporter.finish("hash")
+    return groups
 
 
 def _pool_grid(feature_map: torch.Tensor) -> torch.Tensor:
@@ -395,9 +330,26 @@ def measure_similarity(
         head_confidence=head_confidence(logits) if logits is not None else None,
         seconds_per_image=seconds,
         stage_names=[s.name for s in model_stages(model)[:-1]],
+        label_issues=sample_label_issues(final, labels, num_classes, budget.folds, seed),
     )
     reporter.finish("probes")
     return result
+
+
+def sample_label_issues(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, seed: int
+) -> int | None:
+    """How many sampled images doctor would flag as label issues; None when a class has too
+    few images for the folds or cleanlab is not installed."""
+    from tlcli.errors import ConfigError
+    from tlcli.recommend.doctor import count_label_issues
+
+    if np.bincount(labels, minlength=num_classes).min() < folds:
+        return None
+    try:
+        return count_label_issues(features, labels, num_classes, folds, seed)
+    except ConfigError:
+        return None
 
 
 def to_plain(value: Any) -> Any:

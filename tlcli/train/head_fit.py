@@ -144,7 +144,8 @@ def cached_features(
     cached = _load_features(path, len(images) * (1 + views)) if cfg.data.cache else None
     if cached is not None:
         reporter.note(f"{task}: features from cache {path.name}")
-        return cached
+        # The key holds the files, not their labels: a relabelled manifest reuses the features.
+        return cached[0], torch.from_numpy(np.tile(images.labels, 1 + views))
     feats, labels = extract_features(
         model,
         images,
@@ -227,6 +228,7 @@ def fit_head(
     val_y: torch.Tensor,
     num_classes: int,
     grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
+    max_iter: int = LBFGS_MAX_ITER,
 ) -> tuple[HeadFit, list[dict[str, float]]]:
     """Pick weight decay on val (accuracy, then loss); fold standardization into (W, b)."""
     mean = train_x.double().mean(0)
@@ -235,7 +237,7 @@ def fit_head(
     best: HeadFit | None = None
     trials = []
     for wd in grid:
-        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd)
+        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd, max_iter)
         train_loss, train_acc = _scores(tx, train_y, weight, bias)
         val_loss, val_acc = _scores(vx, val_y, weight, bias)
         trials.append(
@@ -248,6 +250,55 @@ def fit_head(
             best = HeadFit(wd, train_loss, train_acc, val_loss, val_acc, raw_w, raw_b)
     assert best is not None
     return best, trials
+
+
+def out_of_fold_probabilities(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    folds: list[np.ndarray],
+    weight_decay: float,
+    max_iter: int = LBFGS_MAX_ITER,
+) -> tuple[np.ndarray, list[float]]:
+    """Class probabilities of every row from the head fit on the other folds (fit_head with one
+    weight decay), and each fold's accuracy: k-fold estimates and label-issue finding."""
+    probs = np.zeros((len(labels), num_classes))
+    accuracies = []
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(labels)), held)
+        hx, hy = features[held], labels[held]
+        fit, _ = fit_head(
+            features[rest], labels[rest], hx, hy, num_classes, (weight_decay,), max_iter
+        )
+        logits = hx.double() @ fit.weight.T + fit.bias
+        probs[held] = torch.softmax(logits, 1).numpy()
+        accuracies.append(fit.val_acc)
+    return probs, accuracies
+
+
+def cross_validate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    k: int,
+    seed: int,
+    weight_decay: float,
+) -> dict[str, Any]:
+    """K-fold accuracy of the L-BFGS head (stratified, seeded folds): the honest number for a
+    small set, where one val split moves by points."""
+    from tlcli.data.folds import stratified_folds
+
+    folds = stratified_folds(labels.numpy(), k, seed)
+    _, accuracies = out_of_fold_probabilities(features, labels, num_classes, folds, weight_decay)
+    return {
+        "folds": k,
+        "images": len(labels),
+        "weight_decay": weight_decay,
+        "fold_accuracy": accuracies,
+        "fold_sizes": [len(f) for f in folds],
+        "mean": float(np.mean(accuracies)),
+        "std": float(np.std(accuracies, ddof=1)),
+    }
 
 
 def fit_head_on_features(
@@ -294,6 +345,21 @@ def fit_head_on_features(
             f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
             f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
         )
+    cv = None
+    if cfg.train.cv_folds:
+        cv = cross_validate(
+            torch.cat([train_x[: len(train_data)], val_x]),
+            torch.cat([train_y[: len(train_data)], val_y]),
+            classifier.out_features,
+            cfg.train.cv_folds,
+            cfg.train.seed,
+            fit.weight_decay,
+        )
+        per_fold = ", ".join(f"{a:.3f}" for a in cv["fold_accuracy"])
+        reporter.note(
+            f"{cv['folds']}-fold cross-validation on {cv['images']} train+val images: accuracy "
+            f"{cv['mean']:.4f} +- {cv['std']:.4f} (folds {per_fold})"
+        )
     row = {
         "epoch": 1,
         "train_loss": fit.train_loss,
@@ -306,6 +372,7 @@ def fit_head_on_features(
         "update_ratio": None,
         "seconds": time.perf_counter() - started,
         "head_weight_decay": fit.weight_decay,
+        "cv": cv,
     }
     reporter.epoch(row)
     state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)

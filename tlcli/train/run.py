@@ -32,8 +32,16 @@ from tlcli.atomic import (
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images
-from tlcli.data.scan import FolderScan, Sample, Skipped, scan_image_folder
-from tlcli.data.split import load_split, save_split, train_val_samples
+from tlcli.data.duplicates import duplicate_groups
+from tlcli.data.manifest import scan_data
+from tlcli.data.scan import FolderScan, Sample, Skipped
+from tlcli.data.split import (
+    kept_together,
+    load_split,
+    merge_groups,
+    save_split,
+    train_val_samples,
+)
 from tlcli.errors import (
     ConfigError,
     DataError,
@@ -258,12 +266,39 @@ def decode_split(
 
 def scan_with_progress(data_dir: Path, cfg: Config, reporter: Reporter) -> FolderScan:
     reporter.start("scan", None, "scan images")
-    scan = scan_image_folder(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
+    scan = scan_data(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
     reporter.finish("scan")
     for warning in scan.warnings:
         reporter.note(warning, "warning")
     report_skipped(reporter, scan.skipped)
     return scan
+
+
+def split_groups(scan: FolderScan, cfg: Config, reporter: Reporter) -> dict[Path, object]:
+    """Groups a made split keeps on one side: a manifest's `group` column, and near-duplicate
+    clusters (data.group_duplicates); {} when the data comes split already."""
+    if scan.layout == "split" and scan.splits.get("val"):
+        return {}
+    pool = scan.splits["train"] if scan.layout == "split" else scan.splits["all"]
+    paths = [s.path for s in pool]
+    clusters: list[list[int]] = []
+    if cfg.data.group_duplicates:
+        reporter.start("hash", len(paths), "hash images (near-duplicates stay on one side)")
+        _, clusters = duplicate_groups(
+            [str(p) for p in paths],
+            resolve_workers(cfg.data.workers),
+            lambda: reporter.advance("hash"),
+        )
+        reporter.finish("hash")
+    named = getattr(scan, "groups", {})
+    groups = merge_groups(paths, named, clusters)
+    together = kept_together(pool, groups)
+    if together or clusters:
+        reporter.note(
+            f"split: {together} group(s) kept on one side ({len(clusters)} near-duplicate "
+            f"cluster(s), {len(set(named.values()))} manifest group(s))"
+        )
+    return groups
 
 
 def report_skipped(reporter: Reporter, skipped: list[Skipped]) -> None:
@@ -350,6 +385,7 @@ class TrainingJob:
     train_data: DecodedImages
     val_data: DecodedImages
     strategy_reasons: list[str]
+    split_groups: int = 0  # groups (near-duplicates, manifest groups) a made split kept together
 
     @property
     def skipped(self) -> list[Skipped]:
@@ -385,13 +421,18 @@ def prepare_job(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels
     scan = scan_with_progress(data_dir, cfg, reporter)
+    kept = 0
     if last is not None and split_path is not None:
-        classes, splits = load_split(split_path, Path(data_dir))
+        classes, splits = load_split(split_path, scan.root)
         train_samples, val_samples = splits["train"], splits["val"]
         refuse_missing_split_files(train_samples + val_samples, split_path.parent)
     else:
         classes = scan.classes
-        train_samples, val_samples = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
+        groups = split_groups(scan, cfg, reporter)
+        train_samples, val_samples = train_val_samples(
+            scan, cfg.data.val_split, cfg.train.seed, groups
+        )
+        kept = kept_together(train_samples + val_samples, groups)
 
     # A resumed run rebuilds from last.pt: no download, same head.
     model = create_model(
@@ -476,6 +517,7 @@ def prepare_job(
         train_data,
         val_data,
         reasons,
+        kept,
     )
 
 
@@ -568,7 +610,7 @@ def _finetune(
         # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(
             paths.split,
-            job.data_dir,
+            job.scan.root,
             job.classes,
             {"train": job.train_samples, "val": job.val_samples},
         )
@@ -626,6 +668,8 @@ def _finetune(
         "classes": job.classes,
         "num_train": len(job.train_data),
         "num_val": len(job.val_data),
+        "split_groups_kept_together": job.split_groups,
+        "cv": state.history[-1].get("cv") if state.history else None,
         "val_acc": state.best_acc,
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,

@@ -32,6 +32,7 @@ import yaml
 
 from tlcli.atomic import process_alive, refuse_output_inside, write_text_atomically
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
+from tlcli.data.manifest import is_manifest
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
 from tlcli.train.progress import NullReporter, Reporter
@@ -124,11 +125,15 @@ def default_study_name(data_dir: Path) -> str:
     return f"tune-{Path(data_dir).resolve().name}"
 
 
+def refuse_outputs_in_data(out: Path, storage_url: str, data_dir: Path) -> None:
+    """Neither the run dir nor a database file may be written under DATA_DIR."""
+    refuse_output_inside(out, [data_dir], "the tune run dir")
+    if storage_url.startswith("sqlite:///"):  # a database file: an output too
+        refuse_output_inside(Path(storage_url.removeprefix("sqlite:///")), [data_dir], "--storage")
+
+
 def open_tune_dir(out: Path, study: str, storage: str, data_dir: Path) -> tuple[TunePaths, bool]:
     """Create the run dir, or reopen one of the same study (resume); refuse anything else."""
-    refuse_output_inside(out, [data_dir], "the tune run dir")
-    if storage.startswith("sqlite:///"):  # a database file: an output too
-        refuse_output_inside(Path(storage.removeprefix("sqlite:///")), [data_dir], "--storage")
     paths = TunePaths(Path(out))
     if paths.info.is_file():
         info = json.loads(paths.info.read_text())
@@ -570,8 +575,10 @@ def tune(
     if settings.epochs_per_trial < 1:
         raise ConfigError(f"--epochs-per-trial {settings.epochs_per_trial} must be >= 1")
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise ConfigError(f"DATA_DIR {data_dir} is not a folder; pass an image folder")
+    if not data_dir.is_dir() and not is_manifest(data_dir):
+        raise ConfigError(
+            f"DATA_DIR {data_dir} is not a folder; pass an image folder or a manifest"
+        )
     user_space = load_space(settings.space_file) if settings.space_file else {}
     base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
     resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
@@ -585,6 +592,7 @@ def tune(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # A given --storage is connected to before --out is claimed: a typo must not bind the
     # run dir to a database that does not exist. The default one lives in --out.
+    refuse_outputs_in_data(out, storage_url, data_dir)  # before connecting creates the file
     storage = open_storage(storage_url) if settings.storage else None
     paths, resumed = open_tune_dir(out, study_name, mask_storage_url(storage_url), data_dir)
     storage = storage or open_storage(storage_url)

@@ -1,0 +1,156 @@
+"""CSV/JSONL manifests: the same run as the folder they list, and one line for each bad one."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from corpus import BAD_MANIFEST_CASES, make_image_folder, make_manifest_images, write_bad_manifest
+from typer.testing import CliRunner
+
+from tlcli.cli import app
+from tlcli.data.manifest import read_manifest, scan_data
+from tlcli.data.split import train_val_samples
+from tlcli.errors import EXIT_DATA, DataError
+
+TINY = [
+    "--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--batch-size", "8",
+    "--device", "cpu", "--workers", "1", "--epochs", "1", "--seed", "3",
+]  # fmt: skip
+runner = CliRunner()
+
+
+def write_manifest(folder: Path, path: Path, with_split: bool = False) -> Path:
+    """A manifest listing every image of folder, paths relative to the manifest."""
+    scan = scan_data(folder)
+    rows = [
+        {
+            "path": Path(s.path).relative_to(path.parent).as_posix(),
+            "label": scan.classes[s.label],
+            **({"split": split} if with_split else {}),
+        }
+        for split, samples in scan.splits.items()
+        for s in reversed(samples)  # the order of rows must not matter
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_manifest_scan_equals_folder_scan(tmp_path):
+    folder = make_image_folder(tmp_path / "data", {"b": 5, "a": 6, "c": 4}, layout="split")
+    manifest = write_manifest(folder, tmp_path / "list.csv", with_split=True)
+    by_folder, by_manifest = scan_data(folder), read_manifest(manifest)
+    assert by_manifest.classes == by_folder.classes == ["a", "b", "c"]
+    assert by_manifest.splits == by_folder.splits
+    flat = make_image_folder(tmp_path / "flat", {"x": 7, "y": 9})
+    flat_manifest = write_manifest(flat, tmp_path / "flat.csv")
+    assert train_val_samples(read_manifest(flat_manifest), 0.3, 5) == train_val_samples(
+        scan_data(flat), 0.3, 5
+    )
+
+
+def test_jsonl_manifest_with_absolute_paths_and_groups(tmp_path):
+    folder = make_image_folder(tmp_path / "data", {"a": 2, "b": 2})
+    lines = [
+        json.dumps({"path": str(p), "label": p.parent.name, "group": f"g{i % 2}"})
+        for i, p in enumerate(sorted(folder.rglob("*.png")))
+    ]
+    manifest = tmp_path / "elsewhere" / "m.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("\n".join(lines) + "\n")
+    scan = read_manifest(manifest)
+    assert scan.classes == ["a", "b"] and len(scan.splits["all"]) == 4
+    assert sorted(set(scan.groups.values())) == ["g0", "g1"]
+
+
+def test_finetune_on_a_manifest_equals_the_folder_run(tmp_path):
+    """Same split, and on CPU with a seed bit-identical metrics (must-show 4)."""
+    folder = make_image_folder(tmp_path / "data", {"a": 8, "b": 8, "c": 6})
+    manifest = write_manifest(folder, tmp_path / "data.csv")
+    runs = {}
+    for name, data in (("folder", folder), ("manifest", manifest)):
+        out = tmp_path / name
+        result = runner.invoke(
+            app, ["finetune", str(data), *TINY, "--strategy", "partial", "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        metrics = list(csv.DictReader((out / "metrics.csv").open()))
+        split = json.loads((out / "split.json").read_text())
+        runs[name] = (
+            {
+                name: [[str((Path(split["root"]) / rel).resolve()), y] for rel, y in rows]
+                for name, rows in split["splits"].items()
+            },
+            [{k: v for k, v in row.items() if k != "seconds"} for row in metrics],
+        )
+    assert runs["manifest"] == runs["folder"]
+    assert len(runs["folder"][1]) == 1
+
+
+@pytest.mark.parametrize("case", list(BAD_MANIFEST_CASES))
+def test_bad_manifest_is_one_line_naming_the_row(case, tmp_path):
+    root = make_manifest_images(tmp_path / "data")
+    manifest = write_bad_manifest(root, case)
+    before = manifest.read_bytes()
+    result = runner.invoke(app, ["finetune", str(manifest), *TINY, "--out", str(tmp_path / "r")])
+    assert "Traceback" not in result.output
+    assert result.exit_code == EXIT_DATA, result.output
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in BAD_MANIFEST_CASES[case][1]:
+        assert word in lines[0], (word, lines[0])
+    assert manifest.read_bytes() == before
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_unreadable_image_in_a_manifest_is_skipped_and_named(tmp_path):
+    root = make_manifest_images(tmp_path / "data")
+    (root / "a" / "broken.png").write_text("not an image")
+    manifest = root / "m.csv"
+    manifest.write_text("path,label\na/a_0.png,a\na/a_1.png,a\na/broken.png,a\nb/b_0.png,b\n")
+    scan = read_manifest(manifest)
+    assert [Path(s.path).name for s in scan.skipped] == ["broken.png"]
+    assert len(scan.splits["all"]) == 3
+
+
+def test_manifest_that_is_not_there_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_cached_features_take_the_current_labels(tmp_path):
+    """The feature cache is keyed by files, not labels: a relabelled manifest of the same files
+    reuses the features, with its own labels (it used to get the cached, stale ones)."""
+    import numpy as np
+    import timm
+
+    from tlcli.config import load_config
+    from tlcli.data.augment import PRESETS, BatchAugmenter
+    from tlcli.data.cache import DecodedImages
+    from tlcli.models import data_spec_of
+    from tlcli.train.head_fit import cached_features
+    from tlcli.train.progress import NullReporter
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3, "b": 3})
+    paths = sorted(folder.rglob("*.png"))
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    spec = data_spec_of(model, 32)
+    pixels = np.zeros((len(paths), spec.cache_size, spec.cache_size, 3), np.uint8)
+    augmenter = BatchAugmenter(PRESETS["none"], spec.input_size, spec.mean, spec.std, 2)
+    cfg = load_config(None, ["data.image_size=32"])
+    cpu = torch.device("cpu")
+    first = DecodedImages(pixels, np.array([0, 0, 0, 1, 1, 1]), paths, [])
+    relabelled = DecodedImages(pixels, np.array([1, 0, 1, 0, 1, 0]), paths, [])
+    feats, labels = cached_features(model, first, augmenter, cpu, cfg, spec, NullReporter(), "t", 0)
+    again, new_labels = cached_features(
+        model, relabelled, augmenter, cpu, cfg, spec, NullReporter(), "t", 0
+    )
+    assert torch.equal(feats, again)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1] and new_labels.tolist() == [1, 0, 1, 0, 1, 0]
