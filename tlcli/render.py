@@ -96,6 +96,14 @@ def format_epoch(row: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _probe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """LP-FT: what fine-tuning added over its own linear probe (epoch 0)."""
+    probe, gain = summary.get("probe_val_acc"), summary.get("gain_over_probe")
+    if probe is None or gain is None or summary["strategy"] == "head-only":
+        return []
+    return [("over the probe", f"{gain:+.4f} (fine-tuning; the L-BFGS head alone: {probe:.4f})")]
+
+
 def finetune_summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="finetune summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -106,6 +114,7 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
             f"{summary['val_acc']:.4f} (epoch {summary['best_epoch']}, "
             f"{summary['best_weights']} weights)",
         ),
+        *_probe_rows(summary),
         (
             "strategy",
             summary["strategy"]

@@ -121,11 +121,13 @@ def _assert_run_dir(run: Path, summary: dict, epochs: int) -> None:
     for name in RUN_FILES:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     rows = _read_metrics(run)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    lp_ft = summary["strategy"] != "head-only" and summary["probe_val_acc"] is not None
+    first = 0 if lp_ft else 1  # LP-FT: the linear probe is epoch 0
+    assert [int(r["epoch"]) for r in rows] == list(range(first, epochs + 1))
     assert json.loads((run / "summary.json").read_text())["val_acc"] == summary["val_acc"]
     assert summary["epochs_run"] == epochs
     assert 0.0 <= summary["val_acc"] <= 1.0
-    assert 1 <= summary["best_epoch"] <= epochs
+    assert first <= summary["best_epoch"] <= epochs
     for name in ("best.pt", "last.pt"):
         data = torch.load(run / name, map_location="cpu", weights_only=True)  # no pickled code
         assert data["format"] == "tlcli-checkpoint"

@@ -231,6 +231,57 @@ def fit_head(
     return best, trials
 
 
+def fit_linear_probe(
+    model: nn.Module,
+    train_data: DecodedImages,
+    val_data: DecodedImages,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    cfg: Config,
+    spec: DataSpec,
+    reporter: Reporter,
+    views: int = 0,
+) -> HeadFit:
+    """Fit model's classifier in place on frozen features (the weight decay picked on val)."""
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
+    train_x, train_y = cached_features(
+        model, train_data, augmenter, device, cfg, spec, reporter, "features-train", views
+    )
+    val_x, val_y = cached_features(
+        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0
+    )
+    fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
+    with torch.no_grad():
+        classifier.weight.copy_(fit.weight.to(classifier.weight))
+        classifier.bias.copy_(fit.bias.to(classifier.bias))
+    for trial in trials:
+        reporter.note(
+            f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
+            f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
+        )
+    return fit
+
+
+def probe_row(fit: HeadFit, epoch: int, seconds: float) -> dict[str, Any]:
+    """The history row of an L-BFGS head: its train and val metrics (val loss without
+    label smoothing, as the loop's validation)."""
+    return {
+        "epoch": epoch,
+        "train_loss": fit.train_loss,
+        "train_acc": fit.train_acc,
+        "val_loss": fit.val_loss,
+        "val_acc": fit.val_acc,
+        "ema_val_loss": None,
+        "ema_val_acc": None,
+        "lr": None,
+        "update_ratio": None,
+        "seconds": seconds,
+        "head_weight_decay": fit.weight_decay,
+    }
+
+
 def fit_head_on_features(
     model: nn.Module,
     train_data: DecodedImages,
@@ -247,45 +298,18 @@ def fit_head_on_features(
         "head-only: features computed once, head fit by full-batch L-BFGS (one pass replaces "
         f"--epochs {cfg.train.epochs}; --set strategy.head_fit=epochs trains it epoch by epoch)"
     )
-    classifier = model.get_classifier()
-    if not isinstance(classifier, nn.Linear):
-        raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
-    train_x, train_y = cached_features(
+    fit = fit_linear_probe(
         model,
         train_data,
+        val_data,
         augmenter,
         device,
         cfg,
         spec,
         reporter,
-        "features-train",
         cfg.strategy.head_views,
     )
-    val_x, val_y = cached_features(
-        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0
-    )
-    fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
-    with torch.no_grad():
-        classifier.weight.copy_(fit.weight.to(classifier.weight))
-        classifier.bias.copy_(fit.bias.to(classifier.bias))
-    for trial in trials:
-        reporter.note(
-            f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
-            f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
-        )
-    row = {
-        "epoch": 1,
-        "train_loss": fit.train_loss,
-        "train_acc": fit.train_acc,
-        "val_loss": fit.val_loss,
-        "val_acc": fit.val_acc,
-        "ema_val_loss": None,
-        "ema_val_acc": None,
-        "lr": None,
-        "update_ratio": None,
-        "seconds": time.perf_counter() - started,
-        "head_weight_decay": fit.weight_decay,
-    }
+    row = probe_row(fit, 1, time.perf_counter() - started)
     reporter.epoch(row)
     state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)
     return state, None

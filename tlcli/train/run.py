@@ -515,6 +515,7 @@ def _finetune(
         "val_acc": state.best_acc,
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,
+        **probe_summary(state.history, state.best_acc, lbfgs_head),
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
         "trainable_params": plan.trainable_params,
@@ -556,9 +557,11 @@ def _train_epochs(
     tracker = tracker or Tracker()
     train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
 
+    state = LoopState()
+    if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
+        state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
-    state = LoopState()
     if last is not None:
         train_state = last["train_state"]
         optimizer.load_state_dict(train_state["optimizer"])
@@ -624,6 +627,8 @@ def _train_epochs(
 
     if last is None and world.is_main:
         save_last(state)  # epoch 0: a run killed before its first epoch can still resume
+        if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
+            save_checkpoint(paths.best, job.checkpoint(ema, state))
     try:
         for _ in run_epochs(setup, state, reporter, on_epoch_end):
             pass
@@ -645,6 +650,46 @@ def _train_epochs(
             f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
         ) from None
     return state
+
+
+def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SINGLE) -> LoopState:
+    """LP-FT (Kumar et al., ICLR 2022): fit the head on frozen features, then fine-tune.
+
+    A zero head's large early gradients distort the pretrained features while it learns;
+    a fitted head starts near the optimum. The probe becomes epoch 0 of the history and the
+    best epoch so far, so a fine-tune never ends below its own probe on val."""
+    from tlcli.train.head_fit import fit_linear_probe, probe_row
+
+    started = time.perf_counter()
+    reporter.note("LP-FT: fitting the head on frozen features first (L-BFGS), then fine-tuning")
+    fit = fit_linear_probe(
+        job.model,
+        job.train_data,
+        job.val_data,
+        job.augmenter,
+        job.device,
+        job.cfg,
+        job.spec,
+        reporter,
+    )
+    if world.distributed:  # every rank fit the same head; rank 0's is the one kept
+        classifier = job.model.get_classifier()
+        weights = broadcast_object({k: v.cpu() for k, v in classifier.state_dict().items()}, world)
+        classifier.load_state_dict(weights)
+    row = probe_row(fit, 0, time.perf_counter() - started)
+    reporter.epoch(row)
+    return LoopState(epoch=0, step=0, history=[row], best_acc=fit.val_acc, best_epoch=0)
+
+
+def probe_summary(history: list[dict[str, Any]], best_acc: float, head_only: bool) -> dict:
+    """probe_val_acc (the L-BFGS head alone on val) and gain_over_probe (what fine-tuning
+    added to it); None without a probe (train.lp_ft=false)."""
+    if head_only and history:
+        return {"probe_val_acc": best_acc, "gain_over_probe": 0.0}
+    if history and history[0].get("epoch") == 0:
+        probe = history[0]["val_acc"]
+        return {"probe_val_acc": probe, "gain_over_probe": best_acc - probe}
+    return {"probe_val_acc": None, "gain_over_probe": None}
 
 
 def out_of_memory_error(batch_size: int, last: Path, epoch: int) -> ResourceError:

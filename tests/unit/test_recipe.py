@@ -1,0 +1,62 @@
+"""LP-FT, weight averaging, class balance and temperature scaling (issue 14), on tiny models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from corpus import make_image_folder
+
+from tlcli.config import load_config
+from tlcli.train.checkpoint import load_checkpoint
+from tlcli.train.run import finetune
+
+TINY = [
+    "model.pretrained=false",
+    "model.name=test_resnet",
+    "data.image_size=64",
+    "data.batch_size=8",
+    "data.workers=1",
+    "train.device=cpu",
+    "train.epochs=1",
+]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Three classes of random-colour images: a probe on random features gets some wrong."""
+    root = tmp_path_factory.mktemp("data") / "images"
+    return make_image_folder(root, {"a": 10, "b": 10, "c": 10}, seed=3)
+
+
+def _cfg(*sets: str):
+    return load_config(None, [*TINY, *sets])
+
+
+def test_lp_ft_epoch_0_is_the_head_only_result_on_the_same_split(images, tmp_path):
+    head = finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "head")
+    lpft = finetune(
+        images, _cfg("strategy.name=partial", "strategy.trainable_stages=1"), out=tmp_path / "ft"
+    )
+    probe, fit = lpft["history"][0], head["history"][0]
+    assert probe["epoch"] == 0
+    for key in ("val_acc", "val_loss", "train_acc", "head_weight_decay"):
+        assert probe[key] == fit[key], key
+    assert lpft["probe_val_acc"] == head["val_acc"]
+    assert lpft["gain_over_probe"] == lpft["val_acc"] - head["val_acc"]
+    # The probe is a candidate for best.pt: fine-tuning never ends below it on val.
+    assert lpft["val_acc"] >= head["val_acc"]
+    assert (
+        load_checkpoint(tmp_path / "ft" / "best.pt")["metrics"]["best_val_acc"] == lpft["val_acc"]
+    )
+    with (tmp_path / "ft" / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+
+
+def test_old_recipe_has_no_probe(images, tmp_path):
+    summary = finetune(
+        images, _cfg("strategy.name=full", "train.lp_ft=false"), out=tmp_path / "old"
+    )
+    assert [row["epoch"] for row in summary["history"]] == [1]
+    assert summary["probe_val_acc"] is None and summary["gain_over_probe"] is None
