@@ -295,6 +295,12 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     calibration.add_row(
         "expected calibration error", f"{detail['ece']:.4f} ({len(detail['reliability'])} bins)"
     )
+    if detail.get("temperature", 1.0) != 1.0:
+        calibration.add_row(
+            "before temperature scaling",
+            f"ECE {detail['ece_before_temperature']:.4f} (T = {detail['temperature']:.3f}, fit on "
+            "the run's val split)",
+        )
     calibration.add_row("reliability diagram", escape(diagram) if diagram else "with --report-dir")
     mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
         detail["n"], 1

@@ -5,11 +5,17 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from corpus import make_image_folder
 
 from tlcli.config import load_config
-from tlcli.train.checkpoint import load_checkpoint
+from tlcli.errors import CheckpointError
+from tlcli.evaluate import load_for_inference
+from tlcli.metrics import expected_calibration_error
+from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
+from tlcli.train.checkpoint import build_model, load_checkpoint
 from tlcli.train.run import finetune
 
 TINY = [
@@ -60,3 +66,36 @@ def test_old_recipe_has_no_probe(images, tmp_path):
     )
     assert [row["epoch"] for row in summary["history"]] == [1]
     assert summary["probe_val_acc"] is None and summary["gain_over_probe"] is None
+
+
+def test_temperature_fit_recovers_a_known_temperature_and_keeps_top1():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 5, generator=generator) * 2
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=generator).squeeze(1)
+    logits = 3.0 * z  # overconfident by a factor of 3: the right temperature is 3
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(3.0, rel=0.08)
+    assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
+    probs = torch.softmax(logits, 1).numpy()
+    calibrated = torch.softmax(logits / temperature, 1).numpy()
+    y = labels.numpy()
+    assert expected_calibration_error(calibrated, y)[0] < expected_calibration_error(probs, y)[0]
+    # evaluate's "before" ECE is recovered from the calibrated probabilities.
+    np.testing.assert_allclose(
+        uncalibrated_probabilities(calibrated, temperature), probs, atol=1e-6
+    )
+
+
+def test_the_checkpoint_temperature_is_applied_by_evaluate(images, tmp_path):
+    summary = finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "run")
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["temperature"] == summary["temperature"] > 0
+    loaded = load_for_inference(tmp_path / "run" / "best.pt")
+    raw, _ = build_model(best)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), raw(x) / best["temperature"])
+    del best["temperature"]  # a checkpoint from before temperature scaling loads with T = 1
+    assert temperature_of(best, "old.pt") == 1.0
+    with pytest.raises(CheckpointError, match="temperature"):
+        temperature_of({"temperature": -2.0}, "bad.pt")
