@@ -282,9 +282,9 @@ def test_cli_diverged_loss_exits_2_and_names_the_learning_rate(images, tmp_path,
 
     real, calls = loop.loss_fn, []
 
-    def loss_fn(logits, targets, label_smoothing):
+    def loss_fn(logits, targets, label_smoothing, balance=None):
         calls.append(1)
-        loss = real(logits, targets, label_smoothing)
+        loss = real(logits, targets, label_smoothing, balance)
         return loss * float("nan") if len(calls) > 2 else loss  # 2 steps per epoch here
 
     monkeypatch.setattr(loop, "loss_fn", loss_fn)

@@ -11,9 +11,11 @@ import torch
 from corpus import make_image_folder
 
 from tlcli.config import load_config
+from tlcli.data.split import load_split
 from tlcli.errors import CheckpointError
 from tlcli.evaluate import load_for_inference
 from tlcli.metrics import expected_calibration_error
+from tlcli.train.balance import loss_balance
 from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
 from tlcli.train.checkpoint import build_model, load_checkpoint
 from tlcli.train.run import finetune
@@ -99,3 +101,40 @@ def test_the_checkpoint_temperature_is_applied_by_evaluate(images, tmp_path):
     assert temperature_of(best, "old.pt") == 1.0
     with pytest.raises(CheckpointError, match="temperature"):
         temperature_of({"temperature": -2.0}, "bad.pt")
+
+
+def test_balance_weights_are_n_over_c_times_the_class_count():
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    balance = loss_balance("weights", labels, 3)
+    assert balance.class_weight.tolist() == pytest.approx([12 / 18, 12 / 6, 12 / 12])
+    assert loss_balance("none", labels, 3).class_weight is None
+    sampler = loss_balance("sampler", labels, 3).sample_weights
+    assert [sampler[labels == c].sum() for c in range(3)] == pytest.approx([1 / 3] * 3)
+
+
+def test_balance_weights_reach_the_training_loss(tmp_path, monkeypatch):
+    from tlcli.train import loop
+
+    data = make_image_folder(tmp_path / "imb", {"a": 12, "b": 4}, seed=5)
+    real, seen = loop.loss_fn, []
+
+    def loss_fn(logits, targets, label_smoothing, balance=None):
+        seen.append(balance)
+        return real(logits, targets, label_smoothing, balance)
+
+    monkeypatch.setattr(loop, "loss_fn", loss_fn)
+    summary = finetune(
+        data, _cfg("strategy.name=full", "train.balance=weights"), out=tmp_path / "run"
+    )
+    assert summary["balance"] == "weights"
+    _, splits = load_split(tmp_path / "run" / "split.json", data)
+    counts = np.bincount([s.label for s in splits["train"]], minlength=2)
+    expected = counts.sum() / (2 * counts)
+    assert seen and all(b.method == "weights" for b in seen)
+    assert seen[0].class_weight.tolist() == pytest.approx(expected.tolist())
+    assert expected[1] > expected[0]  # the rare class weighs more
+
+
+def test_balance_auto_does_nothing_on_balanced_classes(images, tmp_path):
+    summary = finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "run")
+    assert summary["balance"] == "none"

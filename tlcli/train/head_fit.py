@@ -26,6 +26,14 @@ from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
 from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint
 from tlcli.models import DataSpec
+from tlcli.train.balance import (
+    AUTO_CANDIDATES,
+    LossBalance,
+    balanced_accuracy,
+    class_counts,
+    loss_balance,
+    needs_balance,
+)
 from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, batch_indices, gather
 from tlcli.train.progress import Reporter
@@ -167,9 +175,17 @@ def fit_logistic_regression(
     num_classes: int,
     weight_decay: float,
     max_iter: int = LBFGS_MAX_ITER,
+    balance: LossBalance | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64."""
+    """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64.
+
+    balance: class weights in the loss, or a logit adjustment added in the loss only."""
     x = train_x.double()
+    class_weight = logit_bias = None
+    if balance is not None and balance.class_weight is not None:
+        class_weight = balance.class_weight.double()
+    if balance is not None and balance.logit_bias is not None:
+        logit_bias = balance.logit_bias.double()
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -184,8 +200,12 @@ def fit_logistic_regression(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
+        logits = x @ weight.T + bias
+        if logit_bias is not None:
+            logits = logits + logit_bias
         loss = (
-            F.cross_entropy(x @ weight.T + bias, train_y) + 0.5 * weight_decay * weight.pow(2).sum()
+            F.cross_entropy(logits, train_y, weight=class_weight)
+            + 0.5 * weight_decay * weight.pow(2).sum()
         )
         loss.backward()
         return loss
@@ -208,6 +228,7 @@ def fit_head(
     val_y: torch.Tensor,
     num_classes: int,
     grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
+    balance: LossBalance | None = None,
 ) -> tuple[HeadFit, list[dict[str, float]]]:
     """Pick weight decay on val (accuracy, then loss); fold standardization into (W, b)."""
     mean = train_x.double().mean(0)
@@ -216,7 +237,7 @@ def fit_head(
     best: HeadFit | None = None
     trials = []
     for wd in grid:
-        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd)
+        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd, balance=balance)
         train_loss, train_acc = _scores(tx, train_y, weight, bias)
         val_loss, val_acc = _scores(vx, val_y, weight, bias)
         trials.append(
@@ -241,8 +262,13 @@ def fit_linear_probe(
     spec: DataSpec,
     reporter: Reporter,
     views: int = 0,
-) -> HeadFit:
-    """Fit model's classifier in place on frozen features (the weight decay picked on val)."""
+    balance: str = "none",
+) -> tuple[HeadFit, str]:
+    """Fit model's classifier in place on frozen features (the weight decay picked on val).
+
+    balance: a method of tlcli.train.balance, or auto: none unless the classes are
+    imbalanced, then the method whose probe has the best val balanced accuracy. Returns
+    the fit and the method used (the sampler is fit as the weighted loss: full batch)."""
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
@@ -252,7 +278,30 @@ def fit_linear_probe(
     val_x, val_y = cached_features(
         model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0
     )
-    fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
+    num_classes = classifier.out_features
+    counts = class_counts(train_y.numpy(), num_classes)
+    if balance == "auto":
+        candidates = AUTO_CANDIDATES if needs_balance(counts) else ("none",)
+    else:
+        candidates = (balance,)
+    chosen: tuple[float, HeadFit, list, str] | None = None
+    for method in candidates:
+        as_fit = "weights" if method == "sampler" else method
+        lb = loss_balance(as_fit, train_y.numpy(), num_classes)
+        fit, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, balance=lb)
+        pred = (val_x.double() @ fit.weight.T + fit.bias).argmax(1)
+        score = balanced_accuracy(pred, val_y, num_classes)
+        if len(candidates) > 1:
+            reporter.note(
+                f"balance auto: probe with {method}: val balanced accuracy {score:.4f}, "
+                f"top-1 {fit.val_acc:.4f}"
+            )
+        if chosen is None or score > chosen[0]:
+            chosen = (score, fit, trials, method)
+    assert chosen is not None
+    _, fit, trials, method = chosen
+    if balance == "auto" and len(candidates) > 1:
+        reporter.note(f"balance auto: {method} (best val balanced accuracy of the probe)")
     with torch.no_grad():
         classifier.weight.copy_(fit.weight.to(classifier.weight))
         classifier.bias.copy_(fit.bias.to(classifier.bias))
@@ -261,7 +310,7 @@ def fit_linear_probe(
             f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
             f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
         )
-    return fit
+    return fit, method
 
 
 def probe_row(fit: HeadFit, epoch: int, seconds: float) -> dict[str, Any]:
@@ -298,7 +347,7 @@ def fit_head_on_features(
         "head-only: features computed once, head fit by full-batch L-BFGS (one pass replaces "
         f"--epochs {cfg.train.epochs}; --set strategy.head_fit=epochs trains it epoch by epoch)"
     )
-    fit = fit_linear_probe(
+    fit, balance = fit_linear_probe(
         model,
         train_data,
         val_data,
@@ -308,8 +357,11 @@ def fit_head_on_features(
         spec,
         reporter,
         cfg.strategy.head_views,
+        cfg.train.balance,
     )
     row = probe_row(fit, 1, time.perf_counter() - started)
     reporter.epoch(row)
-    state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)
+    state = LoopState(
+        epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1, balance=balance
+    )
     return state, None

@@ -519,6 +519,7 @@ def _finetune(
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,
         **probe_summary(state.history, state.best_acc, lbfgs_head),
+        "balance": state.balance,
         **calibration,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
@@ -557,6 +558,8 @@ def _train_epochs(
 ) -> LoopState:
     from timm.utils import ModelEmaV3
 
+    from tlcli.train.balance import loss_balance
+
     model, lr_mults, cfg, device = job.model, job.lr_mults, job.cfg, job.device
     tracker = tracker or Tracker()
     train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
@@ -564,6 +567,8 @@ def _train_epochs(
     state = LoopState()
     if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
         state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+    elif last is None:
+        state.balance = resolve_balance(job, reporter)
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     if last is not None:
@@ -600,6 +605,7 @@ def _train_epochs(
         ratio_params=ratio_params,
         head_warmup_epochs=cfg.strategy.head_warmup_epochs,
         ema=ema,
+        balance=loss_balance(state.balance, train_data.labels, len(job.classes)),
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
         world=world,
@@ -666,7 +672,7 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
 
     started = time.perf_counter()
     reporter.note("LP-FT: fitting the head on frozen features first (L-BFGS), then fine-tuning")
-    fit = fit_linear_probe(
+    fit, balance = fit_linear_probe(
         job.model,
         job.train_data,
         job.val_data,
@@ -675,6 +681,7 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
         job.cfg,
         job.spec,
         reporter,
+        balance=job.cfg.train.balance,
     )
     if world.distributed:  # every rank fit the same head; rank 0's is the one kept
         classifier = job.model.get_classifier()
@@ -682,7 +689,37 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
         classifier.load_state_dict(weights)
     row = probe_row(fit, 0, time.perf_counter() - started)
     reporter.epoch(row)
-    return LoopState(epoch=0, step=0, history=[row], best_acc=fit.val_acc, best_epoch=0)
+    return LoopState(
+        epoch=0, step=0, history=[row], best_acc=fit.val_acc, best_epoch=0, balance=balance
+    )
+
+
+def resolve_balance(job: TrainingJob, reporter: Reporter) -> str:
+    """--balance without LP-FT: auto is still picked by a probe's val balanced accuracy (the
+    probe is fit, read, and the zero head put back)."""
+    from tlcli.train.balance import class_counts, needs_balance
+    from tlcli.train.head_fit import fit_linear_probe
+
+    choice = job.cfg.train.balance
+    counts = class_counts(job.train_data.labels, len(job.classes))
+    if choice != "auto" or not needs_balance(counts):
+        return "none" if choice == "auto" else choice
+    classifier = job.model.get_classifier()
+    kept = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+    _, method = fit_linear_probe(
+        job.model,
+        job.train_data,
+        job.val_data,
+        job.augmenter,
+        job.device,
+        job.cfg,
+        job.spec,
+        NullReporter(),
+        balance=choice,
+    )
+    classifier.load_state_dict(kept)
+    reporter.note(f"balance auto: {method} (best val balanced accuracy of a linear probe)")
+    return method
 
 
 def calibrate_best(
