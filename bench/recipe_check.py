@@ -211,7 +211,9 @@ def main() -> None:
         else:
             data_dir = args.shared / DATASETS[name]
         results[name] = {}
-        for plan in PLANS:
+        # The requested plans first, in the order given (the long ones can go first and
+        # fill the feature cache the head-only fits then reuse), then the table's order.
+        for plan in [*args.plans, *(p for p in PLANS if p not in args.plans)]:
             if plan in BALANCE_PLANS and name not in BALANCE_DATASETS:
                 continue
             path = args.work / "results" / f"{name}--{plan}.json"
