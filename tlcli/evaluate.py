@@ -96,6 +96,9 @@ def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
     has_ema = ckpt.get("ema_state_dict") is not None
     if requested != "best":
         return f"{used} weights (--weights {requested})"
+    averaged = ckpt.get("best_weights")
+    if isinstance(averaged, str) and averaged not in ("raw", "ema"):  # swa, wise-ft 0.5
+        return f"{averaged} weights: the average scored higher on val than every epoch"
     if not has_ema:
         return "raw weights (the run kept no EMA)"
     if used == "ema":

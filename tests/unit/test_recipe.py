@@ -15,6 +15,7 @@ from tlcli.data.split import load_split
 from tlcli.errors import CheckpointError
 from tlcli.evaluate import load_for_inference
 from tlcli.metrics import expected_calibration_error
+from tlcli.train.averaging import Candidate, interpolate, pick_average, running_average
 from tlcli.train.balance import loss_balance
 from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
 from tlcli.train.checkpoint import build_model, load_checkpoint
@@ -138,3 +139,40 @@ def test_balance_weights_reach_the_training_loss(tmp_path, monkeypatch):
 def test_balance_auto_does_nothing_on_balanced_classes(images, tmp_path):
     summary = finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "run")
     assert summary["balance"] == "none"
+
+
+def test_an_average_is_kept_only_when_it_beats_the_best_epoch_on_val():
+    swa, wise = Candidate("swa", 0.80, 0.5), Candidate("wise-ft 0.5", 0.82, 0.6)
+    assert pick_average([swa, wise], best_acc=0.81) is wise
+    assert pick_average([swa, wise], best_acc=0.82) is None  # a tie keeps the epoch
+    assert pick_average([swa], best_acc=0.85) is None
+    assert pick_average([], best_acc=0.0) is None
+
+
+def test_running_average_and_interpolation_are_means_of_the_weights():
+    states = [{"w": torch.tensor([float(i)]), "n": torch.tensor(i)} for i in (1, 2, 6)]
+    average = None
+    for count, state in enumerate(states):
+        average = running_average(average, count, state)
+    assert average["w"].item() == pytest.approx(3.0) and average["n"].item() == 6
+    mixed = interpolate(states[0], states[2], 0.25)
+    assert mixed["w"].item() == pytest.approx(0.75 * 1 + 0.25 * 6)
+
+
+def test_finetune_keeps_an_average_only_if_it_improves_val(images, tmp_path):
+    cfg = _cfg("strategy.name=full", "train.epochs=2", "train.swa_epochs=2")
+    summary = finetune(images, cfg, out=tmp_path / "run")
+    names = [a["name"] for a in summary["averages"]]
+    assert names == ["swa", "wise-ft 0.25", "wise-ft 0.5", "wise-ft 0.75"]
+    epochs_best = max(row["val_acc"] for row in summary["history"])
+    kept = [a for a in summary["averages"] if a["kept"]]
+    assert len(kept) <= 1
+    if kept:
+        assert kept[0]["val_acc"] > epochs_best
+        assert summary["best_weights"] == kept[0]["name"]
+        assert summary["val_acc"] == kept[0]["val_acc"]
+    else:
+        assert summary["val_acc"] == epochs_best
+        assert summary["best_weights"] in ("raw", "ema")
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["metrics"]["best_val_acc"] == summary["val_acc"]

@@ -46,6 +46,7 @@ class LoopState:
     epochs_since_best: int = 0
     stopped_early: bool = False
     balance: str = "none"  # the class-balance method in use (auto resolved)
+    averages: list[dict[str, Any]] = field(default_factory=list)  # SWA/WiSE-FT tried on val
 
 
 @dataclass

@@ -46,6 +46,13 @@ from tlcli.models import (
 from tlcli.report import REPORT_FILE, write_finetune_report
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.track import Tracker, Tracking, open_tracker
+from tlcli.train.averaging import (
+    model_state,
+    pick_average,
+    recompute_batchnorm,
+    running_average,
+    score_averages,
+)
 from tlcli.train.checkpoint import (
     library_versions,
     load_checkpoint,
@@ -519,6 +526,7 @@ def _finetune(
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,
         **probe_summary(state.history, state.best_acc, lbfgs_head),
+        "averages": state.averages,
         "balance": state.balance,
         **calibration,
         "epochs_run": state.epoch,
@@ -565,8 +573,11 @@ def _train_epochs(
     train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
 
     state = LoopState()
+    probe: dict[str, torch.Tensor] | None = None  # the LP-only weights, for WiSE-FT
+    swa: dict[str, Any] = {"state": None, "count": 0}  # running mean of the last epochs
     if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
         state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+        probe = model_state(model)
     elif last is None:
         state.balance = resolve_balance(job, reporter)
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
@@ -577,6 +588,8 @@ def _train_epochs(
         if ema is not None and last.get("ema_state_dict") is not None:
             ema.module.load_state_dict(last["ema_state_dict"])
         state = LoopState(**train_state["loop"])
+        probe = train_state.get("probe_state_dict")
+        swa = train_state.get("swa") or swa
         set_rng_state(train_state["rng"])
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
     head_names = set(classifier_param_names(model))
@@ -622,6 +635,8 @@ def _train_epochs(
             "optimizer": optimizer.state_dict(),
             "loop": dataclasses.asdict(current),
             "rng": rng_state(),
+            "probe_state_dict": probe,
+            "swa": swa,
         }
         save_checkpoint(paths.last, payload)
         saved_epoch[0] = current.epoch
@@ -629,6 +644,9 @@ def _train_epochs(
     def on_epoch_end(current: LoopState, improved: bool) -> None:
         if not world.is_main:  # one writer
             return
+        if swa_window(cfg, current.epoch):
+            swa["state"] = running_average(swa["state"], swa["count"], model.state_dict())
+            swa["count"] += 1
         if improved:
             save_checkpoint(paths.best, job.checkpoint(ema, current))
         save_last(current)
@@ -659,7 +677,69 @@ def _train_epochs(
             f"training diverged: {exc}; lower the learning rate (--lr {cfg.optim.lr:g} now; "
             f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
         ) from None
+    if world.is_main:
+        try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
     return state
+
+
+def swa_window(cfg: Config, epoch: int) -> bool:
+    """Whether the weights at the end of this epoch go into the SWA mean (the last
+    train.swa_epochs epochs; fewer than 2 is no average)."""
+    return cfg.train.swa_epochs >= 2 and epoch > cfg.train.epochs - cfg.train.swa_epochs
+
+
+def try_weight_averages(
+    job: TrainingJob,
+    paths: RunPaths,
+    setup: LoopSetup,
+    state: LoopState,
+    ema: Any,
+    probe: dict[str, torch.Tensor] | None,
+    swa: dict[str, Any],
+    reporter: Reporter,
+) -> None:
+    """SWA and WiSE-FT, BatchNorm statistics recomputed, each scored on val; the best one
+    replaces best.pt's weights only if it beats the best epoch there (state.averages says)."""
+    from tlcli.train.loop import evaluate_split
+
+    cfg, model = job.cfg, job.model
+    swa_state = swa["state"] if swa["count"] >= 2 else None
+    probe = probe if cfg.train.wise_ft else None
+    if swa_state is None and probe is None:
+        return
+    trained = set(job.lr_mults)
+
+    def prepare(m: torch.nn.Module) -> None:
+        recompute_batchnorm(
+            m,
+            job.train_data.pixels,
+            job.augmenter,
+            job.device,
+            cfg.data.batch_size * 2,
+            trained,
+            cfg.train.seed,
+        )
+
+    def score(m: torch.nn.Module) -> tuple[float, float]:
+        return evaluate_split(setup, m, reporter, "val-average")
+
+    final = model_state(model)
+    scored = score_averages(model, probe, final, swa_state, prepare, score)
+    chosen = pick_average([c for c, _ in scored], state.best_acc)
+    for candidate, _ in scored:
+        reporter.note(
+            f"weight average {candidate.name} (BatchNorm recomputed): val {candidate.val_acc:.4f}"
+            f" vs best epoch {state.best_acc:.4f}"
+            + (": kept" if candidate is chosen else ": not kept")
+        )
+        state.averages.append({**dataclasses.asdict(candidate), "kept": candidate is chosen})
+    if chosen is not None:
+        weights = next(w for c, w in scored if c is chosen)
+        model.load_state_dict(weights)
+        state.best_acc, state.best_weights = chosen.val_acc, chosen.name
+        state.best_epoch = state.epoch
+        save_checkpoint(paths.best, job.checkpoint(ema, state))
+        model.load_state_dict(final)
 
 
 def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SINGLE) -> LoopState:
