@@ -104,6 +104,26 @@ def _probe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return [("over the probe", f"{gain:+.4f} (fine-tuning; the L-BFGS head alone: {probe:.4f})")]
 
 
+def _selection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Honest selection: the val split picked these, so its accuracy is optimistic."""
+    chosen = summary.get("selected_on_val")
+    if not chosen:
+        return []
+    rows = []
+    if summary.get("val_ece_before") is not None:
+        rows.append(
+            (
+                "temperature",
+                f"{summary['temperature']:.3f}: val ECE {summary['val_ece_before']:.4f} -> "
+                f"{summary['val_ece_after']:.4f}",
+            )
+        )
+    return rows + [
+        ("chosen on val", ", ".join(chosen) + ": val accuracy is optimistic"),
+        ("unbiased number", summary["unbiased_estimate"]),
+    ]
+
+
 def finetune_summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="finetune summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -137,6 +157,7 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
         ("time", f"{summary['seconds']:.1f}s on {summary['device']}"),
         ("best checkpoint", summary["paths"]["best"]),
         ("curves", summary["paths"]["curves"]),
+        *_selection_rows(summary),
     ]
     for key, value in rows:
         table.add_row(key, value)

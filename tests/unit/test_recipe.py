@@ -18,7 +18,7 @@ from tlcli.metrics import expected_calibration_error
 from tlcli.train.averaging import Candidate, interpolate, pick_average, running_average
 from tlcli.train.balance import loss_balance
 from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
-from tlcli.train.checkpoint import build_model, load_checkpoint
+from tlcli.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from tlcli.train.run import finetune
 
 TINY = [
@@ -176,3 +176,21 @@ def test_finetune_keeps_an_average_only_if_it_improves_val(images, tmp_path):
         assert summary["best_weights"] in ("raw", "ema")
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["metrics"]["best_val_acc"] == summary["val_acc"]
+
+
+def test_the_exported_onnx_graph_divides_the_logits_by_the_temperature(images, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from tlcli.export import export_model
+
+    finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "run")
+    path = tmp_path / "run" / "best.pt"
+    ckpt = load_checkpoint(path)
+    ckpt["temperature"] = 2.5  # a clearly visible one
+    save_checkpoint(path, ckpt)
+    export_model(load_for_inference(path), "onnx", tmp_path / "m.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = torch.rand(2, 3, 64, 64)
+    (logits,) = session.run(None, {"input": x.numpy()})
+    raw, _ = build_model(ckpt)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, (raw(x) / 2.5).numpy(), rtol=1e-4, atol=1e-5)

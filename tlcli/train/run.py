@@ -527,6 +527,7 @@ def _finetune(
         "best_weights": state.best_weights,
         **probe_summary(state.history, state.best_acc, lbfgs_head),
         "averages": state.averages,
+        **selection_note(plan.strategy, lbfgs_head, cfg, job.data_dir, paths.best),
         "balance": state.balance,
         **calibration,
         "epochs_run": state.epoch,
@@ -833,6 +834,29 @@ def calibrate_best(
         f"{after:.4f} (15 bins); top-1 unchanged"
     )
     return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after}
+
+
+def selection_note(
+    strategy: str, lbfgs_head: bool, cfg: Config, data_dir: Path, best: Path
+) -> dict[str, Any]:
+    """Honest selection: what the val split chose, so val_acc is optimistic, and the command
+    that gives the unbiased number."""
+    chosen = ["the head's weight decay"] if lbfgs_head or cfg.train.lp_ft else []
+    if not lbfgs_head:
+        chosen.append("the epoch")
+        if cfg.train.swa_epochs >= 2 or (cfg.train.wise_ft and cfg.train.lp_ft):
+            chosen.append("the weight averaging")
+    if cfg.train.balance == "auto":
+        chosen.append("the class balance")
+    if cfg.train.calibrate:
+        chosen.append("the temperature")
+    split = "test" if (Path(data_dir) / "test").is_dir() else None
+    command = (
+        f"tlcli evaluate {best} {data_dir} --split test"
+        if split
+        else (f"tlcli evaluate {best} HELD_OUT_DIR (images no choice has seen)")
+    )
+    return {"selected_on_val": chosen, "unbiased_estimate": command}
 
 
 def probe_summary(history: list[dict[str, Any]], best_acc: float, head_only: bool) -> dict:
