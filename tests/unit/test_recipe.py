@@ -194,3 +194,14 @@ def test_the_exported_onnx_graph_divides_the_logits_by_the_temperature(images, t
     raw, _ = build_model(ckpt)
     with torch.no_grad():
         np.testing.assert_allclose(logits, (raw(x) / 2.5).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tune_reads_the_val_loss_of_the_kept_epoch_in_an_lp_ft_history():
+    from tlcli.tune.search import best_epoch_val_loss
+
+    history = [{"epoch": e, "val_loss": loss} for e, loss in ((0, 0.9), (1, 0.5), (2, 0.7))]
+    summary = {"history": history, "best_epoch": 1, "best_weights": "raw"}
+    assert best_epoch_val_loss(summary) == 0.5  # epoch 1, not the row before it
+    assert best_epoch_val_loss(summary | {"best_epoch": 0}) == 0.9
+    kept = [{"name": "swa", "val_loss": 0.4, "kept": True}]
+    assert best_epoch_val_loss(summary | {"averages": kept, "best_weights": "swa"}) == 0.4
