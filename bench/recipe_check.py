@@ -13,6 +13,7 @@ runs can go in the background and be resumed; the table shows whatever is finish
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -95,11 +96,30 @@ def scores(evaluation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_dir(work: Path, data_dir: Path, plan: str) -> Path:
+    return work / "runs" / f"{data_dir.name}--{plan.replace(', ', '-').replace(' ', '_')}"
+
+
+def in_progress(out: Path) -> str | None:
+    """'epochs 0-2 done, best val 0.8827': an unfinished run's metrics.csv, for the notes."""
+    metrics = out / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with metrics.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    best = max(float(r["val_acc"]) for r in rows)
+    return f"epochs {rows[0]['epoch']}-{rows[-1]['epoch']} done, best val so far {best:.4f}"
+
+
 def run_plan(data_dir: Path, plan: str, model: str, epochs: int, work: Path) -> dict[str, Any]:
-    out = work / "runs" / f"{data_dir.name}--{plan.replace(', ', '-').replace(' ', '_')}"
+    out = run_dir(work, data_dir, plan)
     if (out / "summary.json").is_file():  # trained in an earlier call, evaluation missing
         summary = json.loads((out / "summary.json").read_text())
         summary["wall_seconds"] = summary["seconds"]
+    elif (out / "last.pt").is_file():  # stopped part-way (killed): continue it
+        summary = run_cli(["finetune", "--resume", str(out)])
     else:
         args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
         summary = run_cli(args + PLANS[plan] + ["--out", str(out)])
@@ -122,7 +142,9 @@ def fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def report(results: dict[str, dict[str, dict]], epochs: int, model: str) -> str:
+def report(
+    results: dict[str, dict[str, dict]], epochs: int, model: str, unfinished: list[str]
+) -> str:
     lines = [
         "## Fine-tuning against its own linear probe: old recipe vs LP-FT",
         "",
@@ -186,6 +208,7 @@ def report(results: dict[str, dict[str, dict]], epochs: int, model: str) -> str:
                 + ", ".join(f"{p} {a:.4f}" for p, a in lpft.items())
                 + ")."
             )
+    lines += [f"- not finished when this table was written: {u}." for u in unfinished]
     return "\n".join(lines)
 
 
@@ -203,6 +226,7 @@ def main() -> None:
     model = measure.model_name(args)
     (args.work / "results").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
+    unfinished: list[str] = []
     for name in args.datasets:
         if DATASETS[name] is None:
             data_dir = args.work / "digits"
@@ -223,7 +247,10 @@ def main() -> None:
                 print(f"{name} {plan}: val {result['val_acc']:.4f}", file=sys.stderr, flush=True)
             if path.is_file():
                 results[name][plan] = json.loads(path.read_text())
-    markdown = report(results, args.epochs, measure.shown_model(model, args.shared))
+            elif progress := in_progress(run_dir(args.work, data_dir, plan)):
+                unfinished.append(f"{name} {plan} ({progress})")
+    shown = measure.shown_model(model, args.shared)
+    markdown = report(results, args.epochs, shown, unfinished)
     measure.publish(SECTION, markdown, args.write)
 
 
