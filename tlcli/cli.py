@@ -91,6 +91,14 @@ class Augment(str, Enum):
     strong = "strong"
 
 
+class Balance(str, Enum):  # tlcli.config.BALANCES (not imported here: --help stays fast)
+    none = "none"
+    weights = "weights"
+    sampler = "sampler"
+    logit_adjust = "logit-adjust"
+    auto = "auto"
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -295,6 +303,14 @@ def finetune(
             "validate it alongside the raw weights.",
         ),
     ] = None,
+    balance: Annotated[
+        Balance | None,
+        typer.Option(
+            help="Class imbalance: weights (loss), sampler, logit-adjust, none; auto (default) "
+            "acts only when the largest class has 3x the smallest's images, picking by a "
+            "linear probe's val balanced accuracy."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs to train (default 10).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (split, order, init).")] = None,
@@ -412,6 +428,7 @@ def finetune(
                     "patience": patience,
                     "cv_folds": cv,
                     "ema": ema,
+                    "balance": balance.value if balance else None,
                     "device": device,
                     "compile": compile,
                 },

@@ -30,6 +30,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # of values, which the first error message that quoted one tried to print.
 MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 10_000  # values, lists and mappings, counted with every alias expanded
+BALANCES = ("none", "weights", "sampler", "logit-adjust", "auto")
 
 
 @dataclass
@@ -102,6 +103,18 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: ~2x faster convs on CPU and GPU
     compile: bool = False
     monitor_every: int = 5  # steps between update/weight ratio samples
+    # LP-FT (Kumar et al. 2022): partial/full start from the L-BFGS head on frozen features
+    # (epoch 0, a best.pt candidate) instead of a zero head that distorts the features.
+    lp_ft: bool = True
+    # Weight averages tried after training, each kept only if it scores higher on val:
+    # SWA of the weights at the end of the last swa_epochs epochs (< 2 disables), and
+    # WiSE-FT interpolations between the LP-only and the fine-tuned weights.
+    swa_epochs: int = 3
+    wise_ft: bool = True
+    # Class imbalance: none | weights (loss) | sampler | logit-adjust | auto (only when the
+    # largest class is imbalance_ratio x the smallest; picked by val balanced accuracy).
+    balance: str = "auto"
+    calibrate: bool = True  # temperature scaling fit on val logits, stored in best.pt
 
 
 @dataclass
@@ -121,6 +134,7 @@ _CHOICES = {
     ("schedule", "name"): SCHEDULES,
     ("data", "augment"): AUGMENTS,
     ("data", "stream"): STREAM_CHOICES,
+    ("train", "balance"): BALANCES,
 }
 
 
@@ -386,6 +400,7 @@ def validate(cfg: Config) -> None:
     _check_range(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < x < 1")
     _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
     _check_range(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"0..{MAX_SEED}")
+    _check_range(0 <= t.swa_epochs <= 100_000, "train.swa_epochs", t.swa_epochs, ">= 0")
     _check_range(st.trainable_stages >= 1, "strategy.trainable_stages", st.trainable_stages, ">= 1")
     _check_range(
         st.head_warmup_epochs >= 0, "strategy.head_warmup_epochs", st.head_warmup_epochs, ">= 0"

@@ -40,9 +40,10 @@ from tlcli.data.scan import (
     scan_class_folders,
 )
 from tlcli.errors import CheckpointError, DataError, RunDirError, printable
-from tlcli.metrics import classification_report
+from tlcli.metrics import classification_report, expected_calibration_error
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
+from tlcli.train.calibration import temperature_of, uncalibrated_probabilities, with_temperature
 from tlcli.train.checkpoint import (
     build_model,
     checked_classes,
@@ -76,8 +77,8 @@ class LoadedModel:
     spec: DataSpec
     architecture: str
     trained_val_acc: float | None
-    # The checkpoint's calibration temperature (1.0 when it has none). An ONNX model keeps
-    # 1.0 here: its graph divides its logits by the temperature itself.
+    # The checkpoint's calibration temperature (1.0 when it has none), applied inside `model`
+    # (logits / T). An ONNX model keeps 1.0 here: its graph divides its logits itself.
     temperature: float = 1.0
 
     def describe(self) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class LoadedModel:
             "weights": self.weights,
             "weights_note": self.weights_note,
             "trained_val_acc": self.trained_val_acc,
+            "temperature": self.temperature,
         }
 
 
@@ -101,6 +103,9 @@ def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
     has_ema = ckpt.get("ema_state_dict") is not None
     if requested != "best":
         return f"{used} weights (--weights {requested})"
+    averaged = ckpt.get("best_weights")
+    if isinstance(averaged, str) and averaged not in ("raw", "ema"):  # swa, wise-ft 0.5
+        return f"{averaged} weights: the average scored higher on val than every epoch"
     if not has_ema:
         return "raw weights (the run kept no EMA)"
     if used == "ema":
@@ -132,8 +137,10 @@ def load_for_inference(path: Path, weights: str = "best", name: str | None = Non
         raise CheckpointError(
             f"--weights ema: {path} has no EMA weights; use --weights best, or finetune with --ema"
         )
+    temperature = temperature_of(ckpt, path)
     model, used = build_model(ckpt, weights, path)
     architecture = ckpt["model"]["architecture"]  # checked by build_model
+    model = with_temperature(model, temperature)  # evaluate, predict and export all see it
     metrics = ckpt.get("metrics") or {}
     val_acc = metrics.get("best_val_acc") if isinstance(metrics, dict) else "?"
     if val_acc is not None and not (isinstance(val_acc, int | float) and 0 <= val_acc <= 1):
@@ -151,7 +158,7 @@ def load_for_inference(path: Path, weights: str = "best", name: str | None = Non
         spec=spec,
         architecture=architecture,
         trained_val_acc=None if val_acc is None else float(val_acc),
-        temperature=float(ckpt.get("temperature", 1.0)),
+        temperature=temperature,
     )
 
 
@@ -425,6 +432,7 @@ def model_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a classification report, for the side-by-side table."""
     keys = ("top1", "top5", "loss", "balanced_accuracy", "macro_f1", "weighted_f1", "ece")
     summary = {k: report[k] for k in keys}
+    summary["ece_before_temperature"] = report.get("ece_before_temperature", report["ece"])
     summary["num_correct"] = round(report["top1"] * report["n"])
     return summary
 
@@ -495,6 +503,10 @@ def evaluate_models(
         report = classification_report(
             preds.member_probs[loaded.name], preds.labels, classes, paths
         )
+        report["temperature"] = loaded.temperature
+        if loaded.temperature != 1.0:  # what the probabilities were before temperature scaling
+            raw = uncalibrated_probabilities(preds.member_probs[loaded.name], loaded.temperature)
+            report["ece_before_temperature"] = expected_calibration_error(raw, preds.labels)[0]
         entries.append({**loaded.describe(), "summary": model_summary(report), "report": report})
     ensemble = None
     if len(models) > 1:

@@ -101,6 +101,34 @@ def format_epoch(row: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _probe_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """LP-FT: what fine-tuning added over its own linear probe (epoch 0)."""
+    probe, gain = summary.get("probe_val_acc"), summary.get("gain_over_probe")
+    if probe is None or gain is None or summary["strategy"] == "head-only":
+        return []
+    return [("over the probe", f"{gain:+.4f} (fine-tuning; the L-BFGS head alone: {probe:.4f})")]
+
+
+def _selection_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Honest selection: the val split picked these, so its accuracy is optimistic."""
+    chosen = summary.get("selected_on_val")
+    if not chosen:
+        return []
+    rows = []
+    if summary.get("val_ece_before") is not None:
+        rows.append(
+            (
+                "temperature",
+                f"{summary['temperature']:.3f}: val ECE {summary['val_ece_before']:.4f} -> "
+                f"{summary['val_ece_after']:.4f}",
+            )
+        )
+    return rows + [
+        ("chosen on val", ", ".join(chosen) + ": val accuracy is optimistic"),
+        ("unbiased number", summary["unbiased_estimate"]),
+    ]
+
+
 def finetune_summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="finetune summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -111,6 +139,7 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
             f"{summary['val_acc']:.4f} (epoch {summary['best_epoch']}, "
             f"{summary['best_weights']} weights)",
         ),
+        *_probe_rows(summary),
         (
             "strategy",
             summary["strategy"]
@@ -151,6 +180,7 @@ def finetune_summary_table(summary: dict[str, Any]) -> Table:
         ),
         ("best checkpoint", shown(summary["paths"]["best"])),
         ("curves", shown(summary["paths"]["curves"])),
+        *_selection_rows(summary),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -309,6 +339,12 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     calibration.add_row(
         "expected calibration error", f"{detail['ece']:.4f} ({len(detail['reliability'])} bins)"
     )
+    if detail.get("temperature", 1.0) != 1.0:
+        calibration.add_row(
+            "before temperature scaling",
+            f"ECE {detail['ece_before_temperature']:.4f} (T = {detail['temperature']:.3f}, fit on "
+            "the run's val split)",
+        )
     calibration.add_row("reliability diagram", shown(diagram) if diagram else "with --report-dir")
     mean_conf = sum((b["confidence"] or 0) * b["count"] for b in detail["reliability"]) / max(
         detail["n"], 1

@@ -94,7 +94,11 @@ def _frozen_and_trained_keys(model_name: str, num_classes: int, plan: dict) -> t
     return frozen, keys - frozen
 
 
-def _assert_frozen_bit_identical(ckpt: dict, initial: dict, model_name: str, plan: dict) -> None:
+def _assert_frozen_bit_identical(
+    ckpt: dict, initial: dict, model_name: str, plan: dict, trained: bool = True
+) -> None:
+    """Frozen tensors unchanged; with trained, every trainable stage moved."""
+    must_move = trained
     frozen, trained = _frozen_and_trained_keys(model_name, len(ckpt["classes"]), plan)
     state = ckpt["state_dict"]
     assert set(state) == set(initial)
@@ -103,6 +107,8 @@ def _assert_frozen_bit_identical(ckpt: dict, initial: dict, model_name: str, pla
     bn_buffers = [k for k in frozen if k.endswith(("running_mean", "running_var"))]
     if plan["strategy"] != "full":
         assert bn_buffers  # the check above covered BatchNorm statistics
+    if not must_move:
+        return
     moved = {k for k in trained if not torch.equal(state[k], initial[k])}
     assert moved, "nothing trained"
     # Every trained stage moved (the head, and each retrained backbone stage).
@@ -121,11 +127,13 @@ def _assert_run_dir(run: Path, summary: dict, epochs: int) -> None:
     for name in RUN_FILES:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     rows = _read_metrics(run)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    lp_ft = summary["strategy"] != "head-only" and summary["probe_val_acc"] is not None
+    first = 0 if lp_ft else 1  # LP-FT: the linear probe is epoch 0
+    assert [int(r["epoch"]) for r in rows] == list(range(first, epochs + 1))
     assert json.loads((run / "summary.json").read_text())["val_acc"] == summary["val_acc"]
     assert summary["epochs_run"] == epochs
     assert 0.0 <= summary["val_acc"] <= 1.0
-    assert 1 <= summary["best_epoch"] <= epochs
+    assert first <= summary["best_epoch"] <= epochs
     for name in ("best.pt", "last.pt"):
         data = torch.load(run / name, map_location="cpu", weights_only=True)  # no pickled code
         assert data["format"] == "tlcli-checkpoint"
@@ -151,7 +159,9 @@ def test_strategy_trains_only_what_its_plan_says(images, tmp_path, model_name, s
     _assert_run_dir(run, summary, epochs)
     best = load_checkpoint(run / "best.pt")
     assert best["plan"]["strategy"] == cfg.strategy.name == summary["strategy"]
-    _assert_frozen_bit_identical(best, initial, model_name, best["plan"])
+    # LP-FT: best.pt may be the probe (epoch 0), which trained the head alone.
+    probe_kept = summary["best_epoch"] == 0 and summary["strategy"] != "head-only"
+    _assert_frozen_bit_identical(best, initial, model_name, best["plan"], not probe_kept)
     _assert_frozen_bit_identical(
         load_checkpoint(run / "last.pt"), initial, model_name, best["plan"]
     )
@@ -280,9 +290,9 @@ def test_cli_diverged_loss_exits_2_and_names_the_learning_rate(images, tmp_path,
 
     real, calls = loop.loss_fn, []
 
-    def loss_fn(logits, targets, label_smoothing):
+    def loss_fn(logits, targets, label_smoothing, balance=None):
         calls.append(1)
-        loss = real(logits, targets, label_smoothing)
+        loss = real(logits, targets, label_smoothing, balance)
         return loss * float("nan") if len(calls) > 2 else loss  # 2 steps per epoch here
 
     monkeypatch.setattr(loop, "loss_fn", loss_fn)
@@ -322,11 +332,11 @@ def test_resume_finishes_the_run_exactly_as_an_uninterrupted_one(images, tmp_pat
     assert f"--resume {run}" in excinfo.value.message
     last = load_checkpoint(run / "last.pt")
     assert last["metrics"]["epoch"] == 2 and last["train_state"]["loop"]["epoch"] == 2
-    assert len(_read_metrics(run)) == 2
+    assert [int(r["epoch"]) for r in _read_metrics(run)] == [0, 1, 2]  # 0: the LP-FT probe
 
     resumed = finetune(None, load_config(), resume=run)
     assert resumed["epochs_run"] == 3
-    assert [int(r["epoch"]) for r in _read_metrics(run)] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in _read_metrics(run)] == [0, 1, 2, 3]
 
     straight = finetune(images, cfg, out=tmp_path / "straight")
     assert _without_time(resumed["history"]) == _without_time(straight["history"])

@@ -26,6 +26,14 @@ from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
 from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint, unwritable_reason
 from tlcli.models import DataSpec
+from tlcli.train.balance import (
+    AUTO_CANDIDATES,
+    LossBalance,
+    balanced_accuracy,
+    class_counts,
+    loss_balance,
+    needs_balance,
+)
 from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, batch_indices, gather
 from tlcli.train.progress import Reporter
@@ -46,6 +54,7 @@ class HeadFit:
     val_acc: float
     weight: torch.Tensor  # (C, D) on raw features
     bias: torch.Tensor  # (C,)
+    cv: dict[str, Any] | None = None  # --cv K: k-fold accuracy at the chosen weight decay
 
 
 def weights_fingerprint(model: nn.Module, skip: set[str]) -> str:
@@ -187,9 +196,17 @@ def fit_logistic_regression(
     num_classes: int,
     weight_decay: float,
     max_iter: int = LBFGS_MAX_ITER,
+    balance: LossBalance | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64."""
+    """Multinomial logistic regression by full-batch L-BFGS; returns (W, b), float64.
+
+    balance: class weights in the loss, or a logit adjustment added in the loss only."""
     x = train_x.double()
+    class_weight = logit_bias = None
+    if balance is not None and balance.class_weight is not None:
+        class_weight = balance.class_weight.double()
+    if balance is not None and balance.logit_bias is not None:
+        logit_bias = balance.logit_bias.double()
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -204,8 +221,12 @@ def fit_logistic_regression(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
+        logits = x @ weight.T + bias
+        if logit_bias is not None:
+            logits = logits + logit_bias
         loss = (
-            F.cross_entropy(x @ weight.T + bias, train_y) + 0.5 * weight_decay * weight.pow(2).sum()
+            F.cross_entropy(logits, train_y, weight=class_weight)
+            + 0.5 * weight_decay * weight.pow(2).sum()
         )
         loss.backward()
         return loss
@@ -228,6 +249,7 @@ def fit_head(
     val_y: torch.Tensor,
     num_classes: int,
     grid: tuple[float, ...] = WEIGHT_DECAY_GRID,
+    balance: LossBalance | None = None,
     max_iter: int = LBFGS_MAX_ITER,
 ) -> tuple[HeadFit, list[dict[str, float]]]:
     """Pick weight decay on val (accuracy, then loss); fold standardization into (W, b)."""
@@ -237,7 +259,9 @@ def fit_head(
     best: HeadFit | None = None
     trials = []
     for wd in grid:
-        weight, bias = fit_logistic_regression(tx, train_y, num_classes, wd, max_iter)
+        weight, bias = fit_logistic_regression(
+            tx, train_y, num_classes, wd, max_iter, balance=balance
+        )
         train_loss, train_acc = _scores(tx, train_y, weight, bias)
         val_loss, val_acc = _scores(vx, val_y, weight, bias)
         trials.append(
@@ -268,7 +292,7 @@ def out_of_fold_probabilities(
         rest = np.setdiff1d(np.arange(len(labels)), held)
         hx, hy = features[held], labels[held]
         fit, _ = fit_head(
-            features[rest], labels[rest], hx, hy, num_classes, (weight_decay,), max_iter
+            features[rest], labels[rest], hx, hy, num_classes, (weight_decay,), max_iter=max_iter
         )
         logits = hx.double() @ fit.weight.T + fit.bias
         probs[held] = torch.softmax(logits, 1).numpy()
@@ -301,6 +325,107 @@ def cross_validate(
     }
 
 
+def fit_linear_probe(
+    model: nn.Module,
+    train_data: DecodedImages,
+    val_data: DecodedImages,
+    augmenter: BatchAugmenter,
+    device: torch.device,
+    cfg: Config,
+    spec: DataSpec,
+    reporter: Reporter,
+    views: int = 0,
+    balance: str = "none",
+) -> tuple[HeadFit, str]:
+    """Fit model's classifier in place on frozen features (the weight decay picked on val).
+
+    balance: a method of tlcli.train.balance, or auto: none unless the classes are
+    imbalanced, then the method whose probe has the best val balanced accuracy. Returns
+    the fit and the method used (the sampler is fit as the weighted loss: full batch)."""
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
+    store = feature_cache_writable(cfg, train_data, reporter)
+    train_x, train_y = cached_features(
+        model, train_data, augmenter, device, cfg, spec, reporter, "features-train", views, store
+    )
+    val_x, val_y = cached_features(
+        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0, store
+    )
+    num_classes = classifier.out_features
+    counts = class_counts(train_y.numpy(), num_classes)
+    if balance == "auto":
+        candidates = AUTO_CANDIDATES if needs_balance(counts) else ("none",)
+    else:
+        candidates = (balance,)
+    chosen: tuple[float, HeadFit, str] | None = None
+    grid_trials: list[dict[str, float]] = []  # the weight-decay grid, run by the first method
+    for method in candidates:
+        as_fit = "weights" if method == "sampler" else method
+        lb = loss_balance(as_fit, train_y.numpy(), num_classes)
+        # The weight decay is picked once, by the first method; the others reuse it (one
+        # L-BFGS fit each instead of a grid: auto costs 3 + 2 fits, not 3 x 5).
+        grid = (chosen[1].weight_decay,) if chosen is not None else WEIGHT_DECAY_GRID
+        fit, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, grid=grid, balance=lb)
+        grid_trials = grid_trials or trials
+        pred = (val_x.double() @ fit.weight.T + fit.bias).argmax(1)
+        score = balanced_accuracy(pred, val_y, num_classes)
+        if len(candidates) > 1:
+            reporter.note(
+                f"balance auto: probe with {method}: val balanced accuracy {score:.4f}, "
+                f"top-1 {fit.val_acc:.4f}"
+            )
+        if chosen is None or score > chosen[0]:
+            chosen = (score, fit, method)
+    assert chosen is not None
+    _, fit, method = chosen
+    if balance == "auto" and len(candidates) > 1:
+        reporter.note(f"balance auto: {method} (best val balanced accuracy of the probe)")
+    with torch.no_grad():
+        classifier.weight.copy_(fit.weight.to(classifier.weight))
+        classifier.bias.copy_(fit.bias.to(classifier.bias))
+    for trial in grid_trials:
+        reporter.note(
+            f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
+            f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
+        )
+    if cfg.train.cv_folds:
+        fit.cv = cross_validate(
+            torch.cat([train_x[: len(train_data)], val_x]),
+            torch.cat([train_y[: len(train_data)], val_y]),
+            num_classes,
+            cfg.train.cv_folds,
+            cfg.train.seed,
+            fit.weight_decay,
+        )
+        cv = fit.cv
+        per_fold = ", ".join(f"{a:.3f}" for a in cv["fold_accuracy"])
+        reporter.note(
+            f"{cv['folds']}-fold cross-validation on {cv['images']} train+val images: accuracy "
+            f"{cv['mean']:.4f} +- {cv['std']:.4f} (folds {per_fold})"
+        )
+    return fit, method
+
+
+def probe_row(fit: HeadFit, epoch: int, seconds: float) -> dict[str, Any]:
+    """The history row of an L-BFGS head: its train and val metrics (val loss without
+    label smoothing, as the loop's validation)."""
+    return {
+        "epoch": epoch,
+        "train_loss": fit.train_loss,
+        "train_acc": fit.train_acc,
+        "val_loss": fit.val_loss,
+        "val_acc": fit.val_acc,
+        "ema_val_loss": None,
+        "ema_val_acc": None,
+        "lr": None,
+        "update_ratio": None,
+        "seconds": seconds,
+        "head_weight_decay": fit.weight_decay,
+        "cv": fit.cv,
+    }
+
+
 def fit_head_on_features(
     model: nn.Module,
     train_data: DecodedImages,
@@ -317,63 +442,21 @@ def fit_head_on_features(
         "head-only: features computed once, head fit by full-batch L-BFGS (one pass replaces "
         f"--epochs {cfg.train.epochs}; --set strategy.head_fit=epochs trains it epoch by epoch)"
     )
-    classifier = model.get_classifier()
-    if not isinstance(classifier, nn.Linear):
-        raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
-    store = feature_cache_writable(cfg, train_data, reporter)
-    train_x, train_y = cached_features(
+    fit, balance = fit_linear_probe(
         model,
         train_data,
+        val_data,
         augmenter,
         device,
         cfg,
         spec,
         reporter,
-        "features-train",
         cfg.strategy.head_views,
-        store,
+        cfg.train.balance,
     )
-    val_x, val_y = cached_features(
-        model, val_data, augmenter, device, cfg, spec, reporter, "features-val", 0, store
-    )
-    fit, trials = fit_head(train_x, train_y, val_x, val_y, classifier.out_features)
-    with torch.no_grad():
-        classifier.weight.copy_(fit.weight.to(classifier.weight))
-        classifier.bias.copy_(fit.bias.to(classifier.bias))
-    for trial in trials:
-        reporter.note(
-            f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
-            f"train {trial['train_acc']:.4f}, val {trial['val_acc']:.4f}"
-        )
-    cv = None
-    if cfg.train.cv_folds:
-        cv = cross_validate(
-            torch.cat([train_x[: len(train_data)], val_x]),
-            torch.cat([train_y[: len(train_data)], val_y]),
-            classifier.out_features,
-            cfg.train.cv_folds,
-            cfg.train.seed,
-            fit.weight_decay,
-        )
-        per_fold = ", ".join(f"{a:.3f}" for a in cv["fold_accuracy"])
-        reporter.note(
-            f"{cv['folds']}-fold cross-validation on {cv['images']} train+val images: accuracy "
-            f"{cv['mean']:.4f} +- {cv['std']:.4f} (folds {per_fold})"
-        )
-    row = {
-        "epoch": 1,
-        "train_loss": fit.train_loss,
-        "train_acc": fit.train_acc,
-        "val_loss": fit.val_loss,
-        "val_acc": fit.val_acc,
-        "ema_val_loss": None,
-        "ema_val_acc": None,
-        "lr": None,
-        "update_ratio": None,
-        "seconds": time.perf_counter() - started,
-        "head_weight_decay": fit.weight_decay,
-        "cv": cv,
-    }
+    row = probe_row(fit, 1, time.perf_counter() - started)
     reporter.epoch(row)
-    state = LoopState(epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1)
+    state = LoopState(
+        epoch=1, step=0, history=[row], best_acc=fit.val_acc, best_epoch=1, balance=balance
+    )
     return state, None

@@ -23,6 +23,7 @@ from torch import nn
 
 from tlcli.data.augment import BatchAugmenter, to_device
 from tlcli.strategy import set_train_mode
+from tlcli.train.balance import LossBalance
 from tlcli.train.distributed import SINGLE, World, shard_batches, sum_over_ranks, unwrap
 from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
 from tlcli.train.optim import lr_factor, set_lr
@@ -44,6 +45,8 @@ class LoopState:
     best_weights: str = "raw"
     epochs_since_best: int = 0
     stopped_early: bool = False
+    balance: str = "none"  # the class-balance method in use (auto resolved)
+    averages: list[dict[str, Any]] = field(default_factory=list)  # SWA/WiSE-FT tried on val
 
 
 @dataclass
@@ -70,12 +73,23 @@ class LoopSetup:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     world: World = SINGLE  # torchrun data parallel: this rank's slice of every global batch
+    balance: LossBalance | None = None  # class weights, logit adjustment or sampler weights
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+def batch_indices(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    weights: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Shuffled (generator given) or ordered index batches; a last batch of one is merged,
-    since BatchNorm cannot train on a single sample."""
-    order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
+    since BatchNorm cannot train on a single sample. weights: n draws with replacement
+    by these probabilities instead (the class-balanced sampler)."""
+    if weights is not None and generator is not None:
+        draws = torch.multinomial(torch.from_numpy(weights), n, True, generator=generator)
+        order = draws.numpy()
+    else:
+        order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
         last = batches.pop()  # pop first, then extend the batch that is now last
@@ -128,10 +142,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def loss_fn(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float,
+    balance: LossBalance | None = None,
+) -> torch.Tensor:
+    logits = logits.float()
+    weight = None
+    if balance is not None and balance.logit_bias is not None:
+        logits = logits + balance.logit_bias.to(logits.device)  # in the loss only
+    if balance is not None and balance.class_weight is not None:
+        weight = balance.class_weight.to(logits.device)
     if targets.ndim == 2:  # mixup/cutmix soft targets, smoothing already applied
-        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        per_sample = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1)
+        if weight is None:
+            return per_sample.mean()
+        sample_weight = targets @ weight  # a mixed image: the mix of its classes' weights
+        return (per_sample * sample_weight).sum() / sample_weight.sum()
+    return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
 
 
 @torch.no_grad()
@@ -193,7 +222,7 @@ def forward_backward(
     and checks the loss with raise_if_diverged (a check is a GPU sync: not every step)."""
     with autocast(setup.device, setup.amp_dtype):
         logits = setup.model(x)
-    loss = loss_fn(logits, targets, setup.label_smoothing)
+    loss = loss_fn(logits, targets, setup.label_smoothing, setup.balance)
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if setup.clip_grad_norm > 0:
@@ -209,8 +238,9 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     generator = torch.Generator().manual_seed(epoch_seed)
     # Every rank draws the same order and takes its part of each global batch; augmentation
     # then draws from a per-rank stream (one process: the same generator, as before).
+    sampler = setup.balance.sample_weights if setup.balance is not None else None
     global_batches = batch_indices(
-        len(setup.train_labels), setup.batch_size * world.size, generator
+        len(setup.train_labels), setup.batch_size * world.size, generator, sampler
     )
     batches = shard_batches(global_batches, world)
     aug_generator = generator

@@ -63,6 +63,13 @@ from tlcli.models import (
 from tlcli.report import REPORT_FILE, write_finetune_report
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.track import Tracker, Tracking, open_tracker
+from tlcli.train.averaging import (
+    model_state,
+    pick_average,
+    recompute_batchnorm,
+    running_average,
+    score_averages,
+)
 from tlcli.train.checkpoint import (
     library_versions,
     load_checkpoint,
@@ -652,6 +659,9 @@ def _finetune(
         save_checkpoint(paths.last, job.checkpoint(ema, state))
     else:
         state = _train_epochs(job, paths, last, reporter, world, tracker)
+    calibration: dict[str, Any] = {"temperature": 1.0}
+    if world.is_main and cfg.train.calibrate:
+        calibration = calibrate_best(job, paths, reporter, also_last=lbfgs_head)
     if world.is_main:
         write_metrics(paths.metrics, state.history)
         from tlcli.plots import plot_training_curves
@@ -673,6 +683,11 @@ def _finetune(
         "val_acc": state.best_acc,
         "best_epoch": state.best_epoch,
         "best_weights": state.best_weights,
+        **probe_summary(state.history, state.best_acc, lbfgs_head),
+        "averages": state.averages,
+        **selection_note(plan.strategy, lbfgs_head, cfg, job.data_dir, paths.best),
+        "balance": state.balance,
+        **calibration,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
         "trainable_params": plan.trainable_params,
@@ -748,19 +763,30 @@ def _train_epochs(
 ) -> LoopState:
     from timm.utils import ModelEmaV3
 
+    from tlcli.train.balance import loss_balance
+
     model, lr_mults, cfg, device = job.model, job.lr_mults, job.cfg, job.device
     tracker = tracker or Tracker()
     train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
 
+    state = LoopState()
+    probe: dict[str, torch.Tensor] | None = None  # the LP-only weights, for WiSE-FT
+    swa: dict[str, Any] = {"state": None, "count": 0}  # running mean of the last epochs
+    if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
+        state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+        probe = model_state(model)
+    elif last is None:
+        state.balance = resolve_balance(job, reporter)
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
-    state = LoopState()
     if last is not None:
         train_state = last["train_state"]
         optimizer.load_state_dict(train_state["optimizer"])
         if ema is not None and last.get("ema_state_dict") is not None:
             ema.module.load_state_dict(last["ema_state_dict"])
         state = LoopState(**train_state["loop"])
+        probe = train_state.get("probe_state_dict")
+        swa = train_state.get("swa") or swa
         set_rng_state(train_state["rng"])
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
     head_names = set(classifier_param_names(model))
@@ -789,6 +815,7 @@ def _train_epochs(
         ratio_params=ratio_params,
         head_warmup_epochs=cfg.strategy.head_warmup_epochs,
         ema=ema,
+        balance=loss_balance(state.balance, train_data.labels, len(job.classes)),
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
         world=world,
@@ -805,6 +832,8 @@ def _train_epochs(
             "optimizer": optimizer.state_dict(),
             "loop": dataclasses.asdict(current),
             "rng": rng_state(),
+            "probe_state_dict": probe,
+            "swa": swa,
         }
         save_checkpoint(paths.last, payload)
         saved_epoch[0] = current.epoch
@@ -812,6 +841,9 @@ def _train_epochs(
     def on_epoch_end(current: LoopState, improved: bool) -> None:
         if not world.is_main:  # one writer
             return
+        if swa_window(cfg, current.epoch):
+            swa["state"] = running_average(swa["state"], swa["count"], model.state_dict())
+            swa["count"] += 1
         if improved:
             save_checkpoint(paths.best, job.checkpoint(ema, current))
         save_last(current)
@@ -820,6 +852,8 @@ def _train_epochs(
 
     if last is None and world.is_main:
         save_last(state)  # epoch 0: a run killed before its first epoch can still resume
+        if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
+            save_checkpoint(paths.best, job.checkpoint(ema, state))
     try:
         for _ in run_epochs(setup, state, reporter, on_epoch_end):
             pass
@@ -840,7 +874,196 @@ def _train_epochs(
             f"training diverged: {exc}; lower the learning rate (--lr {cfg.optim.lr:g} now; "
             f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
         ) from None
+    if world.is_main:
+        try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
     return state
+
+
+def swa_window(cfg: Config, epoch: int) -> bool:
+    """Whether the weights at the end of this epoch go into the SWA mean (the last
+    train.swa_epochs epochs; fewer than 2 is no average)."""
+    return cfg.train.swa_epochs >= 2 and epoch > cfg.train.epochs - cfg.train.swa_epochs
+
+
+def try_weight_averages(
+    job: TrainingJob,
+    paths: RunPaths,
+    setup: LoopSetup,
+    state: LoopState,
+    ema: Any,
+    probe: dict[str, torch.Tensor] | None,
+    swa: dict[str, Any],
+    reporter: Reporter,
+) -> None:
+    """SWA and WiSE-FT, BatchNorm statistics recomputed, each scored on val; the best one
+    replaces best.pt's weights only if it beats the best epoch there (state.averages says)."""
+    from tlcli.train.loop import evaluate_split
+
+    cfg, model = job.cfg, job.model
+    swa_state = swa["state"] if swa["count"] >= 2 else None
+    probe = probe if cfg.train.wise_ft else None
+    if swa_state is None and probe is None:
+        return
+    trained = set(job.lr_mults)
+
+    def prepare(m: torch.nn.Module) -> None:
+        recompute_batchnorm(
+            m,
+            job.train_data.pixels,
+            job.augmenter,
+            job.device,
+            cfg.data.batch_size * 2,
+            trained,
+            cfg.train.seed,
+        )
+
+    def score(m: torch.nn.Module) -> tuple[float, float]:
+        return evaluate_split(setup, m, reporter, "val-average")
+
+    final = model_state(model)
+    scored = score_averages(model, probe, final, swa_state, prepare, score)
+    chosen = pick_average([c for c, _ in scored], state.best_acc)
+    for candidate, _ in scored:
+        reporter.note(
+            f"weight average {candidate.name} (BatchNorm recomputed): val {candidate.val_acc:.4f}"
+            f" vs best epoch {state.best_acc:.4f}"
+            + (": kept" if candidate is chosen else ": not kept")
+        )
+        state.averages.append({**dataclasses.asdict(candidate), "kept": candidate is chosen})
+    if chosen is not None:
+        weights = next(w for c, w in scored if c is chosen)
+        model.load_state_dict(weights)
+        state.best_acc, state.best_weights = chosen.val_acc, chosen.name
+        state.best_epoch = state.epoch
+        save_checkpoint(paths.best, job.checkpoint(ema, state))
+        model.load_state_dict(final)
+
+
+def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SINGLE) -> LoopState:
+    """LP-FT (Kumar et al., ICLR 2022): fit the head on frozen features, then fine-tune.
+
+    A zero head's large early gradients distort the pretrained features while it learns;
+    a fitted head starts near the optimum. The probe becomes epoch 0 of the history and the
+    best epoch so far, so a fine-tune never ends below its own probe on val."""
+    from tlcli.train.head_fit import fit_linear_probe, probe_row
+
+    started = time.perf_counter()
+    reporter.note("LP-FT: fitting the head on frozen features first (L-BFGS), then fine-tuning")
+    fit, balance = fit_linear_probe(
+        job.model,
+        job.train_data,
+        job.val_data,
+        job.augmenter,
+        job.device,
+        job.cfg,
+        job.spec,
+        reporter,
+        balance=job.cfg.train.balance,
+    )
+    if world.distributed:  # every rank fit the same head; rank 0's is the one kept
+        classifier = job.model.get_classifier()
+        weights = broadcast_object({k: v.cpu() for k, v in classifier.state_dict().items()}, world)
+        classifier.load_state_dict(weights)
+    row = probe_row(fit, 0, time.perf_counter() - started)
+    reporter.epoch(row)
+    return LoopState(
+        epoch=0, step=0, history=[row], best_acc=fit.val_acc, best_epoch=0, balance=balance
+    )
+
+
+def resolve_balance(job: TrainingJob, reporter: Reporter) -> str:
+    """--balance without LP-FT: auto is still picked by a probe's val balanced accuracy (the
+    probe is fit, read, and the zero head put back)."""
+    from tlcli.train.balance import class_counts, needs_balance
+    from tlcli.train.head_fit import fit_linear_probe
+
+    choice = job.cfg.train.balance
+    counts = class_counts(job.train_data.labels, len(job.classes))
+    if choice != "auto" or not needs_balance(counts):
+        return "none" if choice == "auto" else choice
+    classifier = job.model.get_classifier()
+    kept = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+    _, method = fit_linear_probe(
+        job.model,
+        job.train_data,
+        job.val_data,
+        job.augmenter,
+        job.device,
+        job.cfg,
+        job.spec,
+        NullReporter(),
+        balance=choice,
+    )
+    classifier.load_state_dict(kept)
+    reporter.note(f"balance auto: {method} (best val balanced accuracy of a linear probe)")
+    return method
+
+
+def calibrate_best(
+    job: TrainingJob, paths: RunPaths, reporter: Reporter, also_last: bool = False
+) -> dict[str, Any]:
+    """Temperature scaling of best.pt's weights on the val split; T goes into best.pt."""
+    from tlcli.metrics import expected_calibration_error
+    from tlcli.train.calibration import fit_temperature
+    from tlcli.train.checkpoint import build_model
+    from tlcli.train.loop import predict_logits
+
+    ckpt = load_checkpoint(paths.best)
+    model, _ = build_model(ckpt)
+    model.to(job.device)
+    logits = predict_logits(
+        model, job.val_data.pixels, job.augmenter, job.device, job.cfg.data.batch_size * 2
+    ).double()
+    labels = torch.from_numpy(job.val_data.labels).long()
+    temperature = fit_temperature(logits, labels)
+    y = labels.numpy()
+    before = expected_calibration_error(torch.softmax(logits, 1).numpy(), y)[0]
+    after = expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), y)[0]
+    ckpt["temperature"] = temperature
+    save_checkpoint(paths.best, ckpt)
+    if also_last:  # head-only L-BFGS: last.pt is the same model
+        last = load_checkpoint(paths.last)
+        last["temperature"] = temperature
+        save_checkpoint(paths.last, last)
+    reporter.note(
+        f"temperature scaling: T = {temperature:.3f} fit on val; val ECE {before:.4f} -> "
+        f"{after:.4f} (15 bins); top-1 unchanged"
+    )
+    return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after}
+
+
+def selection_note(
+    strategy: str, lbfgs_head: bool, cfg: Config, data_dir: Path, best: Path
+) -> dict[str, Any]:
+    """Honest selection: what the val split chose, so val_acc is optimistic, and the command
+    that gives the unbiased number."""
+    chosen = ["the head's weight decay"] if lbfgs_head or cfg.train.lp_ft else []
+    if not lbfgs_head:
+        chosen.append("the epoch")
+        if cfg.train.swa_epochs >= 2 or (cfg.train.wise_ft and cfg.train.lp_ft):
+            chosen.append("the weight averaging")
+    if cfg.train.balance == "auto":
+        chosen.append("the class balance")
+    if cfg.train.calibrate:
+        chosen.append("the temperature")
+    split = "test" if (Path(data_dir) / "test").is_dir() else None
+    command = (
+        f"tlcli evaluate {best} {data_dir} --split test"
+        if split
+        else (f"tlcli evaluate {best} HELD_OUT_DIR (images no choice has seen)")
+    )
+    return {"selected_on_val": chosen, "unbiased_estimate": command}
+
+
+def probe_summary(history: list[dict[str, Any]], best_acc: float, head_only: bool) -> dict:
+    """probe_val_acc (the L-BFGS head alone on val) and gain_over_probe (what fine-tuning
+    added to it); None without a probe (train.lp_ft=false)."""
+    if head_only and history:
+        return {"probe_val_acc": best_acc, "gain_over_probe": 0.0}
+    if history and history[0].get("epoch") == 0:
+        probe = history[0]["val_acc"]
+        return {"probe_val_acc": probe, "gain_over_probe": best_acc - probe}
+    return {"probe_val_acc": None, "gain_over_probe": None}
 
 
 def out_of_memory_error(batch_size: int, last: Path, epoch: int) -> ResourceError:

@@ -388,9 +388,14 @@ def best_trial(trials: list[Any]) -> Any | None:
 def best_epoch_val_loss(summary: dict[str, Any]) -> float | None:
     """The val loss of the weights a finetune kept (its best epoch, raw or EMA)."""
     history = summary.get("history") or []
-    if not 1 <= summary.get("best_epoch", 0) <= len(history):
+    # A weight average kept in best.pt (SWA, WiSE-FT) has its own val loss.
+    for average in summary.get("averages") or []:
+        if average.get("kept") and average.get("name") == summary.get("best_weights"):
+            return average.get("val_loss")
+    # By epoch number, not position: an LP-FT history starts with the probe, epoch 0.
+    row = next((r for r in history if r.get("epoch") == summary.get("best_epoch")), None)
+    if row is None:
         return None
-    row = history[summary["best_epoch"] - 1]
     loss = row.get("ema_val_loss") if summary.get("best_weights") == "ema" else None
     return loss if loss is not None else row.get("val_loss")
 

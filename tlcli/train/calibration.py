@@ -1,0 +1,91 @@
+"""Temperature scaling (Guo et al., ICML 2017): one scalar T, fit on val, logits / T.
+
+Fine-tuned networks are overconfident; dividing the logits by a T > 1 fit by L-BFGS on the
+validation NLL makes their probabilities mean what they say, and never changes a top-1
+label (argmax is invariant under a positive scale). T lives in the checkpoint (`temperature`,
+a float; 1.0 when absent, so older checkpoints load) and is applied inside the loaded model,
+so evaluate, predict and the exported graph all see the calibrated logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlcli.errors import CheckpointError
+
+# T is searched as log T from 1.0; outside this range the fit says more about the split
+# (a handful of val images, all right or all wrong) than about the model.
+MIN_TEMPERATURE = 0.05
+MAX_TEMPERATURE = 20.0
+LBFGS_MAX_ITER = 100
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T that minimises the mean NLL of softmax(logits / T) (L-BFGS on log T)."""
+    z = logits.detach().double()
+    y = labels.long()
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [log_t], lr=0.5, max_iter=LBFGS_MAX_ITER, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    t = float(log_t.detach().exp())
+    return min(max(t, MIN_TEMPERATURE), MAX_TEMPERATURE) if math.isfinite(t) else 1.0
+
+
+class TemperatureScaled(nn.Module):
+    """model(x) / T: a plain division, so it exports to ONNX and TorchScript as one op."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def temperature_of(ckpt: dict[str, Any], path: Any) -> float:
+    """The checkpoint's temperature, 1.0 when it has none; refuses anything but a T > 0."""
+    value = ckpt.get("temperature", 1.0)
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointError(
+            f"{path} is damaged: its temperature {value!r} is not a number; "
+            "use best.pt or last.pt from a tlcli run dir"
+        )
+    if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise CheckpointError(
+            f"{path} is damaged: temperature {value} is outside "
+            f"{MIN_TEMPERATURE}..{MAX_TEMPERATURE}; use best.pt or last.pt from a tlcli run dir"
+        )
+    return float(value)
+
+
+def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
+    return model if temperature == 1.0 else TemperatureScaled(model, temperature).eval()
+
+
+def uncalibrated_probabilities(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(z) from softmax(z / T): p^T renormalised (exact for one view; the mean of two
+    TTA views is close)."""
+    if temperature == 1.0:
+        return probs
+    log_p = np.log(np.clip(probs, 1e-300, None)) * temperature
+    log_p -= log_p.max(axis=1, keepdims=True)
+    raw = np.exp(log_p)
+    return raw / raw.sum(axis=1, keepdims=True)
