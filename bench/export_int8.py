@@ -141,7 +141,7 @@ def main() -> None:
     parser = measure.dataset_parser(__doc__.split("\n")[0])
     parser.set_defaults(datasets=["clothing_small"])
     parser.add_argument("--run", type=Path, default=None, help="reuse this finished run dir")
-    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--latency-runs", type=int, default=50)
     args = parser.parse_args()
     model = measure.model_name(args)

@@ -835,7 +835,7 @@ def export(
     calibration_images: Annotated[
         int,
         typer.Option(min=1, help="--quantize: how many train images (a seeded sample) calibrate."),
-    ] = 256,
+    ] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
     json_: JsonOpt = False,
 ) -> None:
