@@ -507,6 +507,9 @@ def evaluate_models(
         if loaded.temperature != 1.0:  # what the probabilities were before temperature scaling
             raw = uncalibrated_probabilities(preds.member_probs[loaded.name], loaded.temperature)
             report["ece_before_temperature"] = expected_calibration_error(raw, preds.labels)[0]
+            # The NLL finetune logged for this epoch (its val_loss is before calibration).
+            true_class = raw[np.arange(len(preds.labels)), preds.labels]
+            report["loss_before_temperature"] = float(-np.log(np.clip(true_class, 1e-12, 1)).mean())
         entries.append({**loaded.describe(), "summary": model_summary(report), "report": report})
     ensemble = None
     if len(models) > 1:
