@@ -3,13 +3,23 @@ monitor's diagnoses and the batch augmenter (whose center crop is timm's eval tr
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
+import numpy as np
 import pytest
+import timm
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from tlcli.config import OptimConfig, ScheduleConfig
+from tlcli.data.augment import PRESETS, AugmentSpec, BatchAugmenter
+from tlcli.data.cache import RESAMPLE
+from tlcli.data.decode import decode_square, resize_center_square
+from tlcli.models import DataSpec, data_spec_of
 from tlcli.train.monitor import (
     HEAD_RATIO_GRACE_EPOCHS,
     OVERFIT_GAP,
@@ -260,3 +270,175 @@ def test_diagnose_update_ratio_table(head, backbone, epoch, words):
     assert message is not None and "\n" not in message
     for word in words:
         assert word in message, message
+
+
+# --- BatchAugmenter ---------------------------------------------------------------------------
+
+# Real models' preprocessing, created without weights: the ImageNet weights in ../shared
+# (tf_efficientnet_lite0: 224 px, crop_pct 0.875, bicubic, mean = std = 0.5) and the tiny
+# test model's (160 px, crop_pct 0.95, bilinear, ImageNet mean and std).
+PREPROCESSING_MODELS = ["tf_efficientnet_lite0", "test_resnet"]
+# Normalized inputs, where one uint8 level is 1 / (255 * std), 0.0078 at std 0.5 and at
+# least 0.0153 at ImageNet's. The tolerance is float rounding ((x - 255 m) / (255 s) here,
+# (x / 255 - m) / s in timm's Normalize): equal within it means every pixel is the same.
+# The photos need no JPEG DCT scaling or PIL reducing_gap (a 3x downscale or more), where
+# tlcli trades exactness for speed.
+SAME_PIXELS_ATOL = 1e-5
+PHOTOS = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png"]
+PHOTOS += ["rocket.jpg"]
+# Sizes whose rounding tripped the decode (451x300: the long side rounded up instead of
+# truncated; 741x500: the offset floored instead of rounded half to even), both orientations.
+IMAGE_SIZES = [(256, 256), (451, 300), (300, 451), (741, 500), (640, 427), (600, 400), (333, 250)]
+
+
+@functools.cache
+def eval_pipelines(model_name: str) -> tuple[DataSpec, BatchAugmenter, Callable]:
+    """A model's DataSpec and eval augmenter as tlcli builds them, and timm's eval transform."""
+    model = timm.create_model(model_name, pretrained=False, num_classes=2)
+    spec = data_spec_of(model)
+    augmenter = BatchAugmenter(PRESETS["none"], spec.input_size, spec.mean, spec.std, 2)
+    return spec, augmenter, create_transform(**resolve_data_config({}, model=model))
+
+
+def tlcli_eval(model_name: str, square: np.ndarray) -> torch.Tensor:
+    _, augmenter, _ = eval_pipelines(model_name)
+    return augmenter.center_crop(torch.from_numpy(square.copy())[None])[0]
+
+
+def smooth_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photo-like RGB image: smooth waves plus a little noise, so a shift shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    waves = [np.sin(xx / (5.0 + k) + k) + np.cos(yy / (7.0 + k) - k) for k in range(3)]
+    pixels = np.stack(waves, -1) * 55 + 128 + rng.normal(0, 8, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def assert_same_pixels(got: torch.Tensor, expected: torch.Tensor) -> None:
+    assert got.shape == expected.shape
+    worst = float((got - expected).abs().max())
+    assert worst <= SAME_PIXELS_ATOL, f"max |difference| {worst:.4f} (normalized units)"
+
+
+@pytest.mark.parametrize("model_name", PREPROCESSING_MODELS)
+@pytest.mark.parametrize("size", IMAGE_SIZES, ids=[f"{w}x{h}" for w, h in IMAGE_SIZES])
+def test_center_crop_is_timms_eval_transform(model_name, size):
+    spec, _, timm_eval = eval_pipelines(model_name)
+    img = smooth_photo(*size)
+    square = resize_center_square(img, spec.cache_size, RESAMPLE[spec.interpolation])
+    assert_same_pixels(tlcli_eval(model_name, square), timm_eval(img))
+
+
+@pytest.mark.xfail(strict=True, reason="crop_pct 0.95 at 224 px: the cache side 235 is odd")
+def test_center_crop_is_one_pixel_off_where_cache_and_crop_differ_by_an_odd_side():
+    """224 / 0.95 = 235: the crop offset 5.5 rounds half to even to 6 in torchvision and is
+    floored to 5 here. Exact for this needs the input size in the decode (its cache key)."""
+    spec, _, timm_eval = eval_pipelines("resnet18")
+    assert spec.cache_size - spec.input_size == 11
+    img = smooth_photo(300, 300)
+    square = resize_center_square(img, spec.cache_size, RESAMPLE[spec.interpolation])
+    assert_same_pixels(tlcli_eval("resnet18", square), timm_eval(img))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_center_crop_is_timms_eval_transform_on_a_real_photo(shared_dir, photo):
+    """The whole decode (PIL open, EXIF, RGB, JPEG draft, resize) of the photos in ../shared."""
+    path = shared_dir / "weights" / "photos" / photo
+    spec, _, timm_eval = eval_pipelines("tf_efficientnet_lite0")
+    square = decode_square(path, spec.cache_size, RESAMPLE[spec.interpolation], 10**9)
+    with Image.open(path) as img:
+        expected = timm_eval(img.convert("RGB"))
+    assert_same_pixels(tlcli_eval("tf_efficientnet_lite0", square), expected)
+
+
+SIDE, CROP = 40, 32
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def uint8_batch(batch: int = 4, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, 256, (batch, SIDE, SIDE, 3), dtype=np.uint8))
+
+
+def augment(spec: AugmentSpec, images: torch.Tensor, seed: int = 0, classes: int = 3):
+    augmenter = BatchAugmenter(spec, CROP, MEAN, STD, classes)
+    labels = torch.arange(images.shape[0]) % classes
+    return augmenter(images, labels, torch.Generator().manual_seed(seed))
+
+
+def test_center_crop_takes_the_middle_and_normalizes():
+    images = uint8_batch()
+    augmenter = BatchAugmenter(PRESETS["none"], CROP, MEAN, STD, 3)
+    offset = (SIDE - CROP) // 2
+    middle = images[:, offset : offset + CROP, offset : offset + CROP].permute(0, 3, 1, 2)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (middle.float() / 255 - mean) / std
+    assert torch.allclose(augmenter.center_crop(images), expected, atol=1e-5)
+
+
+# (augmentation, what the batch must equal, given the center crop `center` of the same images)
+EXACT_TABLE = [
+    ("none: training without augmentation is the eval transform", PRESETS["none"], lambda c: c),
+    ("flip always", AugmentSpec(crop_scale=None, hflip=1.0), lambda c: c.flip(-1)),
+    ("flip never", AugmentSpec(crop_scale=None, hflip=0.0), lambda c: c),
+]
+
+
+@pytest.mark.parametrize("case, spec, expected", EXACT_TABLE, ids=[r[0] for r in EXACT_TABLE])
+def test_augmenter_exact_table(case, spec, expected):
+    images = uint8_batch()
+    center = BatchAugmenter(PRESETS["none"], CROP, MEAN, STD, 3).center_crop(images)
+    x, labels = augment(spec, images)
+    assert torch.equal(x, expected(center))
+    assert torch.equal(labels, torch.arange(4) % 3)
+
+
+@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
+def test_augmenter_is_reproducible_from_its_generator(preset):
+    images = uint8_batch(batch=3)  # odd: no mixup, so the labels stay hard for every preset
+    torch.manual_seed(0)  # RandAugment draws from the global generator
+    first, labels = augment(PRESETS[preset], images, seed=1)
+    torch.manual_seed(0)
+    again, _ = augment(PRESETS[preset], images, seed=1)
+    torch.manual_seed(0)
+    other, _ = augment(PRESETS[preset], images, seed=2)
+    assert first.shape == (3, 3, CROP, CROP)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(labels, torch.arange(3) % 3)
+
+
+def test_colour_jitter_keeps_a_grey_image_grey_and_in_range():
+    """Brightness, contrast and saturation move along the grey axis only; clamped to 0..255."""
+    grey = uint8_batch()[..., :1].expand(-1, -1, -1, 3).contiguous()
+    x, _ = augment(AugmentSpec(crop_scale=None, color_jitter=0.9), grey)
+    pixels = x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    pixels = pixels * 255
+    assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=1e-3)
+    assert torch.allclose(pixels[:, 1], pixels[:, 2], atol=1e-3)
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    center = BatchAugmenter(PRESETS["none"], CROP, MEAN, STD, 3).center_crop(grey)
+    assert not torch.allclose(x, center)  # it did jitter
+
+
+def test_erasing_changes_a_box_of_every_chosen_image():
+    images = uint8_batch()
+    center = BatchAugmenter(PRESETS["none"], CROP, MEAN, STD, 3).center_crop(images)
+    x, _ = augment(AugmentSpec(crop_scale=None, erase_prob=1.0), images)
+    changed = (x != center).any(1)  # (B, H, W): the erased pixels
+    for image in changed:
+        rows, cols = image.any(1).nonzero(), image.any(0).nonzero()
+        box = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.float().mean() > 0.9  # one rectangle, not scattered pixels
+
+
+@pytest.mark.parametrize("batch, soft", [(4, True), (3, False)])
+def test_mixup_mixes_even_batches_into_soft_labels(batch, soft):
+    """strong's mixup/cutmix pairs images: an odd batch (the last one) keeps hard labels."""
+    x, labels = augment(PRESETS["strong"], uint8_batch(batch), classes=3)
+    assert x.shape == (batch, 3, CROP, CROP)
+    if soft:
+        assert labels.shape == (batch, 3)
+        assert torch.allclose(labels.sum(1), torch.ones(batch))
+    else:
+        assert torch.equal(labels, torch.arange(batch) % 3)
