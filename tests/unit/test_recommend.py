@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -128,8 +129,13 @@ def test_dissimilar_data_below_lots_is_retrained_with_care():
 
 
 def test_decide_is_pure():
-    sig = signals(100, 0.4, classes=10)
-    assert decide(sig) == decide(sig)
+    """The same signals give the same plan whatever was decided before, and a plan shares no
+    state with the next one (copies taken now: equal objects that share a list stay equal)."""
+    first = [copy.deepcopy(decide(row[1])) for row in GRID]
+    again = [decide(row[1]) for row in reversed(GRID)][::-1]
+    assert again == first
+    again[0].reasons.append("edited by the caller")
+    assert decide(GRID[0][1]) == first[0]
 
 
 def test_chance_corrected():

@@ -141,19 +141,35 @@ def test_suggestions_refuse_a_curve_that_diverged_at_once():
         suggest_lrs([1e-7, 1e-6], [1.0, 9.0], 100)
 
 
+def momentum_buffers(optimizer: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    return {i: s["momentum_buffer"].clone() for i, s in optimizer.state_dict()["state"].items()}
+
+
 def test_range_test_stops_on_divergence_and_restores_everything(images):
-    cfg = _cfg("strategy.name=partial", "strategy.trainable_stages=2", "optim.name=sgd")
+    # SGD with momentum: its velocity is state the range test changes and must put back
+    # (plain SGD has none, so restoring it could not fail).
+    cfg = _cfg("strategy.name=partial", "strategy.trainable_stages=2", "optim.name=momentum")
     job = prepare_job(images, cfg, NullReporter())
     setup = range_test_setup(job)
+    # A velocity from one step of made-up gradients, as after some training.
+    params = [p for g in setup.optimizer.param_groups for p in g["params"]]
+    for param in params:
+        param.grad = torch.randn_like(param)
+    setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in job.model.state_dict().items()}
-    optimizer_before = setup.optimizer.state_dict()
+    velocity_before = momentum_buffers(setup.optimizer)
+    assert len(velocity_before) == len(params)
+    lrs_before = [g["lr"] for g in setup.optimizer.param_groups]
     rng_before = torch.get_rng_state()
 
     ratios: list[list[float]] = []
+    velocity_during: list[dict[int, torch.Tensor]] = []
 
     class GroupLRs(NullReporter):
         def advance(self, task: str, amount: int = 1) -> None:
             ratios.append([g["lr"] / g["initial_lr"] for g in setup.optimizer.param_groups])
+            velocity_during[:] = [momentum_buffers(setup.optimizer)]
 
     num_iter = 60
     test = range_test(setup, cfg.optim.lr, num_iter, 1e-4, 1e6, GroupLRs())
@@ -171,7 +187,14 @@ def test_range_test_stops_on_divergence_and_restores_everything(images):
     # Weights, BatchNorm statistics, optimizer state and RNG come back as they were.
     after = job.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert setup.optimizer.state_dict()["state"] == optimizer_before["state"] == {}
+    # The steps changed every velocity; the restore put each one back.
+    during = velocity_during[0]
+    assert not any(torch.equal(during[i], velocity_before[i]) for i in velocity_before)
+    velocity_after = momentum_buffers(setup.optimizer)
+    assert velocity_after.keys() == velocity_before.keys()
+    changed = [i for i in velocity_before if not torch.equal(velocity_after[i], velocity_before[i])]
+    assert not changed, f"{len(changed)} of {len(velocity_before)} velocities not restored"
+    assert [g["lr"] for g in setup.optimizer.param_groups] == lrs_before
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 

@@ -28,7 +28,7 @@ from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
 from tlcli.errors import FolderChanged, ResourceError, disk_error_of
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
-DECODE_CACHE_VERSION = 1
+DECODE_CACHE_VERSION = 2  # 2: torchvision's rounding of the resize and crop
 # Names the decode's memory-mapped temp file (see atomic.temp_prefix).
 TEMP_TAG = "decode"
 # Below this many images a thread pool costs more than it saves.

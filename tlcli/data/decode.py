@@ -114,13 +114,18 @@ def load_rgb(path: Path, max_pixels: int, draft_size: int | None = None) -> Imag
 def resize_center_square(img: Image.Image, size: int, resample: int) -> np.ndarray:
     """Resize the short side to `size` and center-crop a size x size square (uint8 HWC).
 
-    With size = input_size / crop_pct this is exactly timm's eval resize, so the center
-    crop of the cache equals timm's eval transform; training crops are taken from it.
+    With size = input_size / crop_pct this is timm's eval resize, so the center crop of the
+    cache equals timm's eval transform; training crops are taken from it. Its rounding is
+    torchvision's: Resize truncates the long side, CenterCrop rounds its offset half to even
+    (a rounded long side or a floored offset shifted 451x300 or 741x500 photos by a pixel).
+    Exact where size - input_size is even (crop_pct 0.875, 0.9 or 1 at 224 px).
     """
     w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     if new_w * new_h > MAX_RESIZED_SQUARES * size * size:
         # Resample only the square's source region, never the whole resized strip (a 2x190
         # image at a 4096 px cache: 1.6 G pixels). Same filter taps; PIL's 8-bit intermediate
