@@ -28,7 +28,7 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # An error is one line a person reads: a longer one is cut in its middle, so the problem (its
 # start) and what to do (its end) stay. A 421-byte YAML alias bomb once made a 39 MB "line".
-MAX_MESSAGE_CHARS = 500
+MAX_MESSAGE_CHARS = 1000  # room for three long paths (a file, last.pt, the resume command)
 # A user's value quoted in a message (a config value of the wrong type, say).
 MAX_VALUE_CHARS = 80
 ELISION = " ... "
