@@ -14,6 +14,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,13 @@ from tlcli.train.distributed import (
 from tlcli.train.loop import LoopSetup, LoopState, run_epochs
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
+
+# --strategy auto: measure the data, return the config to follow and the reasons. Given by the
+# caller (recommend.advise.auto_strategy): train is below recommend and never imports it.
+StrategyChooser = Callable[
+    [Config, FolderScan, list[Sample], torch.nn.Module, DataSpec, Reporter],
+    tuple[Config, list[str]],
+]
 
 METRIC_COLUMNS = (
     "epoch",
@@ -420,9 +428,11 @@ def prepare_job(
     last: dict[str, Any] | None = None,
     split_path: Path | None = None,
     world: World = SINGLE,
+    choose_strategy: StrategyChooser | None = None,
 ) -> TrainingJob:
     """Scan, split, build the model, resolve the strategy, decode: shared by finetune,
-    lr-find and tune. With `last` (resume), the split and weights come from the run."""
+    lr-find and tune. With `last` (resume), the split and weights come from the run.
+    choose_strategy resolves --strategy auto, at this point of the seeded run."""
     seed_everything(cfg.train.seed)
     device = pick_device(rank_device(world, cfg.train.device))
     if device.type == "cuda":
@@ -459,11 +469,11 @@ def prepare_job(
         model.load_state_dict(last["state_dict"])
     else:
         if cfg.strategy.name == "auto":
-            from tlcli.recommend.advise import auto_strategy
-
+            if choose_strategy is None:
+                raise ValueError("strategy auto needs choose_strategy (advise.auto_strategy)")
             # Measured once, on rank 0; every rank follows the same decision.
             if world.is_main:
-                cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+                cfg, reasons = choose_strategy(cfg, scan, train_samples, model, spec, reporter)
             cfg, reasons = broadcast_object((cfg, reasons), world)
         plan = plan_for_model(
             model,
@@ -549,20 +559,31 @@ def finetune(
     reporter: Reporter | None = None,
     tracking: Tracking | None = None,
     epochs: int | None = None,
+    choose_strategy: StrategyChooser | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder; returns the run summary (also summary.json).
 
     resume: a run dir to continue with its own config.yaml (cfg is not used then); with
     epochs, to that many epochs (see resume_plan). Under torchrun, each process trains its
     share of every batch (DDP); rank 0 alone writes files, reports and logs to the tracker
-    (tracking: MLflow or TensorBoard, opt-in)."""
+    (tracking: MLflow or TensorBoard, opt-in). choose_strategy: needed for --strategy auto
+    (recommend.advise.auto_strategy)."""
     world = init_world(cfg.train.device)
     try:
         # The run dir's claim (claims) is let go when the run ends.
         with open_tracker(tracking, world.is_main) as tracker, contextlib.ExitStack() as claims:
             main_reporter = reporter if world.is_main else None
             return _finetune(
-                world, data_dir, cfg, out, resume, main_reporter, tracker, claims, epochs
+                world,
+                data_dir,
+                cfg,
+                out,
+                resume,
+                main_reporter,
+                tracker,
+                claims,
+                epochs,
+                choose_strategy,
             )
     finally:
         close_world(world)
@@ -578,6 +599,7 @@ def _finetune(
     tracker: Tracker,
     claims: contextlib.ExitStack,
     epochs: int | None = None,
+    choose_strategy: StrategyChooser | None = None,
 ) -> dict[str, Any]:
     from tlcli.train.head_fit import fit_head_on_features
 
@@ -612,7 +634,7 @@ def _finetune(
             root = created.root
         paths = RunPaths(Path(broadcast_object(root, world)))
         last = None
-    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world)
+    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world, choose_strategy)
     if last is None and world.is_main:
         # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(

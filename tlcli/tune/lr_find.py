@@ -284,6 +284,7 @@ def find_lr(
     end_lr: float = END_LR,
 ) -> LRFindResult:
     """Prepare the job as finetune would (data, model, strategy) and run the range test."""
+    from tlcli.recommend.advise import auto_strategy
     from tlcli.train.run import prepare_job
 
     if not 0 < start_lr < end_lr:
@@ -294,7 +295,7 @@ def find_lr(
         )
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    job = prepare_job(data_dir, cfg, reporter)
+    job = prepare_job(data_dir, cfg, reporter, choose_strategy=auto_strategy)
     cfg = job.cfg  # auto strategy resolved
     if job.plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
         reporter.note(

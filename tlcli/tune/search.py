@@ -650,6 +650,7 @@ def tune(
         study.set_user_attr("baseline", True)
 
     def objective(trial: Any) -> float:
+        from tlcli.recommend.advise import auto_strategy
         from tlcli.train.run import finetune
 
         trial.set_user_attr("worker", worker)
@@ -665,7 +666,13 @@ def tune(
         )
         trial_dir = paths.trials / f"{trial.number:04d}"
         try:
-            summary = finetune(data_dir, trial_cfg, out=trial_dir, reporter=trial_reporter)
+            summary = finetune(
+                data_dir,
+                trial_cfg,
+                trial_dir,
+                reporter=trial_reporter,
+                choose_strategy=auto_strategy,
+            )
         except optuna.TrialPruned as exc:
             trial.set_user_attr("note", str(exc))
             raise

@@ -1,0 +1,187 @@
+"""Imports go one way (STYLE.md, "Layers"): a module imports only its own layer or lower ones.
+
+Every import counts, at the top of a file or inside a function: a lazy import is still an
+import, and the cycle it hides (train -> recommend -> train) is still a cycle. A module that is
+in no layer fails too, so a new module is placed when it is written.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "tlcli"
+
+# Bottom to top. An entry is a module or a package (its modules inherit the layer unless an
+# entry for the module itself says otherwise).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    # Plumbing every layer may use: errors and exit codes, atomic writes and output guards,
+    # stop signals, the progress protocol (train/progress.py until it moves out of train/).
+    (
+        "errors/atomic/progress",
+        (
+            "tlcli",
+            "tlcli.errors",
+            "tlcli.atomic",
+            "tlcli.interrupt",
+            "tlcli.runtime",
+            "tlcli.train.progress",
+        ),
+    ),
+    ("config", ("tlcli.config",)),
+    ("data", ("tlcli.data",)),
+    ("models", ("tlcli.models",)),
+    ("strategy", ("tlcli.strategy",)),
+    # A model's outputs as numbers, figures and pages; below train because finetune draws
+    # its curves and writes report.html. onnx_model runs an exported model.
+    ("inference", ("tlcli.onnx_model", "tlcli.metrics", "tlcli.plots", "tlcli.report")),
+    # track.py is finetune's tracking hook (MLflow, TensorBoard).
+    ("train", ("tlcli.train", "tlcli.track")),
+    ("recommend", ("tlcli.recommend",)),
+    ("evaluate/predict/export", ("tlcli.evaluate", "tlcli.export")),
+    ("tune", ("tlcli.tune",)),
+    ("render", ("tlcli.render",)),
+    ("cli", ("tlcli.cli", "tlcli.__main__")),
+]
+RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int | None:
+    """The rank of the longest listed prefix of `module`; None when nothing lists it."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        rank = RANK.get(".".join(parts[:end]))
+        if rank is not None and (end == len(parts) or end > 1):
+            return rank
+    return None
+
+
+def imported_modules(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, imported tlcli module or name) for every import in the file, at any depth."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from tlcli import config` imports the module tlcli.config, not just tlcli.
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return [(line, name) for line, name in found if name.split(".")[0] == "tlcli"]
+
+
+def imported_module(name: str, modules: set[str]) -> str:
+    """The module `name` refers to: itself, or the module a name is imported from."""
+    while name not in modules and "." in name:
+        name = name.rpartition(".")[0]
+    return name
+
+
+def layer_violations(root: Path = PACKAGE_ROOT) -> list[str]:
+    files = sorted(root.rglob("*.py"))
+    modules = {module_name(path, root) for path in files}
+    problems = []
+    for path in files:
+        module = module_name(path, root)
+        own = layer_of(module)
+        where = path.relative_to(root.parent)
+        if own is None:
+            problems.append(f"{where}: {module} is in no layer; add it to LAYERS in {__name__}")
+            continue
+        for line, name in imported_modules(path, module):
+            imported = imported_module(name, modules)
+            target = layer_of(imported)
+            if target is not None and target > own:
+                problems.append(
+                    f"{where}:{line}: {module} (layer {LAYERS[own][0]}) imports {imported} "
+                    f"(layer {LAYERS[target][0]}, higher)"
+                )
+    return problems
+
+
+def test_imports_go_one_way() -> None:
+    problems = layer_violations()
+    assert not problems, "\n".join(problems)
+
+
+def test_every_layer_entry_exists() -> None:
+    """A renamed or deleted module leaves no stale entry that would place nothing."""
+    files = list(PACKAGE_ROOT.rglob("*.py"))
+    modules = {module_name(path) for path in files}
+    packages = {module_name(path) for path in files if path.name == "__init__.py"}
+    stale = [name for name in RANK if name not in modules and name not in packages]
+    assert not stale, stale
+
+
+def test_a_lazy_import_of_a_higher_layer_fails(tmp_path: Path) -> None:
+    """The walk sees an import inside a function, and names the file, line and layers."""
+    package = tmp_path / "tlcli"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "data" / "__init__.py").write_text("")
+    (package / "config.py").write_text("def load():\n    from tlcli.data import scan\n")
+    (package / "data" / "scan.py").write_text("from tlcli.config import load\n")
+    (package / "stray.py").write_text("")
+    problems = layer_violations(package)
+    assert problems == [
+        "tlcli/config.py:2: tlcli.config (layer config) imports tlcli.data.scan "
+        "(layer data, higher)",
+        f"tlcli/stray.py: tlcli.stray is in no layer; add it to LAYERS in {__name__}",
+    ]
+
+
+def test_relative_imports_are_resolved(tmp_path: Path) -> None:
+    package = tmp_path / "tlcli"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "data" / "__init__.py").write_text("from .. import models\n")
+    (package / "models.py").write_text("")
+    assert layer_violations(package) == [
+        "tlcli/data/__init__.py:1: tlcli.data (layer data) imports tlcli.models "
+        "(layer models, higher)"
+    ]
+
+
+# The back-edge train -> recommend, cut: --strategy auto is resolved by a chooser the caller
+# gives (the CLI, lr-find and tune pass recommend.advise.auto_strategy).
+TINY_RUN = [
+    "--model", "test_resnet", "--no-pretrained", "--epochs", "1", "--batch-size", "8",
+    "--device", "cpu", "--workers", "1", "--set", "data.image_size=32",
+]  # fmt: skip
+
+
+def test_cli_finetune_resolves_auto(image_folder, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tlcli.cli import app
+
+    out = tmp_path / "run"
+    args = ["finetune", str(image_folder()), *TINY_RUN, "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    reasons = json.loads((out / "run.json").read_text())["strategy_reasons"]
+    assert reasons, "auto was not measured and decided"
+    assert yaml.safe_load((out / "config.yaml").read_text())["strategy"]["name"] != "auto"
+
+
+def test_library_finetune_needs_a_chooser_for_auto(image_folder, tmp_path: Path) -> None:
+    from tlcli.config import load_config
+    from tlcli.train.run import finetune
+
+    sets = ["model.name=test_resnet", "model.pretrained=false", "train.device=cpu"]
+    cfg = load_config(None, [*sets, "data.image_size=32", "data.workers=1"])
+    assert cfg.strategy.name == "auto"
+    with pytest.raises(ValueError, match="choose_strategy"):
+        finetune(image_folder(), cfg, out=tmp_path / "run")
