@@ -24,9 +24,10 @@ import torch
 
 from tlcli.atomic import check_output_location
 from tlcli.config import Config
+from tlcli.data.batches import batch_indices, gather, sorted_labels
 from tlcli.errors import ConfigError, RunDirError
 from tlcli.strategy import set_train_mode
-from tlcli.train.loop import LoopSetup, batch_indices, forward_backward, gather, sorted_labels
+from tlcli.train.loop import LoopSetup, forward_backward
 from tlcli.train.optim import create_optimizer, set_lr
 from tlcli.train.progress import NullReporter, Reporter
 
