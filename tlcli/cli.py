@@ -677,7 +677,8 @@ def evaluate(
     """
 
     def body() -> None:
-        from tlcli.evaluate import check_new_dir, evaluate_models, load_models, write_report_dir
+        from tlcli.atomic import check_new_dir
+        from tlcli.evaluate import evaluate_models, load_models, write_report_dir
         from tlcli.render import RichReporter, evaluation_tables, shown
 
         if len(paths) < 2:
@@ -767,12 +768,8 @@ def predict(
     """
 
     def body() -> None:
-        from tlcli.evaluate import (
-            check_new_file,
-            load_models,
-            predict_files,
-            write_prediction_csv,
-        )
+        from tlcli.atomic import check_new_file
+        from tlcli.evaluate import load_models, predict_files, write_prediction_csv
         from tlcli.render import RichReporter, prediction_table, shown
 
         check_option_ranges(
@@ -858,7 +855,8 @@ def export(
     """
 
     def body() -> None:
-        from tlcli.evaluate import check_new_file, load_for_inference
+        from tlcli.atomic import check_new_file
+        from tlcli.evaluate import load_for_inference
         from tlcli.export import export_model, sidecar_path
         from tlcli.render import RichReporter, export_table, quantization_table
 

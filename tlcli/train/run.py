@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ from tlcli.atomic import (
     CLAIM_FILE,
     claim_folder,
     claim_holder,
+    holds_files,
     refuse_output_inside,
     release_claim,
     write_text_atomically,
 )
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import DecodedImages, decode_images
+from tlcli.data.cache import DecodedImages, decode_images, resolve_workers
 from tlcli.data.duplicates import duplicate_groups
 from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan, Sample, Skipped
@@ -187,14 +187,6 @@ def make_unique_dir(base: Path) -> Path:
     raise RunDirError(f"{base} and {MAX_DEFAULT_NAME_TRIES - 1} variants exist; pass --out")
 
 
-def holds_a_run(folder: Path) -> bool:
-    """Whether folder exists and is not an empty folder (a claim file left by a killed run
-    counts as empty)."""
-    if not folder.exists():
-        return False
-    return not folder.is_dir() or any(p.name != CLAIM_FILE for p in folder.iterdir())
-
-
 def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunPaths, int]:
     """Make and claim a fresh run dir (--out, else a new runs/<data>-<time>[-N]); refuse a
     non-empty one (never overwrite a user's run) and one another process is starting in.
@@ -210,7 +202,7 @@ def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunP
     try:
         if out is None:
             root = make_unique_dir(root)
-        elif holds_a_run(root):
+        elif holds_files(root, {CLAIM_FILE}):
             raise run_dir_exists(root)
         root.mkdir(parents=True, exist_ok=True)
         claim = claim_folder(root)
@@ -221,7 +213,7 @@ def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunP
             f"run dir {root} is in use: {claim_holder(root)} is starting a run in it; "
             "pass another --out"
         )
-    if holds_a_run(root):  # another run filled it between our check and our claim
+    if holds_files(root, {CLAIM_FILE}):  # another run filled it between our check and claim
         release_claim(root, claim)
         raise run_dir_exists(root)
     return RunPaths(root), claim
@@ -246,10 +238,6 @@ def claim_run_to_resume(root: Path) -> int:
             f"it, then --resume {root}"
         )
     return claim
-
-
-def resolve_workers(requested: int) -> int:
-    return max(1, os.cpu_count() or 1) if requested < 0 else max(1, requested)
 
 
 def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tlcli.atomic import check_output_location
+from tlcli.atomic import check_new_file
 from tlcli.config import Config
 from tlcli.data.batches import batch_indices, gather, sorted_labels
-from tlcli.errors import ConfigError, RunDirError
+from tlcli.errors import ConfigError
 from tlcli.strategy import set_train_mode
 from tlcli.train.loop import LoopSetup, forward_backward
 from tlcli.train.optim import create_optimizer, set_lr
@@ -242,9 +242,7 @@ def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
         path = path / default_name
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the plot is a PNG; give a .png file or a folder")
-    if path.exists():
-        raise RunDirError(f"{path} already exists; pass another --out (lr-find never overwrites)")
-    check_output_location(path, "--out")
+    check_new_file(path, option="--out", advice="pass another --out (lr-find never overwrites)")
     return path
 
 
