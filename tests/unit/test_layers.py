@@ -116,6 +116,28 @@ def test_imports_go_one_way() -> None:
     assert not problems, "\n".join(problems)
 
 
+def private_imports(root: Path = PACKAGE_ROOT) -> list[str]:
+    """`from tlcli.x import _name`: another module's private helper (tune/plots.py took
+    plots._finish) is a public function in the wrong place, or a copy waiting to drift."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if not (node.level or module.split(".")[0] == "tlcli"):
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        where = path.relative_to(root.parent)
+                        problems.append(f"{where}:{node.lineno}: imports {module}.{alias.name}")
+    return problems
+
+
+def test_no_module_imports_another_ones_private_names() -> None:
+    problems = private_imports()
+    assert not problems, "\n".join(problems)
+
+
 def test_every_layer_entry_exists() -> None:
     """A renamed or deleted module leaves no stale entry that would place nothing."""
     files = list(PACKAGE_ROOT.rglob("*.py"))
