@@ -8,6 +8,10 @@ in no layer fails too, so a new module is placed when it is written.
 from __future__ import annotations
 
 import ast
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,3 +214,36 @@ def test_library_finetune_needs_a_chooser_for_auto(image_folder, tmp_path: Path)
     assert cfg.strategy.name == "auto"
     with pytest.raises(ValueError, match="choose_strategy"):
         finetune(image_folder(), cfg, out=tmp_path / "run")
+
+
+IMPORT_MODULES = """
+import importlib, sys
+from PIL import Image
+limit = Image.MAX_IMAGE_PIXELS
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+assert Image.MAX_IMAGE_PIXELS == limit, f"an import set PIL's limit to {Image.MAX_IMAGE_PIXELS}"
+assert "matplotlib.pyplot" not in sys.modules, "an import loaded pyplot (a GUI backend)"
+from tlcli.runtime import set_up_process
+set_up_process()
+assert Image.MAX_IMAGE_PIXELS is None
+"""
+
+
+def test_importing_tlcli_sets_no_process_state() -> None:
+    """Process-wide settings are made by runtime.set_up_process, which the CLI calls, not by
+    importing a module (a program embedding tlcli keeps its own PIL and matplotlib set-up)."""
+    # Every module that imports PIL or matplotlib at its top, but those that load torch
+    # (seconds to import; none of them sets process state either).
+    sources = {module_name(path): path.read_text() for path in PACKAGE_ROOT.rglob("*.py")}
+    users = sorted(
+        name
+        for name, text in sources.items()
+        if re.search(r"^(from|import) (PIL|matplotlib|mpl_toolkits)\b", text, re.M)
+        and not re.search(r"^(from|import) torch\b", text, re.M)
+    )
+    assert "tlcli.data.decode" in users and "tlcli.plots" in users
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT.parent)}
+    command = [sys.executable, "-c", IMPORT_MODULES, *users]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
