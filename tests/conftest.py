@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from corpus import make_bad_image_folder, make_image_folder
 
+from tlcli.runtime import set_up_process
+
+set_up_process()  # as the CLI does before every command: tests call the library directly
+
 # Real data and weights live next to the repository (../shared); integration tests use them.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -1,12 +1,13 @@
 """Atomic file writes (a reader sees the old file or the new one, never a half-written one),
-and the clean-up of temp files that killed writers leave behind."""
+the clean-up of temp files that killed writers leave behind, and the guards every output
+passes first: never overwrite a user's folder or file, never write under a data folder."""
 
 from __future__ import annotations
 
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -139,6 +140,39 @@ def check_output_location(path: Path, option: str) -> None:
         )
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirError(f"{option} {path}: cannot write in {ancestor}; give a path you can write")
+
+
+def holds_files(path: Path, ignored: Collection[str] = ()) -> bool:
+    """Whether path exists and is not an empty folder: a file, or a folder with an entry
+    not named in `ignored` (a run dir's claim file left by a killed run counts as empty)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    return not path.is_dir() or any(p.name not in ignored for p in path.iterdir())
+
+
+def check_new_dir(path: Path, option: str = "--report-dir") -> None:
+    """Refuse an existing non-empty folder (a report never overwrites the user's files), and
+    one that could not be created."""
+    if holds_files(path):
+        raise RunDirError(f"{path} already exists and is not empty; pass a new {option}")
+    check_output_location(path, option)
+
+
+def check_new_file(
+    path: Path,
+    force: bool = False,
+    option: str = "output file",
+    advice: str = "pass --force to replace it, or another name",
+) -> None:
+    """Refuse to replace an existing file unless forced, a folder, and a path that could not
+    be created."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise RunDirError(f"{path} already exists; {advice}")
+    check_output_location(path, option)
 
 
 def claim_folder(folder: Path) -> int | None:

@@ -28,6 +28,7 @@ from tlcli.interrupt import (
     raise_if_interrupted,
     recorded_stop_signals,
 )
+from tlcli.runtime import set_up_process
 
 app = typer.Typer(
     help=(
@@ -113,6 +114,7 @@ def run_command(body: Callable[[], Any]) -> Any:
         with recorded_stop_signals():
             with deferred_stop_signals():
                 import torch  # noqa: F401  (every command needs it: imported whole, never half)
+            set_up_process()
             result = body()
             raise_if_interrupted()  # pressed, but swallowed where Python drops it
             return result
@@ -446,14 +448,18 @@ def finetune(
         from tlcli.train.distributed import is_main_process
         from tlcli.train.run import finetune as run_finetune
 
-        more = {"epochs": epochs} if resume is not None else {}  # --resume --epochs N
+        run: dict[str, Any] = {"out": out, "resume": resume, "tracking": tracking}
+        if resume is not None:
+            run["epochs"] = epochs  # --resume --epochs N
+        if cfg.strategy.name == "auto":  # the probes (scikit-learn) load only when measured
+            from tlcli.recommend.advise import auto_strategy
+
+            run["choose_strategy"] = auto_strategy
         if not is_main_process():  # torchrun: rank 0 alone reports
-            run_finetune(data_dir, cfg, out=out, resume=resume, tracking=tracking, **more)
+            run_finetune(data_dir, cfg, **run)
             return
         with RichReporter(stderr) as reporter:
-            summary = run_finetune(
-                data_dir, cfg, out=out, resume=resume, reporter=reporter, tracking=tracking, **more
-            )
+            summary = run_finetune(data_dir, cfg, reporter=reporter, **run)
         if json_:
             print_json({k: v for k, v in summary.items() if k != "history"})
         else:
@@ -671,7 +677,8 @@ def evaluate(
     """
 
     def body() -> None:
-        from tlcli.evaluate import check_new_dir, evaluate_models, load_models, write_report_dir
+        from tlcli.atomic import check_new_dir
+        from tlcli.evaluate import evaluate_models, load_models, write_report_dir
         from tlcli.render import RichReporter, evaluation_tables, shown
 
         if len(paths) < 2:
@@ -761,12 +768,8 @@ def predict(
     """
 
     def body() -> None:
-        from tlcli.evaluate import (
-            check_new_file,
-            load_models,
-            predict_files,
-            write_prediction_csv,
-        )
+        from tlcli.atomic import check_new_file
+        from tlcli.evaluate import load_models, predict_files, write_prediction_csv
         from tlcli.render import RichReporter, prediction_table, shown
 
         check_option_ranges(
@@ -852,7 +855,8 @@ def export(
     """
 
     def body() -> None:
-        from tlcli.evaluate import check_new_file, load_for_inference
+        from tlcli.atomic import check_new_file
+        from tlcli.evaluate import load_for_inference
         from tlcli.export import export_model, sidecar_path
         from tlcli.render import RichReporter, export_table, quantization_table
 

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from tlcli.atomic import check_output_location, write_text_atomically
+from tlcli.atomic import check_new_dir, check_new_file, write_text_atomically
 from tlcli.config import DataConfig
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import DecodedImages, RowView, decode_images
+from tlcli.data.cache import DecodedImages, RowView, decode_images, resolve_workers
 from tlcli.data.manifest import is_manifest, manifest_entries
 from tlcli.data.scan import (
     Sample,
@@ -39,7 +39,7 @@ from tlcli.data.scan import (
     no_readable_images,
     scan_class_folders,
 )
-from tlcli.errors import CheckpointError, DataError, RunDirError, printable
+from tlcli.errors import CheckpointError, DataError, printable
 from tlcli.metrics import classification_report, expected_calibration_error
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
@@ -249,8 +249,6 @@ def predict_probabilities(
 
     tta adds the horizontally flipped view and averages the two softmax outputs.
     """
-    from tlcli.train.run import resolve_workers
-
     reporter = reporter or NullReporter()
     torch_device = pick_device(device)
     classes = list(models[0].classes)
@@ -537,24 +535,6 @@ def evaluate_models(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return Evaluation(result, preds)
-
-
-def check_new_dir(path: Path) -> None:
-    """Refuse an existing non-empty folder: a report never overwrites the user's files."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirError(f"{path} already exists and is not empty; pass a new --report-dir")
-    check_output_location(path, "--report-dir")
-
-
-def check_new_file(path: Path, force: bool = False) -> None:
-    """Refuse to replace an existing file unless forced."""
-    path = Path(path)
-    if path.is_dir():
-        raise RunDirError(f"{path} is a folder; give a file name")
-    if path.exists() and not force:
-        raise RunDirError(f"{path} already exists; pass --force to replace it, or another name")
-    check_output_location(path, "output file")
 
 
 def write_predictions_csv(

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tlcli import __version__
+from tlcli.atomic import check_new_file
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
 from tlcli.data.scan import Sample, no_readable_images
@@ -38,7 +39,6 @@ from tlcli.errors import DataError, ModelError, ResourceError, disk_error_of
 from tlcli.evaluate import (
     MAX_PIXELS,
     LoadedModel,
-    check_new_file,
     collect_image_files,
     load_for_inference,
     predict_probabilities,

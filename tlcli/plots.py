@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-# Headless: the CLI runs on servers without a display, and the figures only go to files.
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
+# Figures, not pyplot: they only go to files, so no GUI backend is chosen (the CLI runs on
+# servers without a display) and no process-wide matplotlib state is set.
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from tlcli.errors import printable  # noqa: E402
+from tlcli.errors import printable
 
 # Screen-friendly resolution; a 50-class matrix at this DPI is still under 3000 px wide.
 DPI = 120
@@ -42,12 +41,12 @@ CM_DARK_CELL = 0.5
 TARGET_UPDATE_RATIO = 1e-3
 
 
-def _finish(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG (parents made) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # bbox_inches="tight" grows the canvas to fit long tick labels instead of clipping them.
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -101,8 +100,8 @@ def plot_confusion_matrix(
     font = float(np.clip(CM_MAX_FONT - CM_FONT_STEP_PER_CLASS * n, CM_MIN_FONT, CM_MAX_FONT))
     side = max(CM_MIN_SIDE_INCHES, CM_CELL_INCHES * n)
     # The matrix fills the whole figure so its cells have a known size; labels, title and
-    # colour bar lie outside it and bbox_inches="tight" in _finish grows the PNG to hold them.
-    fig = plt.figure(figsize=(side, side))
+    # colour bar lie outside it and bbox_inches="tight" in save_figure grows the PNG to hold them.
+    fig = Figure(figsize=(side, side))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     image = ax.imshow(colour, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     bar_ax = make_axes_locatable(ax).append_axes("right", size=0.25, pad=0.2)
@@ -136,7 +135,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability_diagram(reliability: list[dict], ece: float, path: Path) -> Path:
@@ -153,8 +152,9 @@ def plot_reliability_diagram(reliability: list[dict], ece: float, path: Path) ->
     confidence = np.array([b["confidence"] or 0.0 for b in reliability], dtype=np.float64)
     filled = counts > 0
 
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
+    fig = Figure(figsize=(6, 7))
+    top, bottom = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
     )
     top.bar(
         lo,
@@ -191,7 +191,7 @@ def plot_reliability_diagram(reliability: list[dict], ece: float, path: Path) ->
     bottom.set_xlabel("Confidence (max probability)")
     bottom.set_ylabel("Samples")
     bottom.grid(alpha=0.3)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def _series(history: list[dict], key: str) -> np.ndarray:
@@ -205,7 +205,8 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
         raise ValueError("no epochs to plot")
     epochs = _series(history, "epoch")
     marker = {"marker": "o", "markersize": 3}
-    fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig = Figure(figsize=(16, 4.5))
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
 
     loss_ax.plot(epochs, _series(history, "train_loss"), label="train", **marker)
     loss_ax.plot(epochs, _series(history, "val_loss"), label="val", **marker)
@@ -254,4 +255,4 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
     loss_ax.legend(loc="best")
     acc_ax.legend(loc="best")
     fig.tight_layout()
-    return _finish(fig, path)
+    return save_figure(fig, path)

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.batches import batch_indices
 from tlcli.data.cache import DecodedImages
 from tlcli.data.scan import Sample
 from tlcli.data.split import stratified_split
 from tlcli.train.distributed import World, shard_batches
 from tlcli.train.head_fit import extract_features
-from tlcli.train.loop import batch_indices, predict_logits
+from tlcli.train.loop import predict_logits
 from tlcli.train.progress import NullReporter
 
 SIZES = st.integers(1, 300)

@@ -55,7 +55,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     A copy from ordinary (pageable) memory blocks the CPU until the GPU has finished all the
     work queued before it, so the next batch could not be prepared while this one trains.
     From pinned memory the copy is queued like a kernel (PyTorch's pinned-memory cache keeps
-    the buffer alive until the copy has run). A tensor already pinned (loop.prefetched) is
+    the buffer alive until the copy has run). A tensor already pinned (batches.prefetched) is
     not copied again."""
     if device.type != "cuda":
         return tensor.to(device)

@@ -226,6 +226,11 @@ def _load_cache(
     return pixels, failures
 
 
+def resolve_workers(requested: int) -> int:
+    """Decoding threads for data.workers: -1 is one per CPU."""
+    return max(1, os.cpu_count() or 1) if requested < 0 else max(1, requested)
+
+
 def decode_images(
     samples: Sequence[Sample],
     size: int,

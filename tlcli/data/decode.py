@@ -20,9 +20,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # (about a kilobyte each: a gigabyte for a million images).
 MAX_PENDING_JOBS = 1024
 
-# We check sizes ourselves (data.max_pixels) and want one error path, not PIL's warning.
-Image.MAX_IMAGE_PIXELS = None
-
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 NOT_AN_IMAGE = "not an image (content is not a known image format)"
 

@@ -5,7 +5,7 @@ folder too large for that is read every epoch instead: `StreamedPixels` looks li
 array to the training loop (`pixels[idx]` gives (k, S, S, 3) uint8, the same decode and resize
 as the cache, so a run gives the same result either way), and decodes each batch in a
 persistent pool of threads (PIL releases the GIL while decoding and resizing); the loop asks
-for the next batch while the current one trains (`loop.prefetched`).
+for the next batch while the current one trains (`batches.prefetched`).
 
 Files that cannot be decoded are found before training, by a fast reduced-size decode of
 every file (JPEG DCT scaling), and skipped as the cache skips them. A file that was readable

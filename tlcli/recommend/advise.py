@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tlcli.config import Config
+from tlcli.data.cache import resolve_workers
 from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan, Sample
 from tlcli.data.split import train_val_samples
@@ -69,7 +70,7 @@ def auto_strategy(
             BUDGETS["quick"],
             reporter,
             seed=cfg.train.seed,
-            workers=_workers(cfg),
+            workers=resolve_workers(cfg.data.workers),
             disk_cache=cfg.data.cache,
             max_pixels=cfg.data.max_pixels,
             classes=scan.classes,
@@ -85,12 +86,6 @@ def auto_strategy(
     return cfg, rec.reasons
 
 
-def _workers(cfg: Config) -> int:
-    import os
-
-    return max(1, os.cpu_count() or 1) if cfg.data.workers < 0 else max(1, cfg.data.workers)
-
-
 def recommend(
     data_dir: Path,
     cfg: Config,
@@ -102,7 +97,7 @@ def recommend(
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     plan = BUDGETS[budget]
-    workers = _workers(cfg)
+    workers = resolve_workers(cfg.data.workers)
     reporter.start("scan", None, "scan images")
     scan = scan_data(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))
     reporter.finish("scan")

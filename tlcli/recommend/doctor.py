@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlcli.atomic import write_text_atomically
+from tlcli.atomic import holds_files, write_text_atomically
 from tlcli.config import Config
 from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.cache import resolve_workers
 from tlcli.data.folds import stratified_folds
 from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan
@@ -34,7 +35,7 @@ from tlcli.recommend.contact_sheet import Tile, draw_contact_sheet
 from tlcli.recommend.measure import hashed_duplicate_groups
 from tlcli.train.head_fit import cached_features, out_of_fold_probabilities
 from tlcli.train.progress import NullReporter, Reporter
-from tlcli.train.run import decode_split, report_skipped, resolve_workers
+from tlcli.train.run import decode_split, report_skipped
 
 DEFAULT_FOLDS = 5
 # One weight decay for the out-of-fold heads (the middle of finetune's grid), and fewer L-BFGS
@@ -296,7 +297,7 @@ def check_output_paths(data_path: Path, out: Path | None, relabel: Path | None) 
             check_outside_data(path, root, what)
         elif Path(path).resolve() == data_path.resolve():
             raise ConfigError(f"{what} {path} is the manifest itself; write to a new file")
-    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(out.iterdir())):
+    if out is not None and holds_files(out):
         raise ConfigError(f"--out {out} exists and is not an empty folder; pass a new one")
     if relabel is not None and Path(relabel).exists():
         raise ConfigError(f"--write-relabel {relabel} exists; pass a new file name")

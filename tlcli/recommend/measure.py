@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tlcli.data.augment import PRESETS, BatchAugmenter
+from tlcli.data.batches import batch_indices, gather
 from tlcli.data.cache import decode_images
 from tlcli.data.duplicates import duplicate_groups
 from tlcli.data.scan import FolderScan, Sample, no_readable_images
@@ -28,7 +29,6 @@ from tlcli.models import create_model, data_spec_of
 from tlcli.recommend.logme import logme_score
 from tlcli.recommend.probes import MIN_FOLDS, head_confidence, knn_accuracy, probe_accuracy
 from tlcli.strategy import model_stages
-from tlcli.train.loop import batch_indices, gather
 from tlcli.train.progress import Reporter
 
 

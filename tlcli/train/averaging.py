@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tlcli.data.augment import BatchAugmenter, to_device
-from tlcli.train.loop import batch_indices, read_batch
+from tlcli.data.batches import batch_indices, read_batch
 
 WISE_FT_ALPHAS = (0.25, 0.5, 0.75)  # weight of the fine-tuned end; 0 is the probe, 1 the end
 # Train images forwarded to re-estimate BatchNorm statistics (the first of a fixed shuffle):

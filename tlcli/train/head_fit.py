@@ -24,6 +24,7 @@ from torch import nn
 
 from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
+from tlcli.data.batches import batch_indices, gather
 from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint, unwritable_reason
 from tlcli.models import DataSpec
 from tlcli.train.balance import (
@@ -35,7 +36,7 @@ from tlcli.train.balance import (
     needs_balance,
 )
 from tlcli.train.checkpoint import save_atomically
-from tlcli.train.loop import LoopState, batch_indices, gather
+from tlcli.train.loop import LoopState
 from tlcli.train.progress import Reporter
 
 # L2 strengths tried on the validation split (per-sample mean loss + wd/2 ||W||^2); the

@@ -12,8 +12,8 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,14 @@ from tlcli.atomic import (
     CLAIM_FILE,
     claim_folder,
     claim_holder,
+    holds_files,
     refuse_output_inside,
     release_claim,
     write_text_atomically,
 )
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import DecodedImages, decode_images
+from tlcli.data.cache import DecodedImages, decode_images, resolve_workers
 from tlcli.data.duplicates import duplicate_groups
 from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan, Sample, Skipped
@@ -92,6 +93,13 @@ from tlcli.train.distributed import (
 from tlcli.train.loop import LoopSetup, LoopState, run_epochs
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
+
+# --strategy auto: measure the data, return the config to follow and the reasons. Given by the
+# caller (recommend.advise.auto_strategy): train is below recommend and never imports it.
+StrategyChooser = Callable[
+    [Config, FolderScan, list[Sample], torch.nn.Module, DataSpec, Reporter],
+    tuple[Config, list[str]],
+]
 
 METRIC_COLUMNS = (
     "epoch",
@@ -179,14 +187,6 @@ def make_unique_dir(base: Path) -> Path:
     raise RunDirError(f"{base} and {MAX_DEFAULT_NAME_TRIES - 1} variants exist; pass --out")
 
 
-def holds_a_run(folder: Path) -> bool:
-    """Whether folder exists and is not an empty folder (a claim file left by a killed run
-    counts as empty)."""
-    if not folder.exists():
-        return False
-    return not folder.is_dir() or any(p.name != CLAIM_FILE for p in folder.iterdir())
-
-
 def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunPaths, int]:
     """Make and claim a fresh run dir (--out, else a new runs/<data>-<time>[-N]); refuse a
     non-empty one (never overwrite a user's run) and one another process is starting in.
@@ -202,7 +202,7 @@ def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunP
     try:
         if out is None:
             root = make_unique_dir(root)
-        elif holds_a_run(root):
+        elif holds_files(root, {CLAIM_FILE}):
             raise run_dir_exists(root)
         root.mkdir(parents=True, exist_ok=True)
         claim = claim_folder(root)
@@ -213,7 +213,7 @@ def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunP
             f"run dir {root} is in use: {claim_holder(root)} is starting a run in it; "
             "pass another --out"
         )
-    if holds_a_run(root):  # another run filled it between our check and our claim
+    if holds_files(root, {CLAIM_FILE}):  # another run filled it between our check and claim
         release_claim(root, claim)
         raise run_dir_exists(root)
     return RunPaths(root), claim
@@ -238,10 +238,6 @@ def claim_run_to_resume(root: Path) -> int:
             f"it, then --resume {root}"
         )
     return claim
-
-
-def resolve_workers(requested: int) -> int:
-    return max(1, os.cpu_count() or 1) if requested < 0 else max(1, requested)
 
 
 def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -420,9 +416,11 @@ def prepare_job(
     last: dict[str, Any] | None = None,
     split_path: Path | None = None,
     world: World = SINGLE,
+    choose_strategy: StrategyChooser | None = None,
 ) -> TrainingJob:
     """Scan, split, build the model, resolve the strategy, decode: shared by finetune,
-    lr-find and tune. With `last` (resume), the split and weights come from the run."""
+    lr-find and tune. With `last` (resume), the split and weights come from the run.
+    choose_strategy resolves --strategy auto, at this point of the seeded run."""
     seed_everything(cfg.train.seed)
     device = pick_device(rank_device(world, cfg.train.device))
     if device.type == "cuda":
@@ -459,11 +457,11 @@ def prepare_job(
         model.load_state_dict(last["state_dict"])
     else:
         if cfg.strategy.name == "auto":
-            from tlcli.recommend.advise import auto_strategy
-
+            if choose_strategy is None:
+                raise ValueError("strategy auto needs choose_strategy (advise.auto_strategy)")
             # Measured once, on rank 0; every rank follows the same decision.
             if world.is_main:
-                cfg, reasons = auto_strategy(cfg, scan, train_samples, model, spec, reporter)
+                cfg, reasons = choose_strategy(cfg, scan, train_samples, model, spec, reporter)
             cfg, reasons = broadcast_object((cfg, reasons), world)
         plan = plan_for_model(
             model,
@@ -549,20 +547,31 @@ def finetune(
     reporter: Reporter | None = None,
     tracking: Tracking | None = None,
     epochs: int | None = None,
+    choose_strategy: StrategyChooser | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder; returns the run summary (also summary.json).
 
     resume: a run dir to continue with its own config.yaml (cfg is not used then); with
     epochs, to that many epochs (see resume_plan). Under torchrun, each process trains its
     share of every batch (DDP); rank 0 alone writes files, reports and logs to the tracker
-    (tracking: MLflow or TensorBoard, opt-in)."""
+    (tracking: MLflow or TensorBoard, opt-in). choose_strategy: needed for --strategy auto
+    (recommend.advise.auto_strategy)."""
     world = init_world(cfg.train.device)
     try:
         # The run dir's claim (claims) is let go when the run ends.
         with open_tracker(tracking, world.is_main) as tracker, contextlib.ExitStack() as claims:
             main_reporter = reporter if world.is_main else None
             return _finetune(
-                world, data_dir, cfg, out, resume, main_reporter, tracker, claims, epochs
+                world,
+                data_dir,
+                cfg,
+                out,
+                resume,
+                main_reporter,
+                tracker,
+                claims,
+                epochs,
+                choose_strategy,
             )
     finally:
         close_world(world)
@@ -578,6 +587,7 @@ def _finetune(
     tracker: Tracker,
     claims: contextlib.ExitStack,
     epochs: int | None = None,
+    choose_strategy: StrategyChooser | None = None,
 ) -> dict[str, Any]:
     from tlcli.train.head_fit import fit_head_on_features
 
@@ -612,7 +622,7 @@ def _finetune(
             root = created.root
         paths = RunPaths(Path(broadcast_object(root, world)))
         last = None
-    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world)
+    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world, choose_strategy)
     if last is None and world.is_main:
         # The resolved config (auto strategy made explicit) and split: what --resume reads.
         save_split(

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tlcli.atomic import check_output_location
+from tlcli.atomic import check_new_file
 from tlcli.config import Config
-from tlcli.errors import ConfigError, RunDirError
+from tlcli.data.batches import batch_indices, gather, sorted_labels
+from tlcli.errors import ConfigError
 from tlcli.strategy import set_train_mode
-from tlcli.train.loop import LoopSetup, batch_indices, forward_backward, gather, sorted_labels
+from tlcli.train.loop import LoopSetup, forward_backward
 from tlcli.train.optim import create_optimizer, set_lr
 from tlcli.train.progress import NullReporter, Reporter
 
@@ -241,9 +242,7 @@ def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
         path = path / default_name
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the plot is a PNG; give a .png file or a folder")
-    if path.exists():
-        raise RunDirError(f"{path} already exists; pass another --out (lr-find never overwrites)")
-    check_output_location(path, "--out")
+    check_new_file(path, option="--out", advice="pass another --out (lr-find never overwrites)")
     return path
 
 
@@ -284,6 +283,7 @@ def find_lr(
     end_lr: float = END_LR,
 ) -> LRFindResult:
     """Prepare the job as finetune would (data, model, strategy) and run the range test."""
+    from tlcli.recommend.advise import auto_strategy
     from tlcli.train.run import prepare_job
 
     if not 0 < start_lr < end_lr:
@@ -294,7 +294,7 @@ def find_lr(
         )
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    job = prepare_job(data_dir, cfg, reporter)
+    job = prepare_job(data_dir, cfg, reporter, choose_strategy=auto_strategy)
     cfg = job.cfg  # auto strategy resolved
     if job.plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs":
         reporter.note(

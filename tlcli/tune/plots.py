@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from tlcli.plots import _finish, plt
+from tlcli.plots import save_figure
 
 # The y axis shows the fall of the smoothed loss (its highest point before the minimum down
 # to the minimum) with margins in units of that fall. The blow-up after the minimum leaves
@@ -29,7 +30,8 @@ def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
     """Loss vs LR (log x): raw batch losses faint, the smoothed loss, both suggestions."""
     curve = result["curve"]
     lrs, raw, smooth = (np.asarray(curve[k]) for k in ("lr", "loss", "smoothed_loss"))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     ax.plot(lrs, raw, color="tab:blue", alpha=0.25, linewidth=1, label="batch loss")
     ax.plot(lrs, smooth, color="tab:blue", linewidth=2, label="smoothed loss")
     marks = (
@@ -66,7 +68,7 @@ def plot_lr_find(result: dict[str, Any], path: Path) -> Path:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tune_trials(
@@ -79,7 +81,8 @@ def plot_tune_trials(
     trials at their last epoch. One legend under both panels, so it hides no point."""
     params = ("lr", "weight_decay")
     space = space or {}
-    fig, axes = plt.subplots(1, len(params), figsize=(11, 4.6), sharey=True)
+    fig = Figure(figsize=(11, 4.6))
+    axes = fig.subplots(1, len(params), sharey=True)
     styles = (
         ("COMPLETE", "tab:blue", "o", "complete"),
         ("PRUNED", "tab:gray", "x", "pruned (val acc at its last epoch)"),
@@ -132,4 +135,4 @@ def plot_tune_trials(
             frameon=False,
         )
         fig.subplots_adjust(bottom=0.2)
-    return _finish(fig, path)
+    return save_figure(fig, path)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tlcli.atomic import process_alive, refuse_output_inside, write_text_atomically
+from tlcli.atomic import holds_files, process_alive, refuse_output_inside, write_text_atomically
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.manifest import is_manifest
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
@@ -147,7 +147,7 @@ def open_tune_dir(out: Path, study: str, storage: str, data_dir: Path) -> tuple[
                 f"{out} tuned on {info.get('data_dir')}; pass that DATA_DIR, or a new --out"
             )
         return paths, True
-    if paths.root.exists() and (not paths.root.is_dir() or any(paths.root.iterdir())):
+    if holds_files(paths.root):
         raise RunDirError(f"{out} exists and is not a tune run dir; pass a new --out")
     try:
         paths.trials.mkdir(parents=True, exist_ok=True)
@@ -650,6 +650,7 @@ def tune(
         study.set_user_attr("baseline", True)
 
     def objective(trial: Any) -> float:
+        from tlcli.recommend.advise import auto_strategy
         from tlcli.train.run import finetune
 
         trial.set_user_attr("worker", worker)
@@ -665,7 +666,13 @@ def tune(
         )
         trial_dir = paths.trials / f"{trial.number:04d}"
         try:
-            summary = finetune(data_dir, trial_cfg, out=trial_dir, reporter=trial_reporter)
+            summary = finetune(
+                data_dir,
+                trial_cfg,
+                trial_dir,
+                reporter=trial_reporter,
+                choose_strategy=auto_strategy,
+            )
         except optuna.TrialPruned as exc:
             trial.set_user_attr("note", str(exc))
             raise
