@@ -783,7 +783,13 @@ def _train_epochs(
     probe: dict[str, torch.Tensor] | None = None  # the LP-only weights, for WiSE-FT
     swa: dict[str, Any] = {"state": None, "count": 0}  # running mean of the last epochs
     if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
-        state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+        try:
+            state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"{interrupted_word()} while the linear probe was fit, before the first epoch: "
+                f"nothing to resume yet; start again with another --out (or delete {paths.root})"
+            ) from None
         probe = model_state(model)
     elif last is None:
         state.balance = resolve_balance(job, reporter)
