@@ -110,6 +110,7 @@ def test_cli_enums_are_the_registries():
         cli.Optimizer: choices.OPTIMIZERS,
         cli.Schedule: choices.SCHEDULES,
         cli.Augment: choices.AUGMENTS,
+        cli.Balance: choices.BALANCES,
         cli.Track: choices.TRACKERS,
         cli.EvalSplit: choices.EVAL_SPLITS,
         cli.Weights: choices.WEIGHT_CHOICES,
@@ -127,12 +128,14 @@ def test_dispatch_tables_cover_the_registries():
     from tlcli.data.augment import PRESETS
     from tlcli.recommend.measure import BUDGETS
     from tlcli.track import BACKENDS
+    from tlcli.train.balance import METHODS
     from tlcli.train.optim import TIMM_OPT, lr_factor
 
     assert tuple(PRESETS) == choices.AUGMENTS
     assert tuple(TIMM_OPT) == choices.OPTIMIZERS
     assert tuple(BUDGETS) == choices.BUDGETS
     assert tuple(BACKENDS) == choices.TRACKERS
+    assert (*METHODS, "auto") == choices.BALANCES
     factors = set()
     for name in choices.SCHEDULES:  # each schedule decays in its own way after warmup
         schedule = Config().schedule
