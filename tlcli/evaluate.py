@@ -27,6 +27,7 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from tlcli.atomic import check_output_location, write_text_atomically
+from tlcli.choices import EVAL_SPLITS as SPLIT_CHOICES
 from tlcli.choices import WEIGHT_CHOICES
 from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.augment import PRESETS, BatchAugmenter
@@ -54,7 +55,6 @@ from tlcli.train.checkpoint import (
 from tlcli.train.loop import predict_logits
 from tlcli.train.progress import NullReporter, Reporter
 
-SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
 # Without --split: a held-out test set first; val picked the checkpoint, so it flatters it.
 AUTO_SPLIT_ORDER = ("test", "val")
 DEFAULT_BATCH_SIZE = 64

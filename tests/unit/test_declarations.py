@@ -179,3 +179,21 @@ def test_every_flag_the_readme_names_exists():
     known = {opt for c in COMMANDS for opt in options_of(c)} | {"--debug", "--help"}
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*[a-z0-9])", text))
     assert named - known - OTHER_TOOLS_FLAGS == set()
+
+
+def test_choice_lists_written_out_are_the_registrys():
+    """`--opt a|b|c` in the README names real choices (in finetune's option list: all of
+    them), and `a | b | c` in a setting's comment lists every choice."""
+    text = (ROOT / "README.md").read_text()
+    options = text[text.index("Options: `--model`") :].split("\n\n")[0]
+    pattern = r"`(--[a-z][a-z-]*) ([a-z0-9-]+(?:\|[a-z0-9-]+)+)`"
+    for flag, listed in re.findall(pattern, text):
+        param = next(options_of(c)[flag] for c in COMMANDS if flag in options_of(c))
+        names = tuple(e.value for e in param.type_descriptor.annotation)
+        assert set(listed.split("|")) <= set(names), flag
+        if f"`{flag} {listed}`" in options:
+            assert tuple(listed.split("|")) == names, flag
+    for info in SETTINGS.values():
+        if info.choices and " | " in info.doc:
+            listed = re.findall(r"[a-z0-9-]+(?= \||$| \()", info.doc.split(": ")[-1])
+            assert tuple(listed) == info.choice_names, info.dotted
