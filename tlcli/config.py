@@ -1,7 +1,10 @@
 """One dataclass tree for every setting, loaded from YAML and `--set section.key=value`.
 
-Defaults here are the single source of truth; `configs/default.yaml` documents them and a
-test checks the two agree. Validation turns every mistake into a one-line ConfigError.
+Each setting is declared once, as a field made by `setting()`: its default, its one-line
+comment (the one configs/default.yaml carries), its range or choices, its command-line flag and
+its tune name. Validation, the CLI's options and the tune space's keys are derived from these
+declarations; tests/unit/test_declarations.py checks default.yaml, the CLI and the README agree.
+Validation turns every mistake into a one-line ConfigError.
 """
 
 from __future__ import annotations
