@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tlcli import choices
+from tlcli.config import FLAG_SETTINGS, SETTINGS
 from tlcli.errors import TlcliError, resource_error_of
 from tlcli.interrupt import (
     deferred_stop_signals,
@@ -56,48 +58,23 @@ PIPED_TABLE_WIDTH = 200  # columns for a wide table written to a file or pipe
 _state = {"debug": False}
 
 
-class Strategy(str, Enum):
-    auto = "auto"
-    head_only = "head-only"
-    partial = "partial"
-    full = "full"
+def choice_enum(name: str, rows: tuple[choices.Choice | choices.OptimInfo, ...]) -> Any:
+    """A str Enum of a registry's choices (Typer's choice type), named as the rows are."""
+    return Enum(name, [(row.name.replace("-", "_"), row.name) for row in rows], type=str)
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    nesterov = "nesterov"
-    adagrad = "adagrad"
-    rmsprop = "rmsprop"
-    adam = "adam"
-    adamw = "adamw"
-
-
-class Schedule(str, Enum):
-    cosine = "cosine"
-    step = "step"
-    exponential = "exponential"
-    none = "none"
-
-
-class Track(str, Enum):
-    mlflow = "mlflow"
-    tensorboard = "tensorboard"
-
-
-class Augment(str, Enum):
-    none = "none"
-    light = "light"
-    standard = "standard"
-    strong = "strong"
-
-
-class Balance(str, Enum):  # tlcli.config.BALANCES (not imported here: --help stays fast)
-    none = "none"
-    weights = "weights"
-    sampler = "sampler"
-    logit_adjust = "logit-adjust"
-    auto = "auto"
+Strategy = choice_enum("Strategy", choices.STRATEGY_CHOICES)
+Optimizer = choice_enum("Optimizer", choices.OPTIMIZER_INFOS)
+Schedule = choice_enum("Schedule", choices.SCHEDULE_CHOICES)
+Augment = choice_enum("Augment", choices.AUGMENT_CHOICES)
+Balance = choice_enum("Balance", choices.BALANCE_CHOICES)
+Track = choice_enum("Track", choices.TRACK_CHOICES)
+EvalSplit = choice_enum("EvalSplit", choices.EVAL_SPLIT_CHOICES)
+Weights = choice_enum("Weights", choices.WEIGHT_CHOICES_INFO)
+ExportFormat = choice_enum("ExportFormat", choices.EXPORT_FORMAT_CHOICES)
+Quantize = choice_enum("Quantize", choices.QUANTIZE_CHOICES_INFO)
+Budget = choice_enum("Budget", choices.BUDGET_CHOICES)
+Pruner = choice_enum("Pruner", choices.PRUNER_CHOICES)
 
 
 @app.callback()
@@ -179,16 +156,39 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-# Options shared by finetune, recommend, lr-find and tune: one definition each.
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="timm model name, hf-hub:ORG/NAME, or local-dir:PATH (a folder with config.json "
-        "and model.safetensors; works offline). Default: tf_efficientnet_lite0.in1k.",
-    ),
-]
+def setting_option(key: str) -> Any:
+    """The option of a config setting: its flag and help as configs' declaration says."""
+    info = SETTINGS[key]
+    return typer.Option(*info.flags, help=info.help_text())
+
+
+def setting_overrides(ctx: typer.Context) -> dict[str, dict[str, Any]]:
+    """The config settings given as options, {section: {key: value}}, found by flag in the
+    declarations (config.FLAG_SETTINGS): None is not given; a --no-X flag alone sets False."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for param in ctx.command.params:
+        info = FLAG_SETTINGS.get(param.opts[0]) if param.opts else None
+        if info is None:
+            continue
+        value = ctx.params.get(param.name)
+        if isinstance(value, Enum):
+            value = value.value
+        if param.opts[0].startswith("--no-") and not param.secondary_opts:
+            value = False if value else None
+        overrides.setdefault(info.section, {})[info.key] = value
+    return overrides
+
+
+# Options of config settings shared by several commands: one definition each.
+ModelOpt = Annotated[str | None, setting_option("model.name")]
+NoPretrainedOpt = Annotated[bool, setting_option("model.pretrained")]
+StrategyOpt = Annotated[Strategy | None, setting_option("strategy.name")]
+TrainableStagesOpt = Annotated[int | None, setting_option("strategy.trainable_stages")]
+OptimizerOpt = Annotated[Optimizer | None, setting_option("optim.name")]
+BackboneLrMultOpt = Annotated[float | None, setting_option("optim.backbone_lr_mult")]
+BatchSizeOpt = Annotated[int | None, setting_option("data.batch_size")]
+TrainDeviceOpt = Annotated[str | None, setting_option("train.device")]
+SeedOpt = Annotated[int | None, setting_option("train.seed")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")
 ]
@@ -253,98 +253,34 @@ def finetune(
         ),
     ] = None,
     model: ModelOpt = None,
-    no_pretrained: Annotated[
-        bool, typer.Option("--no-pretrained", help="Random init instead of pretrained weights.")
-    ] = False,
-    strategy: Annotated[
-        Strategy | None,
-        typer.Option(
-            help="head-only: a linear classifier on frozen features; partial: retrain the last "
-            "--trainable-stages stages and the head; full: retrain everything; auto: measure "
-            "the data and pick (the CS231n 2x2 grid)."
-        ),
-    ] = None,
-    trainable_stages: Annotated[
-        int | None, typer.Option(help="partial: how many of the last backbone stages to retrain.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate of the new head.")] = None,
-    backbone_lr_mult: Annotated[
-        float | None,
-        typer.Option(
-            help="Pretrained layers train at lr x this (default 0.1): a from-scratch "
-            "LR wrecks pretrained features."
-        ),
-    ] = None,
-    layer_decay: Annotated[
-        float | None, typer.Option(help="Per-stage LR decay towards the input (1 = off).")
-    ] = None,
-    opt: Annotated[Optimizer | None, typer.Option("--opt", help="Optimizer.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
-    momentum: Annotated[float | None, typer.Option(help="Momentum (SGD family, RMSProp).")] = None,
-    schedule: Annotated[Schedule | None, typer.Option(help="LR decay after warmup.")] = None,
-    warmup_epochs: Annotated[
-        float | None, typer.Option(help="Linear LR warmup, in epochs.")
-    ] = None,
-    augment: Annotated[
-        Augment | None,
-        typer.Option(
-            help="none | light (crop+flip) | standard (+colour) | strong "
-            "(+RandAugment, erasing, mixup/cutmix)."
-        ),
-    ] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
-    drop_rate: Annotated[float | None, typer.Option(help="Dropout before the head.")] = None,
-    drop_path: Annotated[
-        float | None, typer.Option(help="Stochastic depth (drop-path) rate in the backbone.")
-    ] = None,
-    ema: Annotated[
-        bool | None,
-        typer.Option(
-            "--ema/--no-ema",
-            help="Keep an EMA (Polyak average) of the weights and "
-            "validate it alongside the raw weights.",
-        ),
-    ] = None,
-    balance: Annotated[
-        Balance | None,
-        typer.Option(
-            help="Class imbalance: weights (loss), sampler, logit-adjust, none; auto (default) "
-            "acts only when the largest class has 3x the smallest's images, picking by a "
-            "linear probe's val balanced accuracy."
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs to train (default 10).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 32).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (split, order, init).")] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Stop after this many epochs without val gain (0 = off).")
-    ] = None,
-    cv: Annotated[
-        int | None,
-        typer.Option(
-            "--cv",
-            help="Head-only: also K-fold accuracy on train+val, with mean and spread over folds.",
-        ),
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode threads (-1 = all cores).")] = None,
-    val_split: Annotated[
-        float | None, typer.Option(help="Val fraction when the folder has no val/ split.")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Input size (default: the model's own).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    compile: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="torch.compile (CUDA).")
-    ] = None,
-    no_cache: Annotated[
-        bool,
-        typer.Option(
-            "--no-cache",
-            help="Do not write decode/feature caches to disk: decode into RAM (a folder too "
-            "large for RAM is streamed from its files).",
-        ),
-    ] = False,
+    no_pretrained: NoPretrainedOpt = False,
+    strategy: StrategyOpt = None,
+    trainable_stages: TrainableStagesOpt = None,
+    lr: Annotated[float | None, setting_option("optim.lr")] = None,
+    backbone_lr_mult: BackboneLrMultOpt = None,
+    layer_decay: Annotated[float | None, setting_option("optim.layer_decay")] = None,
+    opt: OptimizerOpt = None,
+    weight_decay: Annotated[float | None, setting_option("optim.weight_decay")] = None,
+    momentum: Annotated[float | None, setting_option("optim.momentum")] = None,
+    schedule: Annotated[Schedule | None, setting_option("schedule.name")] = None,
+    warmup_epochs: Annotated[float | None, setting_option("schedule.warmup_epochs")] = None,
+    augment: Annotated[Augment | None, setting_option("data.augment")] = None,
+    label_smoothing: Annotated[float | None, setting_option("optim.label_smoothing")] = None,
+    drop_rate: Annotated[float | None, setting_option("model.drop_rate")] = None,
+    drop_path: Annotated[float | None, setting_option("model.drop_path_rate")] = None,
+    ema: Annotated[bool | None, setting_option("train.ema")] = None,
+    balance: Annotated[Balance | None, setting_option("train.balance")] = None,
+    epochs: Annotated[int | None, setting_option("train.epochs")] = None,
+    batch_size: BatchSizeOpt = None,
+    seed: SeedOpt = None,
+    patience: Annotated[int | None, setting_option("train.patience")] = None,
+    cv: Annotated[int | None, setting_option("train.cv_folds")] = None,
+    workers: Annotated[int | None, setting_option("data.workers")] = None,
+    val_split: Annotated[float | None, setting_option("data.val_split")] = None,
+    image_size: Annotated[int | None, setting_option("data.image_size")] = None,
+    device: TrainDeviceOpt = None,
+    compile: Annotated[bool | None, setting_option("train.compile")] = None,
+    no_cache: Annotated[bool, setting_option("data.cache")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     out: Annotated[
@@ -389,53 +325,7 @@ def finetune(
         require_backend(tracking)  # a missing library fails now, not after the training
         if resume is not None:
             refuse_options_on_resume(resume, options_given(ctx))
-        cfg = build_config(
-            config,
-            set_,
-            {
-                "model": {
-                    "name": model,
-                    "pretrained": False if no_pretrained else None,
-                    "drop_rate": drop_rate,
-                    "drop_path_rate": drop_path,
-                },
-                "strategy": {
-                    "name": strategy.value if strategy else None,
-                    "trainable_stages": trainable_stages,
-                },
-                "optim": {
-                    "name": opt.value if opt else None,
-                    "lr": lr,
-                    "backbone_lr_mult": backbone_lr_mult,
-                    "layer_decay": layer_decay,
-                    "weight_decay": weight_decay,
-                    "momentum": momentum,
-                    "label_smoothing": label_smoothing,
-                },
-                "schedule": {
-                    "name": schedule.value if schedule else None,
-                    "warmup_epochs": warmup_epochs,
-                },
-                "data": {
-                    "augment": augment.value if augment else None,
-                    "batch_size": batch_size,
-                    "workers": workers,
-                    "val_split": val_split,
-                    "image_size": image_size,
-                    "cache": False if no_cache else None,
-                },
-                "train": {
-                    "epochs": epochs,
-                    "seed": seed,
-                    "patience": patience,
-                    "cv_folds": cv,
-                    "ema": ema,
-                    "balance": balance.value if balance else None,
-                    "device": device,
-                    "compile": compile,
-                },
-            },
-        )
+        cfg = build_config(config, set_, setting_overrides(ctx))
         if cfg.train.cv_folds and (
             cfg.strategy.name != "head-only" or cfg.strategy.head_fit != "lbfgs"
         ):
@@ -468,29 +358,6 @@ def finetune(
     run_command(body)
 
 
-class EvalSplit(str, Enum):
-    auto = "auto"
-    test = "test"
-    val = "val"
-    train = "train"
-    all = "all"
-
-
-class Weights(str, Enum):
-    best = "best"
-    ema = "ema"
-    raw = "raw"
-
-
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-
-
-class Quantize(str, Enum):
-    int8 = "int8"
-
-
 # Options shared by evaluate, predict and export.
 WeightsOpt = Annotated[
     Weights,
@@ -511,13 +378,9 @@ EvalBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
 
 
-class Budget(str, Enum):
-    quick = "quick"
-    thorough = "thorough"
-
-
 @app.command()
 def recommend(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="Image folder (as for finetune).")],
     model: ModelOpt = None,
     candidates: Annotated[
@@ -545,7 +408,7 @@ def recommend(
     """
 
     def body() -> None:
-        cfg = build_config(config, set_, {"model": {"name": model}})
+        cfg = build_config(config, set_, setting_overrides(ctx))
         from tlcli.recommend.advise import recommend as run_recommend
         from tlcli.render import RichReporter, recommendation_panel
 
@@ -563,6 +426,7 @@ def recommend(
 
 @app.command()
 def doctor(
+    ctx: typer.Context,
     data_dir: Annotated[
         Path, typer.Argument(help="Image folder or manifest (.csv/.jsonl), as for finetune.")
     ],
@@ -586,7 +450,7 @@ def doctor(
         ),
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="Label issues shown in the table.")] = 20,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    device: TrainDeviceOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_: JsonOpt = False,
@@ -612,7 +476,7 @@ def doctor(
         )
         from tlcli.render import RichReporter, doctor_tables
 
-        cfg = build_config(config, set_, {"model": {"name": model}, "train": {"device": device}})
+        cfg = build_config(config, set_, setting_overrides(ctx))
         check_output_paths(data_dir, out, write_relabel)
         with RichReporter(stderr) as reporter:
             result, scan = diagnose(data_dir, cfg, folds, reporter)
@@ -898,62 +762,20 @@ DataDirArg = Annotated[
     Path,
     typer.Argument(help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."),
 ]
-JobStrategyOpt = Annotated[
-    Strategy | None,
-    typer.Option("--strategy", help="head-only | partial | full | auto (as for finetune)."),
-]
-TrainableStagesOpt = Annotated[
-    int | None, typer.Option(help="partial: how many of the last backbone stages to retrain.")
-]
-JobBatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
-JobDeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed (split, order, init).")]
-NoPretrainedOpt = Annotated[
-    bool, typer.Option("--no-pretrained", help="Random init instead of pretrained weights.")
-]
-
-
-def job_config(
-    config: Path | None,
-    sets: list[str] | None,
-    model: str | None,
-    strategy: Strategy | None,
-    trainable_stages: int | None,
-    batch_size: int | None,
-    device: str | None,
-    seed: int | None,
-    optim: dict[str, Any] | None = None,
-    no_pretrained: bool = False,
-) -> Any:
-    return build_config(
-        config,
-        sets,
-        {
-            "model": {"name": model, "pretrained": False if no_pretrained else None},
-            "strategy": {
-                "name": strategy.value if strategy else None,
-                "trainable_stages": trainable_stages,
-            },
-            "optim": optim or {},
-            "data": {"batch_size": batch_size},
-            "train": {"device": device, "seed": seed},
-        },
-    )
 
 
 @app.command("lr-find")
 def lr_find(
+    ctx: typer.Context,
     data_dir: DataDirArg,
     model: ModelOpt = None,
     no_pretrained: NoPretrainedOpt = False,
-    strategy: JobStrategyOpt = None,
+    strategy: StrategyOpt = None,
     trainable_stages: TrainableStagesOpt = None,
-    opt: Annotated[Optimizer | None, typer.Option("--opt", help="Optimizer.")] = None,
-    backbone_lr_mult: Annotated[
-        float | None, typer.Option(help="Pretrained layers train at lr x this (default 0.1).")
-    ] = None,
-    batch_size: JobBatchSizeOpt = None,
-    device: JobDeviceOpt = None,
+    opt: OptimizerOpt = None,
+    backbone_lr_mult: BackboneLrMultOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: TrainDeviceOpt = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -992,18 +814,7 @@ def lr_find(
                 "--end-lr": (end_lr, 1e-12, 1000.0),
             }
         )
-        cfg = job_config(
-            config,
-            set_,
-            model,
-            strategy,
-            trainable_stages,
-            batch_size,
-            device,
-            seed,
-            {"name": opt.value if opt else None, "backbone_lr_mult": backbone_lr_mult},
-            no_pretrained,
-        )
+        cfg = build_config(config, set_, setting_overrides(ctx))
         from tlcli.render import RichReporter, lr_find_table
         from tlcli.tune.lr_find import find_lr, plot_path
         from tlcli.tune.plots import plot_lr_find
@@ -1021,14 +832,9 @@ def lr_find(
     run_command(body)
 
 
-class Pruner(str, Enum):
-    median = "median"
-    halving = "halving"
-    none = "none"
-
-
 @app.command()
 def tune(
+    ctx: typer.Context,
     data_dir: DataDirArg,
     trials: Annotated[
         int,
@@ -1077,10 +883,10 @@ def tune(
     ] = True,
     model: ModelOpt = None,
     no_pretrained: NoPretrainedOpt = False,
-    strategy: JobStrategyOpt = None,
+    strategy: StrategyOpt = None,
     trainable_stages: TrainableStagesOpt = None,
-    batch_size: JobBatchSizeOpt = None,
-    device: JobDeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: TrainDeviceOpt = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -1114,17 +920,7 @@ def tune(
                 "--epochs-per-trial": (epochs_per_trial, 1, MAX_TRIAL_EPOCHS),
             }
         )
-        cfg = job_config(
-            config,
-            set_,
-            model,
-            strategy,
-            trainable_stages,
-            batch_size,
-            device,
-            seed,
-            no_pretrained=no_pretrained,
-        )
+        cfg = build_config(config, set_, setting_overrides(ctx))
         settings = TuneSettings(
             trials=trials,
             epochs_per_trial=epochs_per_trial,

@@ -1,7 +1,10 @@
 """One dataclass tree for every setting, loaded from YAML and `--set section.key=value`.
 
-Defaults here are the single source of truth; `configs/default.yaml` documents them and a
-test checks the two agree. Validation turns every mistake into a one-line ConfigError.
+Each setting is declared once, as a field made by `setting()`: its default, its one-line
+comment (the one configs/default.yaml carries), its range or choices, its command-line flag and
+its tune name. Validation, the CLI's options and the tune space's keys are derived from these
+declarations; tests/unit/test_declarations.py checks default.yaml, the CLI and the README agree.
+Validation turns every mistake into a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -16,105 +19,355 @@ from typing import Any
 
 import yaml
 
+from tlcli.choices import (  # noqa: F401  (re-exported: the config's choice lists)
+    AUGMENT_CHOICES,
+    AUGMENTS,
+    BALANCE_CHOICES,
+    BALANCES,
+    DEVICES,
+    HEAD_FIT_CHOICES,
+    HEAD_FITS,
+    OPTIMIZER_INFOS,
+    OPTIMIZERS,
+    SCHEDULE_CHOICES,
+    SCHEDULES,
+    STRATEGIES,
+    STRATEGY_CHOICES,
+    STREAM_CHOICES,
+    STREAM_CHOICES_INFO,
+    Choice,
+    OptimInfo,
+    described,
+)
 from tlcli.errors import ConfigError, short_repr
 
-STRATEGIES = ("auto", "head-only", "partial", "full")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "exponential", "none")
-AUGMENTS = ("none", "light", "standard", "strong")
-STREAM_CHOICES = ("auto", "always", "never")
-HEAD_FITS = ("lbfgs", "epochs")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 # A config or space file is a few hundred bytes. These bound what a hostile one can cost:
 # YAML aliases (*name) repeat a node without copying it, so 421 bytes can stand for billions
 # of values, which the first error message that quoted one tried to print.
 MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 10_000  # values, lists and mappings, counted with every alias expanded
-BALANCES = ("none", "weights", "sampler", "logit-adjust", "auto")
+# numpy and torch seeds are 32-bit; ints beyond 2^31 have no use in any setting here.
+MAX_SEED = 2**32 - 1
+MAX_INT_SETTING = 2**31 - 1
+# PIL's own decompression-bomb limit: data.max_pixels' default, and the bound of every
+# function that decodes (evaluate and predict, which have no config, use it as it is).
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: low..high (either end open), plus `also`."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    also: tuple[float, ...] = ()  # accepted outside low..high (0 = off)
+    text: str = ""  # how an error message states it
+
+    def contains(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and not (value > self.low if self.open_low else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+
+def setting(
+    default: Any,
+    doc: str,
+    check: Range | None = None,
+    *,
+    choices: tuple[Choice | OptimInfo, ...] = (),
+    flag: str | tuple[str, ...] = (),
+    cli_help: str = "",
+    tune: str = "",
+) -> Any:
+    """One setting, declared once: its default, the one-line comment of configs/default.yaml
+    (`doc`), the range or the choices that validate checks, the command-line flag that sets
+    it (finetune's, and lr-find's, tune's, ... where they take it), the CLI's help when it
+    says more than `doc`, and its short name in the tune space."""
+    flags = (flag,) if isinstance(flag, str) else flag
+    metadata = {
+        "doc": doc,
+        "range": check,
+        "choices": choices,
+        "flags": flags,
+        "cli_help": cli_help,
+        "tune": tune,
+    }
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
     # tf_efficientnet_lite0: 4.7M params, 0.4 GFLOPs, ReLU6 + BN only: trains on a laptop CPU,
     # exports cleanly, and is the model our benchmarks measure (docs/benchmarks.md).
-    name: str = "tf_efficientnet_lite0.in1k"
-    pretrained: bool = True
-    drop_rate: float = 0.0  # dropout before the new classifier
-    drop_path_rate: float = 0.0  # stochastic depth in the backbone (only matters when trained)
+    name: str = setting(
+        "tf_efficientnet_lite0.in1k",
+        "timm name, hf-hub:ORG/NAME or local-dir:PATH; 4.7M params, CPU-friendly",
+        flag=("--model", "-m"),
+        cli_help="timm model name, hf-hub:ORG/NAME, or local-dir:PATH (a folder with "
+        "config.json and model.safetensors; works offline).",
+    )
+    pretrained: bool = setting(
+        True,
+        "start from pretrained weights (false: random init)",
+        flag="--no-pretrained",
+        cli_help="Random init instead of pretrained weights.",
+    )
+    drop_rate: float = setting(
+        0.0,
+        "dropout before the new classifier",
+        Range(0, 1, open_high=True, text="0 <= x < 1"),
+        flag="--drop-rate",
+    )
+    drop_path_rate: float = setting(
+        0.0,
+        "stochastic depth in the backbone (only matters when trained)",
+        Range(0, 1, open_high=True, text="0..1"),
+        flag="--drop-path",
+        tune="drop_path_rate",
+    )
 
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"
-    trainable_stages: int = 2  # partial: how many of the last stages are retrained
-    head_warmup_epochs: int = 0  # two-phase recipe: this many head-only epochs first
-    head_fit: str = "lbfgs"  # head-only: full-batch L-BFGS on cached features, or epochs
-    head_views: int = 0  # head-only L-BFGS: augmented views per train image added to the fit
+    name: str = setting(
+        "auto",
+        "auto | head-only | partial | full (auto measures the data and picks)",
+        choices=STRATEGY_CHOICES,
+        flag="--strategy",
+        cli_help="How much of the backbone trains (stages: timm's group_matcher).",
+        tune="strategy",
+    )
+    trainable_stages: int = setting(
+        2,
+        "partial: how many of the last stages are retrained",
+        Range(1, text=">= 1"),
+        flag="--trainable-stages",
+        tune="trainable_stages",
+    )
+    head_warmup_epochs: int = setting(
+        0, "two-phase recipe: this many head-only epochs first", Range(0, text=">= 0")
+    )
+    head_fit: str = setting(
+        "lbfgs",
+        "head-only: full-batch L-BFGS on cached features (lbfgs), or epochs",
+        choices=HEAD_FIT_CHOICES,
+    )
+    head_views: int = setting(
+        0,
+        "head-only L-BFGS: augmented views per train image added to the fit",
+        Range(0, 100, text="0..100"),
+    )
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 1e-3  # learning rate of the new head
+    name: str = setting(
+        "adamw",
+        "sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw",
+        choices=OPTIMIZER_INFOS,
+        flag="--opt",
+        cli_help="Optimizer.",
+        tune="optimizer",
+    )
+    lr: float = setting(
+        1e-3,
+        "learning rate of the new head",
+        Range(0, 10, open_low=True, text="0 < lr <= 10"),
+        flag="--lr",
+        tune="lr",
+    )
     # Pretrained layers get lr * backbone_lr_mult: a from-scratch LR wrecks their features.
-    backbone_lr_mult: float = 0.1
-    layer_decay: float = 1.0  # <1: each earlier stage gets this factor less LR again
-    weight_decay: float = 0.01
-    momentum: float = 0.9  # for sgd/momentum/nesterov/rmsprop
-    label_smoothing: float = 0.1
-    clip_grad_norm: float = 0.0  # 0 disables
+    backbone_lr_mult: float = setting(
+        0.1,
+        "pretrained layers get lr x this: a from-scratch LR wrecks their features",
+        Range(0, 10, text="0..10"),
+        flag="--backbone-lr-mult",
+        tune="backbone_lr_mult",
+    )
+    layer_decay: float = setting(
+        1.0,
+        "<1: each earlier stage gets this factor less LR again",
+        Range(0, 1, open_low=True, text="0 < x <= 1"),
+        flag="--layer-decay",
+    )
+    weight_decay: float = setting(
+        0.01,
+        "decoupled (adamw) or L2 weight decay; biases and norms are not decayed",
+        Range(0, 1, open_high=True, text="0 <= x < 1"),
+        flag="--weight-decay",
+        tune="weight_decay",
+    )
+    momentum: float = setting(
+        0.9,
+        "for sgd/momentum/nesterov/rmsprop",
+        Range(0, 1, open_high=True, text="0 <= x < 1"),
+        flag="--momentum",
+    )
+    label_smoothing: float = setting(
+        0.1,
+        "soft targets: 1 - this on the true class",
+        Range(0, 1, open_high=True, text="0..1"),
+        flag="--label-smoothing",
+        tune="label_smoothing",
+    )
+    clip_grad_norm: float = setting(0.0, "max gradient norm; 0 disables", Range(0, text=">= 0"))
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"
-    warmup_epochs: float = 1.0  # linear warmup protects the pretrained layers from the new head
-    min_lr_ratio: float = 0.01  # cosine ends at lr * this
-    step_epochs: int = 3  # step: decay every this many epochs
-    gamma: float = 0.1  # step/exponential decay factor (exponential: per epoch)
+    name: str = setting(
+        "cosine",
+        "LR decay after warmup: cosine | step | exponential | none",
+        choices=SCHEDULE_CHOICES,
+        flag="--schedule",
+        cli_help="LR decay after warmup.",
+    )
+    warmup_epochs: float = setting(
+        1.0,
+        "linear warmup protects the pretrained layers from the new head",
+        Range(0, text=">= 0"),
+        flag="--warmup-epochs",
+    )
+    min_lr_ratio: float = setting(0.01, "cosine ends at lr x this", Range(0, 1, text="0..1"))
+    step_epochs: int = setting(3, "step: decay every this many epochs", Range(1, text=">= 1"))
+    gamma: float = setting(
+        0.1,
+        "step/exponential decay factor (exponential: per epoch)",
+        Range(0, 1, open_low=True, text="0 < x <= 1"),
+    )
 
 
 @dataclass
 class DataConfig:
-    val_split: float = 0.2  # fraction held out when the folder has no val/ split
-    augment: str = "standard"
-    batch_size: int = 32
-    workers: int = -1  # -1: pick from the CPU count
-    image_size: int = 0  # 0: the model's own input size
-    max_pixels: int = 178_956_970  # larger images are refused (decompression bombs); PIL's limit
-    cache: bool = True  # decode each image once into a uint8 cache
+    val_split: float = setting(
+        0.2,
+        "fraction held out when the folder has no val/ split",
+        Range(0, 1, open_low=True, open_high=True, text="0 < x < 1"),
+        flag="--val-split",
+    )
+    augment: str = setting(
+        "standard",
+        "none | light (crop+flip) | standard (+colour) | strong (+RandAugment, mixup)",
+        choices=AUGMENT_CHOICES,
+        flag="--augment",
+        cli_help="Batch-wise augmentation preset.",
+        tune="augment",
+    )
+    batch_size: int = setting(
+        32, "images per optimizer step", Range(1, 65536, text="1..65536"), flag="--batch-size"
+    )
+    workers: int = setting(
+        -1,
+        "decode threads; -1: pick from the CPU count",
+        Range(-1, 256, text="-1 (auto) .. 256"),
+        flag="--workers",
+    )
+    image_size: int = setting(
+        0,
+        "0: the model's own input size",
+        Range(16, 4096, also=(0,), text="0 (model default) or 16..4096"),
+        flag="--image-size",
+    )
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        "larger images are refused (decompression bombs); PIL's limit",
+        Range(0, open_low=True, text="> 0"),
+    )
+    cache: bool = setting(
+        True,
+        "decode each image once into a uint8 cache on disk",
+        flag="--no-cache",
+        cli_help="Do not write decode/feature caches to disk: decode into RAM (a folder too "
+        "large for RAM is streamed from its files).",
+    )
     # Read the files every epoch instead of the cache: auto (only when the decoded set would
     # not fit on the cache disk, or in RAM without it), always, never.
-    stream: str = "auto"
+    stream: str = setting(
+        "auto",
+        "read the files every epoch: auto (when the cache would not fit), always, never",
+        choices=STREAM_CHOICES_INFO,
+    )
     # A seeded split keeps each near-duplicate cluster on one side (no leakage into val).
-    group_duplicates: bool = True
+    group_duplicates: bool = setting(
+        True, "a made split keeps each near-duplicate cluster on one side"
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    patience: int = 0  # early stopping after this many epochs without val gain; 0 disables
-    cv_folds: int = 0  # head-only L-BFGS: also K-fold accuracy on train+val (0: off)
-    ema: bool = False
-    ema_decay: float = 0.998
-    amp: bool = True  # bf16/fp16 autocast on CUDA only
-    channels_last: bool = True  # NHWC memory format: ~2x faster convs on CPU and GPU
-    compile: bool = False
-    monitor_every: int = 5  # steps between update/weight ratio samples
+    epochs: int = setting(
+        10, "epochs to train", Range(1, 100_000, text="1..100000"), flag="--epochs"
+    )
+    seed: int = setting(
+        0,
+        "seeds the split, the data order, augmentation and the head init",
+        Range(0, MAX_SEED, text=f"0..{MAX_SEED}"),
+        flag="--seed",
+    )
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps", flag="--device")
+    patience: int = setting(
+        0,
+        "early stopping after this many epochs without val gain; 0 disables",
+        Range(0, text=">= 0 (0 disables)"),
+        flag="--patience",
+    )
+    cv_folds: int = setting(
+        0,
+        "head-only L-BFGS: also K-fold accuracy (mean, spread) on train+val; 0 off",
+        Range(2, also=(0,), text="0 or >= 2"),
+        flag="--cv",
+        cli_help="Head-only: also K-fold accuracy on train+val, with mean and spread over folds.",
+    )
+    ema: bool = setting(
+        False,
+        "keep an EMA (Polyak average) of the weights and validate it too",
+        flag="--ema/--no-ema",
+    )
+    ema_decay: float = setting(
+        0.998,
+        "EMA decay per optimizer step",
+        Range(0, 1, open_low=True, open_high=True, text="0 < x < 1"),
+    )
+    amp: bool = setting(True, "bf16/fp16 autocast on CUDA only")
+    channels_last: bool = setting(True, "NHWC memory format: ~2x faster convs on CPU and GPU")
+    compile: bool = setting(
+        False, "torch.compile the model (CUDA only)", flag="--compile/--no-compile"
+    )
+    monitor_every: int = setting(
+        5, "steps between update/weight ratio samples", Range(1, text=">= 1")
+    )
     # LP-FT (Kumar et al. 2022): partial/full start from the L-BFGS head on frozen features
     # (epoch 0, a best.pt candidate) instead of a zero head that distorts the features.
-    lp_ft: bool = True
+    lp_ft: bool = setting(
+        True, "partial/full: fit the L-BFGS head on frozen features first (LP-FT), epoch 0"
+    )
     # Weight averages tried after training, each kept only if it scores higher on val:
     # SWA of the weights at the end of the last swa_epochs epochs (< 2 disables), and
     # WiSE-FT interpolations between the LP-only and the fine-tuned weights.
-    swa_epochs: int = 3
-    wise_ft: bool = True
+    swa_epochs: int = setting(
+        3,
+        "try the average of the last N epochs' weights (kept only if val improves); <2 off",
+        Range(0, 100_000, text=">= 0"),
+    )
+    wise_ft: bool = setting(
+        True, "try LP/fine-tuned weight interpolations (WiSE-FT; kept only if val improves)"
+    )
     # Class imbalance: none | weights (loss) | sampler | logit-adjust | auto (only when the
     # largest class is imbalance_ratio x the smallest; picked by val balanced accuracy).
-    balance: str = "auto"
-    calibrate: bool = True  # temperature scaling fit on val logits, stored in best.pt
+    balance: str = setting(
+        "auto",
+        "none | weights | sampler | logit-adjust | auto (acts only when imbalanced)",
+        choices=BALANCE_CHOICES,
+        flag="--balance",
+        cli_help="Class imbalance.",
+    )
+    calibrate: bool = setting(
+        True, "fit a temperature on val logits (temperature scaling); stored in best.pt"
+    )
 
 
 @dataclass
@@ -127,15 +380,73 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass(frozen=True)
+class SettingInfo:
+    """A setting as its declaration says (read from the dataclass field's metadata)."""
+
+    section: str
+    key: str
+    type: Any
+    default: Any
+    doc: str
+    range: Range | None
+    choices: tuple[Choice | OptimInfo, ...]
+    flags: tuple[str, ...]
+    cli_help: str
+    tune: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def choice_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.choices)
+
+    def help_text(self) -> str:
+        """The command-line help: the declared text, the choices, the range and the default."""
+        text = self.cli_help or f"{self.doc}."
+        if self.choices:
+            text += f" Choices: {described(self.choices)}."
+        if self.range is not None:
+            text += f" Range: {self.range.text}."
+        default = str(self.default).lower() if isinstance(self.default, bool) else self.default
+        return f"{text} Default: {default} ({self.dotted})."
+
+
+def declared_settings() -> dict[str, SettingInfo]:
+    """Every setting by section.key, in the order of the dataclasses."""
+    settings = {}
+    for section in dataclasses.fields(Config):
+        section_type = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(section_type)
+        for item in dataclasses.fields(section_type):
+            meta = item.metadata
+            info = SettingInfo(
+                section.name,
+                item.name,
+                hints[item.name],
+                item.default,
+                meta["doc"],
+                meta["range"],
+                meta["choices"],
+                meta["flags"],
+                meta["cli_help"],
+                meta["tune"],
+            )
+            settings[info.dotted] = info
+    return settings
+
+
+SETTINGS = declared_settings()
+# --flag -> the setting it sets: the command line's only option-to-config mapping.
+FLAG_SETTINGS = {info.flags[0].split("/")[0]: info for info in SETTINGS.values() if info.flags}
+# Short names of the tune space: {name: (section, key)}.
+TUNE_KEYS = {info.tune: (info.section, info.key) for info in SETTINGS.values() if info.tune}
 _CHOICES = {
-    ("strategy", "name"): STRATEGIES,
-    ("strategy", "head_fit"): HEAD_FITS,
-    ("optim", "name"): OPTIMIZERS,
-    ("schedule", "name"): SCHEDULES,
-    ("data", "augment"): AUGMENTS,
-    ("data", "stream"): STREAM_CHOICES,
-    ("train", "balance"): BALANCES,
+    (info.section, info.key): info.choice_names for info in SETTINGS.values() if info.choices
 }
+_RANGES = {info.dotted: info.range for info in SETTINGS.values() if info.range}
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -334,11 +645,6 @@ def _check_range(ok: bool, what: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{what}={short_repr(value)} is out of range: expected {expected}")
 
 
-# numpy and torch seeds are 32-bit; ints beyond 2^31 have no use in any setting here.
-MAX_SEED = 2**32 - 1
-MAX_INT_SETTING = 2**31 - 1
-
-
 def check_option_range(option: str, value: float | int | None, low: float, high: float) -> None:
     """A command-line value outside low..high, or NaN/inf, as a one-line ConfigError (exit 2).
 
@@ -370,45 +676,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"{section}.{key}={short_repr(value)} is not one of: {', '.join(choices)}"
             )
-    o, s, d, t, st, m = cfg.optim, cfg.schedule, cfg.data, cfg.train, cfg.strategy, cfg.model
-    _check_range(0 < o.lr <= 10, "optim.lr", o.lr, "0 < lr <= 10")
-    _check_range(
-        0 <= o.backbone_lr_mult <= 10, "optim.backbone_lr_mult", o.backbone_lr_mult, "0..10"
-    )
-    _check_range(0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "0 < x <= 1")
-    _check_range(0 <= o.weight_decay < 1, "optim.weight_decay", o.weight_decay, "0 <= x < 1")
-    _check_range(0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= x < 1")
-    _check_range(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "0..1")
-    _check_range(o.clip_grad_norm >= 0, "optim.clip_grad_norm", o.clip_grad_norm, ">= 0")
-    _check_range(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, ">= 0")
-    _check_range(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "0..1")
-    _check_range(s.step_epochs >= 1, "schedule.step_epochs", s.step_epochs, ">= 1")
-    _check_range(0 < s.gamma <= 1, "schedule.gamma", s.gamma, "0 < x <= 1")
-    _check_range(0 < d.val_split < 1, "data.val_split", d.val_split, "0 < x < 1")
-    _check_range(1 <= d.batch_size <= 65536, "data.batch_size", d.batch_size, "1..65536")
-    _check_range(-1 <= d.workers <= 256, "data.workers", d.workers, "-1 (auto) .. 256")
-    _check_range(
-        d.image_size == 0 or 16 <= d.image_size <= 4096,
-        "data.image_size",
-        d.image_size,
-        "0 (model default) or 16..4096",
-    )
-    _check_range(d.max_pixels > 0, "data.max_pixels", d.max_pixels, "> 0")
-    _check_range(1 <= t.epochs <= 100_000, "train.epochs", t.epochs, "1..100000")
-    _check_range(t.patience >= 0, "train.patience", t.patience, ">= 0 (0 disables)")
-    _check_range(t.cv_folds == 0 or t.cv_folds >= 2, "train.cv_folds", t.cv_folds, "0 or >= 2")
-    _check_range(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < x < 1")
-    _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
-    _check_range(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"0..{MAX_SEED}")
-    _check_range(0 <= t.swa_epochs <= 100_000, "train.swa_epochs", t.swa_epochs, ">= 0")
-    _check_range(st.trainable_stages >= 1, "strategy.trainable_stages", st.trainable_stages, ">= 1")
-    _check_range(
-        st.head_warmup_epochs >= 0, "strategy.head_warmup_epochs", st.head_warmup_epochs, ">= 0"
-    )
-    _check_range(0 <= st.head_views <= 100, "strategy.head_views", st.head_views, "0..100")
-    _check_range(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "0 <= x < 1")
-    _check_range(0 <= m.drop_path_rate < 1, "model.drop_path_rate", m.drop_path_rate, "0..1")
-    check_device_name(t.device, "train.device")
+    for what, check in _RANGES.items():
+        section, key = what.split(".")
+        value = getattr(getattr(cfg, section), key)
+        _check_range(check.contains(value), what, value, check.text)
+    check_device_name(cfg.train.device, "train.device")
     _check_finite_and_bounded(cfg)  # last: a named range above says more when it applies
 
 

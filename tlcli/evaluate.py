@@ -27,7 +27,9 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from tlcli.atomic import check_new_dir, check_new_file, write_text_atomically
-from tlcli.config import DataConfig
+from tlcli.choices import EVAL_SPLITS as SPLIT_CHOICES
+from tlcli.choices import WEIGHT_CHOICES
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, RowView, decode_images, resolve_workers
 from tlcli.data.manifest import is_manifest, manifest_entries
@@ -53,15 +55,13 @@ from tlcli.train.checkpoint import (
 from tlcli.train.loop import predict_logits
 from tlcli.train.progress import NullReporter, Reporter
 
-WEIGHT_CHOICES = ("best", "ema", "raw")
-SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
 # Without --split: a held-out test set first; val picked the checkpoint, so it flatters it.
 AUTO_SPLIT_ORDER = ("test", "val")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TOP_K = 5
 ENSEMBLE = "ensemble"
 # Same limit as training (PIL's decompression-bomb threshold), so the same files are refused.
-MAX_PIXELS = DataConfig().max_pixels
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 
 @dataclass

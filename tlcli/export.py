@@ -32,6 +32,8 @@ import torch
 
 from tlcli import __version__
 from tlcli.atomic import check_new_file
+from tlcli.choices import EXPORT_FORMATS as FORMATS
+from tlcli.choices import QUANTIZE_CHOICES
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
 from tlcli.data.scan import Sample, no_readable_images
@@ -47,8 +49,6 @@ from tlcli.onnx_model import metadata_props, open_session, with_metadata, write_
 from tlcli.onnx_model import preprocessing_of as onnx_preprocessing_of
 from tlcli.train.progress import NullReporter, Reporter
 
-FORMATS = ("onnx", "torchscript")
-QUANTIZE_CHOICES = ("int8",)
 # Opset 17 (onnxruntime >= 1.14) has every op timm CNNs need; newer runtimes read it too.
 DEFAULT_OPSET = 17
 # Max abs difference of softmax probabilities. fp32 kernels of two runtimes reorder sums and

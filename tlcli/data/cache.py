@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from tlcli.atomic import TEMP_SUFFIX, remove_orphaned_temp_files, temp_prefix, write_text_atomically
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
@@ -235,7 +236,7 @@ def decode_images(
     samples: Sequence[Sample],
     size: int,
     interpolation: str = "bicubic",
-    max_pixels: int = 178_956_970,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 1,
     disk_cache: bool = True,
     on_advance: Callable[[int], None] | None = None,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.scan import (
     SPLIT_NAMES,
     FolderScan,
@@ -197,7 +198,7 @@ def _resolve_rows(
 
 
 def manifest_entries(
-    path: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, on_file: Callable[[], None] | None = None
 ) -> tuple[list[tuple[ManifestRow, Path, str]], list[Skipped], bool]:
     """(row, image path, split) of every usable row, the unreadable images passed over, and
     whether the manifest has a split column (else every split is "all").
@@ -218,7 +219,7 @@ def manifest_entries(
 
 
 def read_manifest(
-    path: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, on_file: Callable[[], None] | None = None
 ) -> ManifestScan:
     """A manifest as a FolderScan: classes sorted by name (as folders are), samples in folder
     order; raise DataError for a row that cannot be used."""
@@ -258,7 +259,7 @@ def read_manifest(
 
 
 def scan_data(
-    data: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+    data: Path, max_pixels: int = DEFAULT_MAX_PIXELS, on_file: Callable[[], None] | None = None
 ) -> FolderScan:
     """DATA as a scan: a manifest file (.csv, .jsonl) or an image folder."""
     if is_manifest(data):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.decode import NOT_AN_IMAGE, size_problem
 from tlcli.errors import DataError
 
@@ -254,7 +255,7 @@ def detect_layout(root: Path) -> Layout:
 
 
 def scan_image_folder(
-    root: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+    root: Path, max_pixels: int = DEFAULT_MAX_PIXELS, on_file: Callable[[], None] | None = None
 ) -> FolderScan:
     """Scan root; raise DataError when it cannot be trained on at all."""
     root = Path(root)
@@ -319,7 +320,7 @@ def scan_image_folder(
 
 
 def scan_class_folders(
-    folder: Path, max_pixels: int = 178_956_970, on_file: Callable[[], None] | None = None
+    folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS, on_file: Callable[[], None] | None = None
 ) -> FolderScan:
     """Scan `folder/<class>/*` as it is, for evaluation: no split, no training checks.
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.batches import batch_indices, gather
 from tlcli.data.cache import decode_images
@@ -273,7 +274,7 @@ def measure_similarity(
     seed: int = 0,
     workers: int = 1,
     disk_cache: bool = True,
-    max_pixels: int = 178_956_970,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     pretrained: bool = True,
     classes: Sequence[str] = (),
 ) -> Similarity:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-METHODS = ("none", "weights", "sampler", "logit-adjust")
+from tlcli.choices import BALANCES
+
+METHODS = tuple(name for name in BALANCES if name != "auto")  # auto picks one of these
 # Largest / smallest class in train above which auto acts. Below it a balanced loss mostly
 # trades accuracy for nothing; clothing_small (795 t-shirts vs 112 skirts) is 7.1.
 IMBALANCE_RATIO_AUTO = 3.0

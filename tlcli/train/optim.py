@@ -8,20 +8,12 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from tlcli.choices import OPTIMIZER_INFOS
 from tlcli.config import OptimConfig, ScheduleConfig
 
-# Our optimizer names -> timm's factory names and extra arguments. "sgd" is plain SGD
-# (momentum 0), the lecture's baseline; "momentum" and "nesterov" add velocity.
-TIMM_OPT = {
-    "sgd": ("sgd", {"momentum": 0.0, "nesterov": False}),
-    "momentum": ("momentum", {}),
-    "nesterov": ("sgd", {"nesterov": True}),
-    "adagrad": ("adagrad", {}),
-    "rmsprop": ("rmsprop", {}),
-    "adam": ("adam", {}),
-    "adamw": ("adamw", {}),
-}
-USES_MOMENTUM = {"momentum", "nesterov", "rmsprop"}
+# Our optimizer names -> timm's factory names and extra arguments (tlcli.choices rows).
+TIMM_OPT = {info.name: (info.timm_name, info.defaults) for info in OPTIMIZER_INFOS}
+USES_MOMENTUM = {info.name for info in OPTIMIZER_INFOS if info.uses_momentum}
 
 
 def _no_weight_decay(name: str, param: torch.Tensor) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from tlcli.atomic import holds_files, process_alive, refuse_output_inside, write_text_atomically
+from tlcli.choices import PRUNERS
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.manifest import is_manifest
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
@@ -48,7 +49,6 @@ from tlcli.tune.space import (
 # Coarse trials: with the default 1 warmup epoch, 2 epochs are a warmup and a short cosine
 # decay, the shape of the final run in miniature; the median pruner can stop a trial after 1.
 DEFAULT_EPOCHS_PER_TRIAL = 2
-PRUNERS = ("median", "halving", "none")
 # Coarse phase: this many random trials (at least MIN_RANDOM_TRIALS) before TPE takes over.
 RANDOM_FRACTION = 1 / 3
 MIN_RANDOM_TRIALS = 4

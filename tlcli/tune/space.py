@@ -22,21 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlcli.config import Config, apply_overrides, load_yaml_file
+from tlcli.config import TUNE_KEYS, Config, apply_overrides, load_yaml_file
 from tlcli.errors import ConfigError, short_repr
 
-# Short names for the settings the lecture says to search, and where each lives.
-PARAM_KEYS: dict[str, tuple[str, str]] = {
-    "lr": ("optim", "lr"),
-    "backbone_lr_mult": ("optim", "backbone_lr_mult"),
-    "weight_decay": ("optim", "weight_decay"),
-    "optimizer": ("optim", "name"),
-    "label_smoothing": ("optim", "label_smoothing"),
-    "augment": ("data", "augment"),
-    "strategy": ("strategy", "name"),
-    "trainable_stages": ("strategy", "trainable_stages"),
-    "drop_path_rate": ("model", "drop_path_rate"),
-}
+# Short names for the settings the lecture says to search, and where each lives: declared
+# with the setting (config.setting's tune=).
+PARAM_KEYS: dict[str, tuple[str, str]] = TUNE_KEYS
 TYPES = ("float", "int", "categorical")
 SPEC_KEYS = ("type", "low", "high", "log", "choices")
 
