@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tlcli.train.progress",
         ),
     ),
-    ("config", ("tlcli.config",)),
+    # choices.py: every choice list, declared once (imports nothing of tlcli's).
+    ("config", ("tlcli.choices", "tlcli.config")),
     ("data", ("tlcli.data",)),
     ("models", ("tlcli.models",)),
     ("strategy", ("tlcli.strategy",)),
