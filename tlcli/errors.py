@@ -123,6 +123,14 @@ class FolderChanged(DataError):
     """A streamed file that decoded when the run started no longer does (deleted, rewritten)."""
 
 
+def folder_changed(path: object, exc: OSError) -> FolderChanged:
+    """A file the scan listed that cannot be read now: deleted or changed since."""
+    return FolderChanged(
+        f"{path} was in the folder when it was scanned, and now cannot be read "
+        f"({exc.strerror}): the folder changed; run the command again (it scans anew)"
+    )
+
+
 class ModelError(TlcliError):
     """The model cannot be created or its pretrained weights cannot be had."""
 

@@ -440,14 +440,14 @@ def test_an_image_deleted_after_the_scan_is_one_line(image_folder, monkeypatch):
 
     data = image_folder(counts={"a": 4, "b": 4})
     victim = sorted((data / "a").iterdir())[0]
-    real_scan = run_module.scan_image_folder
+    real_scan = run_module.scan_data
 
     def scan_then_delete(*args, **kwargs):
         scan = real_scan(*args, **kwargs)
         victim.unlink()
         return scan
 
-    monkeypatch.setattr(run_module, "scan_image_folder", scan_then_delete)
+    monkeypatch.setattr(run_module, "scan_data", scan_then_delete)
     tiny = ["--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--device", "cpu"]
     out = data.parent / "run"
     result = CliRunner().invoke(

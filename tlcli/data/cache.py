@@ -26,7 +26,7 @@ from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.decode import ImageDecodeError, bounded_map, decode_square
 from tlcli.data.scan import Sample, Skipped
 from tlcli.data.stream import StreamedPixels, find_unreadable, stream_reason
-from tlcli.errors import FolderChanged, ResourceError, disk_error_of
+from tlcli.errors import ResourceError, disk_error_of, folder_changed
 
 # Bump when the decoded pixels would differ (resize rule, colour conversion).
 DECODE_CACHE_VERSION = 2  # 2: torchvision's rounding of the resize and crop
@@ -64,10 +64,7 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise FolderChanged(
-                f"{path} was in the folder when it was scanned, and now cannot be read "
-                f"({exc.strerror}): the folder changed; run the command again (it scans anew)"
-            ) from None
+            raise folder_changed(path, exc) from None
         # fsencode: a non-UTF-8 name (PEP 383 surrogates) is hashed as its bytes, not refused.
         name = os.fsencode(os.path.abspath(path))
         digest.update(

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tlcli.data.cache import MIN_IMAGES_FOR_POOL
+from tlcli.errors import folder_changed
 
 # dHash Hamming distance (of 64 bits) at or below which two images are near-duplicate
 # candidates: survives re-encoding and resizing, not crops.
@@ -26,7 +27,10 @@ THUMB_SIDE = 16
 
 def file_hashes(path: str) -> tuple[str, int, np.ndarray | None]:
     """(sha1 of the bytes, 64-bit dHash, 16x16 colour thumbnail): duplicate keys."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:  # deleted or made unreadable since the scan
+        raise folder_changed(path, exc) from None
     sha = hashlib.sha1(data).hexdigest()
     try:
         with Image.open(path) as img:
