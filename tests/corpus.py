@@ -449,6 +449,7 @@ def make_checkpoint(path: Path, classes: tuple[str, ...] = ("blue", "red")) -> P
             "ema_state_dict": None,
         },
     )
+    return path
 
 
 # --- bad manifests: each is one line, exit 3, naming the row --------------------------------

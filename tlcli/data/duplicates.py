@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tlcli.config import DEFAULT_MAX_PIXELS
 from tlcli.data.cache import MIN_IMAGES_FOR_POOL
+from tlcli.data.decode import size_problem
 from tlcli.errors import folder_changed
 
 # dHash Hamming distance (of 64 bits) at or below which two images are near-duplicate
@@ -34,6 +36,8 @@ def file_hashes(path: str) -> tuple[str, int, np.ndarray | None]:
     sha = hashlib.sha1(data).hexdigest()
     try:
         with Image.open(path) as img:
+            if size_problem(*img.size, DEFAULT_MAX_PIXELS):  # a strip or a bomb: not decoded
+                return sha, -1, None
             img.draft("RGB", (64, 64))  # JPEG DCT scaling: a thumbnail costs almost nothing
             rgb = img.convert("RGB")
             small = np.asarray(rgb.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)

@@ -25,6 +25,7 @@ from tlcli.atomic import TEMP_SUFFIX, write_atomically
 from tlcli.data.cache import RESAMPLE
 from tlcli.errors import CheckpointError, ResourceError, disk_error_of
 from tlcli.models import DataSpec
+from tlcli.train.averaging import WISE_FT_ALPHAS
 
 FORMAT = "tlcli-checkpoint"
 FORMAT_VERSION = 1
@@ -187,7 +188,8 @@ MODEL_KWARG_TYPES: dict[str, type] = {
 # class names as long as a file name may be.
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME_CHARS = 255
-BEST_WEIGHTS = (None, "raw", "ema")
+# An averaged best.pt (train/averaging.py) holds the average as its state_dict.
+BEST_WEIGHTS = (None, "raw", "ema", "swa", *(f"wise-ft {a:g}" for a in WISE_FT_ALPHAS))
 MIN_CROP_PCT = 0.5  # timm's models use 0.75..1
 
 
@@ -314,7 +316,7 @@ def build_model(
     kwargs = checked_model_kwargs(spec.get("kwargs", {}), len(classes), path)
     best = ckpt.get("best_weights")
     if best not in BEST_WEIGHTS:
-        raise _damaged(path, "its best_weights entry is not raw or ema")
+        raise _damaged(path, "its best_weights entry is not raw, ema or an average")
     use_ema = ckpt.get("ema_state_dict") is not None and (
         weights == "ema" or (weights == "best" and best == "ema")
     )
