@@ -90,7 +90,7 @@ def test_finetune_on_a_manifest_equals_the_folder_run(tmp_path):
             [{k: v for k, v in row.items() if k != "seconds"} for row in metrics],
         )
     assert runs["manifest"] == runs["folder"]
-    assert len(runs["folder"][1]) == 1
+    assert [row["epoch"] for row in runs["folder"][1]] == ["0", "1"]  # LP-FT's probe, epoch 1
 
 
 @pytest.mark.parametrize("case", list(BAD_MANIFEST_CASES))

@@ -137,7 +137,8 @@ def test_finetune_and_evaluate_write_report_html_and_tlcli_report_rebuilds_it(tm
     for text in ("plan", "epochs", "update/weight ratio", "data:image/png;base64,", "layer4"):
         assert text in page  # layer4: a stage of test_resnet, from the plan
     best = json.loads((run / "summary.json").read_text())["best_epoch"]
-    assert re.search(rf"<td[^>]*>{best} \*</td>", page)  # the epochs table marks the best
+    # the epochs table marks the best (epoch 0 is LP-FT's probe)
+    assert re.search(rf"<td[^>]*>{best}( \(probe\))? \*</td>", page)
     (run / "report.html").unlink()
     again = runner.invoke(app, ["report", str(run)])
     assert again.exit_code == 0, again.output

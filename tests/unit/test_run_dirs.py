@@ -151,7 +151,8 @@ def stopped_run(data, tmp_path_factory) -> Path:
 
     class StopAfterFirst(NullReporter):
         def epoch(self, row):
-            raise KeyboardInterrupt
+            if row["epoch"] >= 1:  # row 0 is LP-FT's probe
+                raise KeyboardInterrupt
 
     cfg = load_config(None, [
         "model.name=test_resnet", "model.pretrained=false", "data.image_size=64",

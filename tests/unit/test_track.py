@@ -48,11 +48,12 @@ def test_mlflow_run_reads_back_with_every_epoch_params_plan_and_artifacts(
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     history = client.get_metric_history(run.info.run_id, "val_acc")
-    assert [(m.step, m.value) for m in history] == [
+    # every epoch once, LP-FT's probe (epoch 0) included; the probe is logged when the run ends
+    assert sorted((m.step, m.value) for m in history) == [
         (row["epoch"], row["val_acc"]) for row in summary["history"]
     ]
-    assert len(history) == 2
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert len(history) == len(summary["history"]) >= 2
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(history)
     assert run.data.metrics["final/val_acc"] == summary["val_acc"]
     params = run.data.params
     assert params["model.name"] == "test_resnet" and params["strategy.name"] == "full"
@@ -70,10 +71,10 @@ def test_tensorboard_events_read_back_with_every_epoch_and_the_config(data, tmp_
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     scalars = events.Scalars("val_acc")
-    assert [(s.step, pytest.approx(s.value)) for s in scalars] == [
+    assert sorted((s.step, pytest.approx(s.value)) for s in scalars) == [
         (row["epoch"], row["val_acc"]) for row in summary["history"]
     ]
-    assert len(events.Scalars("train_loss")) == 2
+    assert len(events.Scalars("train_loss")) == len(summary["history"]) >= 2
     tags = events.Tags()
     assert "curves" in tags["images"]
     assert {"config/text_summary", "recommendation/text_summary"} <= set(tags["tensors"])
