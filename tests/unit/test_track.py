@@ -71,7 +71,7 @@ def test_tensorboard_events_read_back_with_every_epoch_and_the_config(data, tmp_
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     scalars = events.Scalars("val_acc")
-    assert sorted((s.step, pytest.approx(s.value)) for s in scalars) == [
+    assert [(step, pytest.approx(v)) for step, v in sorted((s.step, s.value) for s in scalars)] == [
         (row["epoch"], row["val_acc"]) for row in summary["history"]
     ]
     assert len(events.Scalars("train_loss")) == len(summary["history"]) >= 2
