@@ -84,11 +84,14 @@ def test_evaluate_on_one_image_past_a_batch_equals_batch_size_1(run, tmp_path):
 def standalone_preprocess(path: Path, pre: dict) -> np.ndarray:
     """What the sidecar tells a deployment to do, written with Pillow and numpy only."""
     img = Image.open(path).convert("RGB")
-    scale = pre["resize_shorter_side_to"] / min(img.size)
+    short = pre["resize_shorter_side_to"]
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[pre["interpolation"]]
-    img = img.resize((round(img.width * scale), round(img.height * scale)), resample)
+    # torchvision's rule (timm's eval transform): the long side truncated, the offset rounded.
+    w, h = img.size
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    img = img.resize(size, resample)
     crop = pre["center_crop"]
-    left, top = (img.width - crop) // 2, (img.height - crop) // 2
+    left, top = round((img.width - crop) / 2), round((img.height - crop) / 2)
     x = np.asarray(img.crop((left, top, left + crop, top + crop)), np.float32) / 255
     return ((x - pre["mean"]) / pre["std"]).transpose(2, 0, 1).astype(np.float32)
 
