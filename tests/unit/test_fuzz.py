@@ -34,7 +34,8 @@ RUN_TIMEOUT = 240  # s; far above a run's time, so reaching it is a hang
 # (a traceback, a library's own warning) is a leak past the one-line contract.
 STDERR_PREFIXES = (
     "error:", "warning:", "note:", "strategy ", "head-only:", "L-BFGS head", "epoch ",
-    "train:", "predict:", "evaluate:",
+    "train:", "predict:", "evaluate:", "split:", "LP-FT:", "weight average ",
+    "temperature scaling:", "balance auto:",
 )  # fmt: skip
 TINY = [
     "--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--batch-size", "8",
