@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import resource
 import shlex
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -170,3 +172,16 @@ def dataset_parser(description: str) -> argparse.ArgumentParser:
 def model_name(args: argparse.Namespace) -> str:
     """--model, or the Lite0 weights in --shared as a local-dir: name."""
     return args.model or f"local-dir:{(args.shared / LITE0_DIR).resolve()}"
+
+
+def run_cli(args: list[str]) -> dict[str, Any]:
+    """`tlcli ARGS --json` in a subprocess: its JSON, with the wall time it took."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlcli", *args, "--json"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"tlcli {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout)
+    result["wall_seconds"] = time.perf_counter() - started
+    return result

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +69,6 @@ BALANCE_PLANS = ("head-only, balance none", "partial, LP-FT, balance none")
 BALANCE_DATASETS = ("clothing_small",)
 
 
-def run_cli(args: list[str]) -> dict[str, Any]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tlcli", *args, "--json"], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"tlcli {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout)
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
-
-
 def scores(evaluation: dict[str, Any]) -> dict[str, Any]:
     model = evaluation["models"][0]
     summary = model["summary"]
@@ -119,10 +105,10 @@ def run_plan(data_dir: Path, plan: str, model: str, epochs: int, work: Path) -> 
         summary = json.loads((out / "summary.json").read_text())
         summary["wall_seconds"] = summary["seconds"]
     elif (out / "last.pt").is_file():  # stopped part-way (killed): continue it
-        summary = run_cli(["finetune", "--resume", str(out)])
+        summary = measure.run_cli(["finetune", "--resume", str(out)])
     else:
         args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
-        summary = run_cli(args + PLANS[plan] + ["--out", str(out)])
+        summary = measure.run_cli(args + PLANS[plan] + ["--out", str(out)])
     best = str(out / "best.pt")
     result = {
         "plan": plan,
@@ -131,10 +117,11 @@ def run_plan(data_dir: Path, plan: str, model: str, epochs: int, work: Path) -> 
         "best_epoch": summary["best_epoch"],
         "best_weights": summary["best_weights"],
         "wall_seconds": summary["wall_seconds"],
-        "val": scores(run_cli(["evaluate", best, str(data_dir), "--split", "val"])),
+        "val": scores(measure.run_cli(["evaluate", best, str(data_dir), "--split", "val"])),
     }
     if (data_dir / "test").is_dir():
-        result["test"] = scores(run_cli(["evaluate", best, str(data_dir), "--split", "test"]))
+        test = measure.run_cli(["evaluate", best, str(data_dir), "--split", "test"])
+        result["test"] = scores(test)
     return result
 
 

@@ -13,10 +13,8 @@ accuracy is the best or within 1 point of the best.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +24,6 @@ from tlcli.config import Config
 
 SECTION = "recommend-check"
 WITHIN = 0.01  # "one within 1 point of the best"
-
-
-def run_cli(args: list[str]) -> dict[str, Any]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "tlcli", *args, "--json"], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"tlcli {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout)
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
 
 
 def plan_args(strategy: str, stages: int, warmup: int, augment: str) -> list[str]:
@@ -50,7 +36,7 @@ def plan_args(strategy: str, stages: int, warmup: int, augment: str) -> list[str
 
 
 def check_dataset(data_dir: Path, model: str, epochs: int, work: Path) -> dict[str, Any]:
-    report = run_cli(["recommend", str(data_dir), "--model", model])
+    report = measure.run_cli(["recommend", str(data_dir), "--model", model])
     rec = report["recommendation"]
     # Default settings of each strategy (partial: the default --trainable-stages), then the
     # recommended plan itself (strategy, stages, head-first epochs, augmentation) when it is
@@ -83,7 +69,7 @@ def check_dataset(data_dir: Path, model: str, epochs: int, work: Path) -> dict[s
         else:
             args = ["finetune", str(data_dir), "--model", model, "--epochs", str(epochs)]
             plan = plan_args(strategy, stages, warmup, augment)
-            summary = run_cli(args + plan + ["--out", str(out)])
+            summary = measure.run_cli(args + plan + ["--out", str(out)])
         runs[name] = summary
         print(f"{data_dir.name} {name}: val {summary['val_acc']:.4f}", file=sys.stderr)
     best = max(r["val_acc"] for r in runs.values())
