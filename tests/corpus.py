@@ -253,27 +253,66 @@ def tree_digest(root: Path) -> dict[str, tuple]:
     return digest
 
 
-def run_measured(args: list[str], timeout: float, **popen) -> tuple[int, str, str, int]:
-    """(exit code, stdout, stderr, peak RSS in bytes) of one subprocess.
+def _process_tree(pid: int) -> list[int]:
+    """pid and every descendant alive now (from /proc/PID/task/TID/children)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in children.read_text().split())
+            except OSError:
+                pass
+    return tree
 
-    The peak is that child's own ru_maxrss (os.wait4 on its pid), not RUSAGE_CHILDREN of the
-    test process, which is the largest of every child the test run ever waited for."""
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of one live process in KiB, (0, 0) once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in lines if line.startswith(("VmRSS", "VmHWM")))
+    return tuple(int(fields.get(key, "0 kB").split()[0]) for key in ("VmRSS", "VmHWM"))
+
+
+def run_measured(args: list[str], timeout: float, **popen) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak RSS in bytes) of one subprocess and its workers.
+
+    The peak is read from /proc every 20 ms until the child exits: the largest of the sum of
+    RSS over the child and its descendants, and of any one process's own VmHWM. Neither
+    RUSAGE_CHILDREN nor the child's wait4 ru_maxrss will do: at exec Linux carries the
+    high-water mark of the memory the child was (v)forked from into ru_maxrss, so a small child
+    of a big test process reports the test process's peak."""
     import subprocess
     import tempfile
     import threading
 
+    peak_kib = [0]
+
+    def watch(pid: int, done: threading.Event) -> None:
+        while not done.wait(0.02):
+            readings = [_memory_kib(each) for each in _process_tree(pid)]
+            together = sum(rss for rss, _ in readings)
+            peak_kib[0] = max(peak_kib[0], together, *(hwm for _, hwm in readings))
+
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, **popen)
+        done = threading.Event()
+        watcher = threading.Thread(target=watch, args=(proc.pid, done), daemon=True)
+        watcher.start()
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            done.set()
+            watcher.join()
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss * 1024  # KiB on Linux
+        return proc.returncode, out.read(), err.read(), peak_kib[0] * 1024
 
 
 # --- crafted checkpoints: every field of a best.pt, wrong (issue 12, 2.8) -------------------

@@ -131,3 +131,15 @@ def test_a_folder_with_a_1x100000000_png_trains_in_bounded_memory_and_names_it(t
     assert "Traceback" not in stderr
     assert f"skipped {strip}: extreme aspect ratio (1x{STRIP_LENGTH}" in stderr
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_run_measured_reports_the_child_not_the_big_process_that_started_it():
+    """ru_maxrss would report this test process's own peak; the child's reading must not."""
+    ballast = np.ones(600 * 2**20, dtype=np.uint8)  # 600 MiB resident in this process
+    code, _, _, small = run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], 60)
+    grow = "import time; b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"
+    _, _, _, big = run_measured([sys.executable, "-c", grow], 60)
+    del ballast
+    assert code == 0
+    assert small < 200 * 2**20, f"{small / 2**20:.0f} MiB"
+    assert 400 * 2**20 < big < 600 * 2**20, f"{big / 2**20:.0f} MiB"
