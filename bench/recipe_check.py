@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,11 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def report(
-    results: dict[str, dict[str, dict]], epochs: int, model: str, unfinished: list[str]
+    results: dict[str, dict[str, dict]],
+    epochs: int,
+    model: str,
+    unfinished: list[str],
+    not_run: Sequence[str] = (),
 ) -> str:
     lines = [
         "## Fine-tuning against its own linear probe: old recipe vs LP-FT",
@@ -209,6 +214,7 @@ def report(
                 + ")."
             )
     lines += [f"- not finished when this table was written: {u}." for u in unfinished]
+    lines += [f"- not run: {n}." for n in not_run]
     return "\n".join(lines)
 
 
@@ -222,12 +228,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="run dirs and results")
     parser.add_argument("--report-only", action="store_true", help="train nothing new")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--not-run-why",
+        default="no CPU time for it",
+        help="the reason given under the table for each (dataset, plan) never started",
+    )
     args = parser.parse_args()
     model = measure.model_name(args)
     (args.work / "results").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
     unfinished: list[str] = []
-    for name in args.datasets:
+    not_run: list[str] = []
+    for name in DATASETS:
+        if name not in args.datasets:
+            not_run.append(f"{name}, every plan ({args.not_run_why})")
+            continue
         if DATASETS[name] is None:
             data_dir = args.work / "digits"
             if not data_dir.is_dir():
@@ -249,8 +264,10 @@ def main() -> None:
                 results[name][plan] = json.loads(path.read_text())
             elif progress := in_progress(run_dir(args.work, data_dir, plan)):
                 unfinished.append(f"{name} {plan} ({progress})")
+            else:
+                not_run.append(f"{name} {plan} ({args.not_run_why})")
     shown = measure.shown_model(model, args.shared)
-    markdown = report(results, args.epochs, shown, unfinished)
+    markdown = report(results, args.epochs, shown, unfinished, not_run)
     measure.publish(SECTION, markdown, args.write)
 
 
