@@ -106,6 +106,11 @@ class TrainConfig:
     # LP-FT (Kumar et al. 2022): partial/full start from the L-BFGS head on frozen features
     # (epoch 0, a best.pt candidate) instead of a zero head that distorts the features.
     lp_ft: bool = True
+    # LP-FT's fine-tune stage (train.lp_ft=false keeps optim's LRs): the fitted head's LR is
+    # optim.lr x lp_ft_head_lr_mult, and every LR is x lp_ft_lr_scale. MEASURED
+    lp_ft_head_lr_mult: float = 1.0
+    lp_ft_lr_scale: float = 1.0
+    lp_ft_freeze_bn: bool = False  # LP-FT fine-tune: BatchNorm keeps its running statistics
     # Weight averages tried after training, each kept only if it scores higher on val:
     # SWA of the weights at the end of the last swa_epochs epochs (< 2 disables), and
     # WiSE-FT interpolations between the LP-only and the fine-tuned weights.
@@ -401,6 +406,10 @@ def validate(cfg: Config) -> None:
     _check_range(t.monitor_every >= 1, "train.monitor_every", t.monitor_every, ">= 1")
     _check_range(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"0..{MAX_SEED}")
     _check_range(0 <= t.swa_epochs <= 100_000, "train.swa_epochs", t.swa_epochs, ">= 0")
+    _check_range(
+        0 < t.lp_ft_head_lr_mult <= 10, "train.lp_ft_head_lr_mult", t.lp_ft_head_lr_mult, "0..10"
+    )
+    _check_range(0 < t.lp_ft_lr_scale <= 10, "train.lp_ft_lr_scale", t.lp_ft_lr_scale, "0..10")
     _check_range(st.trainable_stages >= 1, "strategy.trainable_stages", st.trainable_stages, ">= 1")
     _check_range(
         st.head_warmup_epochs >= 0, "strategy.head_warmup_epochs", st.head_warmup_epochs, ">= 0"
