@@ -19,6 +19,7 @@ from tlcli.train.averaging import Candidate, interpolate, pick_average, running_
 from tlcli.train.balance import loss_balance
 from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
 from tlcli.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from tlcli.train.loop import freeze_norm_stats
 from tlcli.train.run import finetune, lp_ft_lr_mults
 
 TINY = [
@@ -223,3 +224,13 @@ def test_the_lp_ft_lrs_reach_the_optimizer_and_the_old_recipe_keeps_its_own(imag
         lr_mults[name] = sorted({g["lr_mult"] for g in groups["param_groups"]})
     assert lr_mults["lpft"] == pytest.approx([0.05])
     assert lr_mults["old"] == pytest.approx([0.1, 1.0])
+
+
+def test_frozen_norm_stats_keep_the_batchnorm_running_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model.train()
+    freeze_norm_stats(model)
+    before = model[1].running_mean.clone()
+    model(torch.randn(4, 3, 8, 8) + 5.0)
+    assert model[0].training and not model[1].training
+    assert torch.equal(model[1].running_mean, before)
