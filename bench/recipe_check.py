@@ -148,7 +148,8 @@ def report(
     epochs: int,
     model: str,
     unfinished: list[str],
-    not_run: Sequence[str] = (),
+    not_run: Sequence[tuple[str, str]] = (),
+    not_run_why: str = "",
 ) -> str:
     lines = [
         "## Fine-tuning against its own linear probe: old recipe vs LP-FT",
@@ -214,7 +215,11 @@ def report(
                 + ")."
             )
     lines += [f"- not finished when this table was written: {u}." for u in unfinished]
-    lines += [f"- not run: {n}." for n in not_run]
+    for name in dict.fromkeys(n for n, _ in not_run):
+        plans = [p for n, p in not_run if n == name]
+        started = results.get(name) or any(u.startswith(f"{name} ") for u in unfinished)
+        shown = "; ".join(plans) if started else "every plan"
+        lines.append(f"- not run on {name}: {shown} ({not_run_why}).")
     return "\n".join(lines)
 
 
@@ -238,14 +243,11 @@ def main() -> None:
     (args.work / "results").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
     unfinished: list[str] = []
-    not_run: list[str] = []
+    not_run: list[tuple[str, str]] = []
     for name in DATASETS:
-        if name not in args.datasets:
-            not_run.append(f"{name}, every plan ({args.not_run_why})")
-            continue
         if DATASETS[name] is None:
             data_dir = args.work / "digits"
-            if not data_dir.is_dir():
+            if not data_dir.is_dir() and name in args.datasets:
                 write_digits(data_dir)
         else:
             data_dir = args.shared / DATASETS[name]
@@ -256,7 +258,8 @@ def main() -> None:
             if plan in BALANCE_PLANS and name not in BALANCE_DATASETS:
                 continue
             path = args.work / "results" / f"{name}--{plan}.json"
-            if not path.is_file() and plan in args.plans and not args.report_only:
+            run = name in args.datasets and plan in args.plans and not args.report_only
+            if not path.is_file() and run:
                 result = run_plan(data_dir, plan, model, args.epochs, args.work)
                 path.write_text(json.dumps(result, indent=1))
                 print(f"{name} {plan}: val {result['val_acc']:.4f}", file=sys.stderr, flush=True)
@@ -265,9 +268,9 @@ def main() -> None:
             elif progress := in_progress(run_dir(args.work, data_dir, plan)):
                 unfinished.append(f"{name} {plan} ({progress})")
             else:
-                not_run.append(f"{name} {plan} ({args.not_run_why})")
+                not_run.append((name, plan))
     shown = measure.shown_model(model, args.shared)
-    markdown = report(results, args.epochs, shown, unfinished, not_run)
+    markdown = report(results, args.epochs, shown, unfinished, not_run, args.not_run_why)
     measure.publish(SECTION, markdown, args.write)
 
 
