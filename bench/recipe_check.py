@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,12 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def report(
-    results: dict[str, dict[str, dict]], epochs: int, model: str, unfinished: list[str]
+    results: dict[str, dict[str, dict]],
+    epochs: int,
+    model: str,
+    unfinished: list[str],
+    not_run: Sequence[tuple[str, str]] = (),
+    not_run_why: str = "",
 ) -> str:
     lines = [
         "## Fine-tuning against its own linear probe: old recipe vs LP-FT",
@@ -196,6 +202,11 @@ def report(
                 + ")."
             )
     lines += [f"- not finished when this table was written: {u}." for u in unfinished]
+    for name in dict.fromkeys(n for n, _ in not_run):
+        plans = [p for n, p in not_run if n == name]
+        started = results.get(name) or any(u.startswith(f"{name} ") for u in unfinished)
+        shown = "; ".join(plans) if started else "every plan"
+        lines.append(f"- not run on {name}: {shown} ({not_run_why}).")
     return "\n".join(lines)
 
 
@@ -209,15 +220,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="run dirs and results")
     parser.add_argument("--report-only", action="store_true", help="train nothing new")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--not-run-why",
+        default="no CPU time for it",
+        help="the reason given under the table for each (dataset, plan) never started",
+    )
     args = parser.parse_args()
     model = measure.model_name(args)
     (args.work / "results").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
     unfinished: list[str] = []
-    for name in args.datasets:
+    not_run: list[tuple[str, str]] = []
+    for name in DATASETS:
         if DATASETS[name] is None:
             data_dir = args.work / "digits"
-            if not data_dir.is_dir():
+            if not data_dir.is_dir() and name in args.datasets:
                 write_digits(data_dir)
         else:
             data_dir = args.shared / DATASETS[name]
@@ -228,7 +245,8 @@ def main() -> None:
             if plan in BALANCE_PLANS and name not in BALANCE_DATASETS:
                 continue
             path = args.work / "results" / f"{name}--{plan}.json"
-            if not path.is_file() and plan in args.plans and not args.report_only:
+            run = name in args.datasets and plan in args.plans and not args.report_only
+            if not path.is_file() and run:
                 result = run_plan(data_dir, plan, model, args.epochs, args.work)
                 path.write_text(json.dumps(result, indent=1))
                 print(f"{name} {plan}: val {result['val_acc']:.4f}", file=sys.stderr, flush=True)
@@ -236,8 +254,10 @@ def main() -> None:
                 results[name][plan] = json.loads(path.read_text())
             elif progress := in_progress(run_dir(args.work, data_dir, plan)):
                 unfinished.append(f"{name} {plan} ({progress})")
+            else:
+                not_run.append((name, plan))
     shown = measure.shown_model(model, args.shared)
-    markdown = report(results, args.epochs, shown, unfinished)
+    markdown = report(results, args.epochs, shown, unfinished, not_run, args.not_run_why)
     measure.publish(SECTION, markdown, args.write)
 
 

@@ -345,6 +345,19 @@ class TrainConfig:
     lp_ft: bool = setting(
         True, "partial/full: fit the L-BFGS head on frozen features first (LP-FT), epoch 0"
     )
+    # LP-FT's fine-tune stage (train.lp_ft=false keeps optim's LRs): the fitted head's LR is
+    # optim.lr x lp_ft_head_lr_mult, and every LR is x lp_ft_lr_scale.
+    lp_ft_head_lr_mult: float = setting(
+        0.1,
+        "LP-FT fine-tune: the fitted head's LR = optim.lr x this",
+        Range(0, 10, open_low=True, text="0 < x <= 10"),
+    )
+    lp_ft_lr_scale: float = setting(
+        1.0,
+        "LP-FT fine-tune: every LR (head and backbone) x this",
+        Range(0, 10, open_low=True, text="0 < x <= 10"),
+    )
+    lp_ft_freeze_bn: bool = setting(True, "LP-FT fine-tune: BatchNorm keeps its running statistics")
     # Weight averages tried after training, each kept only if it scores higher on val:
     # SWA of the weights at the end of the last swa_epochs epochs (< 2 disables), and
     # WiSE-FT interpolations between the LP-only and the fine-tuned weights.

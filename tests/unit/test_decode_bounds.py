@@ -137,7 +137,10 @@ def test_run_measured_reports_the_child_not_the_big_process_that_started_it():
     """ru_maxrss would report this test process's own peak; the child's reading must not."""
     ballast = np.ones(600 * 2**20, dtype=np.uint8)  # 600 MiB resident in this process
     code, _, _, small = run_measured([sys.executable, "-c", "import time; time.sleep(0.3)"], 60)
-    grow = "import time; b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"
+    grow = (
+        "import time; b = bytearray(400 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+        "time.sleep(0.3)"
+    )
     _, _, _, big = run_measured([sys.executable, "-c", grow], 60)
     del ballast
     assert code == 0

@@ -19,7 +19,8 @@ from tlcli.train.averaging import Candidate, interpolate, pick_average, running_
 from tlcli.train.balance import loss_balance
 from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
 from tlcli.train.checkpoint import build_model, load_checkpoint, save_checkpoint
-from tlcli.train.run import finetune
+from tlcli.train.loop import freeze_norm_stats
+from tlcli.train.run import finetune, lp_ft_lr_mults
 
 TINY = [
     "model.pretrained=false",
@@ -205,3 +206,31 @@ def test_tune_reads_the_val_loss_of_the_kept_epoch_in_an_lp_ft_history():
     assert best_epoch_val_loss(summary | {"best_epoch": 0}) == 0.9
     kept = [{"name": "swa", "val_loss": 0.4, "kept": True}]
     assert best_epoch_val_loss(summary | {"averages": kept, "best_weights": "swa"}) == 0.4
+
+
+def test_lp_ft_fine_tune_lrs_scale_the_head_and_every_group():
+    mults = {"conv.weight": 0.1, "head.weight": 1.0, "head.bias": 1.0}
+    got = lp_ft_lr_mults(mults, {"head.weight", "head.bias"}, head_lr_mult=0.1, lr_scale=0.5)
+    assert got == pytest.approx({"conv.weight": 0.05, "head.weight": 0.05, "head.bias": 0.05})
+
+
+def test_the_lp_ft_lrs_reach_the_optimizer_and_the_old_recipe_keeps_its_own(images, tmp_path):
+    sets = ("strategy.name=partial", "strategy.trainable_stages=1", "optim.backbone_lr_mult=0.1")
+    lr_mults = {}
+    for name, extra in (("lpft", "train.lp_ft=true"), ("old", "train.lp_ft=false")):
+        cfg = _cfg(*sets, extra, "train.lp_ft_head_lr_mult=0.1", "train.lp_ft_lr_scale=0.5")
+        finetune(images, cfg, out=tmp_path / name)
+        groups = load_checkpoint(tmp_path / name / "last.pt")["train_state"]["optimizer"]
+        lr_mults[name] = sorted({g["lr_mult"] for g in groups["param_groups"]})
+    assert lr_mults["lpft"] == pytest.approx([0.05])
+    assert lr_mults["old"] == pytest.approx([0.1, 1.0])
+
+
+def test_frozen_norm_stats_keep_the_batchnorm_running_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model.train()
+    freeze_norm_stats(model)
+    before = model[1].running_mean.clone()
+    model(torch.randn(4, 3, 8, 8) + 5.0)
+    assert model[0].training and not model[1].training
+    assert torch.equal(model[1].running_mean, before)

@@ -74,6 +74,15 @@ class LoopSetup:
     channels_last: bool = False
     world: World = SINGLE  # torchrun data parallel: this rank's slice of every global batch
     balance: LossBalance | None = None  # class weights, logit adjustment or sampler weights
+    frozen_norm_stats: bool = False  # BatchNorm keeps its running statistics (LP-FT)
+
+
+def freeze_norm_stats(model: nn.Module) -> None:
+    """BatchNorm in eval mode while its weights train: the running statistics the fitted
+    head was fit on are not pulled towards augmented batches."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -194,6 +203,8 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
         param.requires_grad_(not head_phase)
     meter = UpdateRatioMeter(setup.ratio_params)
     set_train_mode(model)
+    if setup.frozen_norm_stats:
+        freeze_norm_stats(model)
     # Summed on the device: reading a value (.item()) waits for the GPU, so it is done only
     # every monitor_every steps on CUDA, and the next batch is prepared while the GPU works.
     loss_sum = torch.zeros((), dtype=torch.float64, device=setup.device)

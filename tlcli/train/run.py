@@ -782,7 +782,8 @@ def _train_epochs(
     state = LoopState()
     probe: dict[str, torch.Tensor] | None = None  # the LP-only weights, for WiSE-FT
     swa: dict[str, Any] = {"state": None, "count": 0}  # running mean of the last epochs
-    if last is None and cfg.train.lp_ft and job.plan.strategy != "head-only":
+    lp_ft = cfg.train.lp_ft and job.plan.strategy != "head-only"
+    if last is None and lp_ft:
         try:
             state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
         except KeyboardInterrupt:
@@ -793,6 +794,16 @@ def _train_epochs(
         probe = model_state(model)
     elif last is None:
         state.balance = resolve_balance(job, reporter)
+    if lp_ft:  # a fitted head is already good: the fine-tune stage gets its own LRs
+        lr_mults = lp_ft_lr_mults(
+            lr_mults,
+            set(classifier_param_names(model)),
+            cfg.train.lp_ft_head_lr_mult,
+            cfg.train.lp_ft_lr_scale,
+        )
+        scaled = cfg.optim.lr * cfg.train.lp_ft_lr_scale
+        head, backbone = scaled * cfg.train.lp_ft_head_lr_mult, scaled * cfg.optim.backbone_lr_mult
+        reporter.note(f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}")
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     if last is not None:
@@ -832,6 +843,7 @@ def _train_epochs(
         head_warmup_epochs=cfg.strategy.head_warmup_epochs,
         ema=ema,
         balance=loss_balance(state.balance, train_data.labels, len(job.classes)),
+        frozen_norm_stats=lp_ft and cfg.train.lp_ft_freeze_bn,
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
         world=world,
@@ -985,6 +997,17 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
     return LoopState(
         epoch=0, step=0, history=[row], best_acc=fit.val_acc, best_epoch=0, balance=balance
     )
+
+
+def lp_ft_lr_mults(
+    lr_mults: dict[str, float], head_names: set[str], head_lr_mult: float, lr_scale: float
+) -> dict[str, float]:
+    """LP-FT's fine-tune stage: the fitted head at optim.lr x head_lr_mult, every LR (head
+    and backbone) x lr_scale. A head tuned for speed from zero wrecks a good probe."""
+    return {
+        name: (head_lr_mult if name in head_names else mult) * lr_scale
+        for name, mult in lr_mults.items()
+    }
 
 
 def resolve_balance(job: TrainingJob, reporter: Reporter) -> str:
