@@ -200,25 +200,7 @@ def _error_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-# Known regressions of LP-FT's post-training steps (weight averaging, temperature scaling run
-# after the epoch loop, outside its stop handling; a resume whose best.pt was never written
-# fails in calibrate_best): open bugs, in the closing note of 2026-12-01. Not strict: the
-# random kill time may miss the window.
-LP_FT_FAULT_BUGS = {"sigterm-random", "disk-full"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            f.name,
-            marks=pytest.mark.xfail(
-                f.name in LP_FT_FAULT_BUGS, reason="LP-FT post-training stop handling", strict=False
-            ),
-        )
-        for f in FAULTS
-    ],
-)
+@pytest.mark.parametrize("name", [f.name for f in FAULTS])
 def test_killed_run_keeps_a_loadable_last_and_resumes_to_the_uninterrupted_result(faults, name):
     fault = faults["by_name"][name]
     run, why = fault.run, f"{name}, TLCLI_FAULT_SEED={SEED}, kill after {fault.delay:.2f}s"
@@ -369,6 +351,72 @@ def test_disk_full_anywhere_else_in_a_command_is_one_line_exit_7(tmp_path, monke
     assert line.startswith("error: disk full") and "metrics.csv" in line, line
     assert "Traceback" not in result.stderr
     assert _load_last(out)["train_state"]["loop"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("step", ["try_weight_averages", "calibrate_best", "write_finetune_report"])
+def test_a_stop_after_the_last_epoch_is_one_line_and_resume_finishes_the_run(
+    tmp_path, monkeypatch, one_thread, step
+):
+    """Ctrl-C while the weights are averaged, calibrated or the results written: last.pt holds
+    the last epoch, and --resume does only what was left, to the uninterrupted result."""
+    from tlcli.train import run as run_module
+
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    args = [*QUICK_ARGS, "2", "--seed", "1", "--json"]
+    reference = runner.invoke(app, ["finetune", str(data), *args, "--out", str(tmp_path / "ref")])
+    assert reference.exit_code == 0, reference.stderr
+    real = getattr(run_module, step)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, step, stop)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["finetune", str(data), *args, "--out", str(out)])
+    assert result.exit_code == EXIT_INTERRUPTED, result.stderr
+    assert "Traceback" not in result.stderr
+    line = _error_line(result.stderr)
+    assert line.startswith("error: interrupted after the last epoch"), line
+    assert f"holds epoch 2: finish with tlcli finetune --resume {out}" in line, line
+    if step != "write_finetune_report":  # the report is built from summary.json
+        assert not (out / "summary.json").exists()
+    monkeypatch.setattr(run_module, step, real)
+    resumed = runner.invoke(app, ["finetune", "--resume", str(out), "--json"])
+    assert resumed.exit_code == 0, resumed.stderr
+    summary, expected = json.loads(resumed.stdout), json.loads(reference.stdout)
+    for key in ("val_acc", "best_epoch", "best_weights", "temperature", "epochs_run", "history"):
+        got = summary[key] if key != "history" else _history(out)
+        want = expected[key] if key != "history" else _history(tmp_path / "ref")
+        assert got == want, key
+    again = runner.invoke(app, ["finetune", "--resume", str(out)])
+    assert again.exit_code == 6 and "is finished" in _error_line(again.stderr), again.stderr
+
+
+def test_a_resume_rebuilds_a_missing_best_from_the_probe_or_names_the_lost_epoch(
+    tmp_path, one_thread
+):
+    """best.pt gone (never written or deleted): the LP-FT probe or last.pt's own epoch is
+    rebuilt; another best epoch's weights are lost, and that is one line before training."""
+    data = make_image_folder(tmp_path / "data", {"a": 6, "b": 6})
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["finetune", str(data), *QUICK_ARGS, "1", "--out", str(out)])
+    assert first.exit_code == 0, first.stderr
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    (out / "best.pt").unlink()
+    resumed = runner.invoke(app, ["finetune", "--resume", str(out), "--epochs", "2", "--json"])
+    assert resumed.exit_code == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    rebuilt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    if summary["best_epoch"] < 2:  # not replaced by epoch 2: the rebuilt one was kept
+        assert all(torch.equal(rebuilt["state_dict"][k], v) for k, v in best["state_dict"].items())
+    last = _load_last(out)
+    last["train_state"]["loop"]["best_epoch"] = 1  # a best epoch that is neither 0 nor 2
+    save_checkpoint(out / "last.pt", last)
+    (out / "best.pt").unlink()
+    lost = runner.invoke(app, ["finetune", "--resume", str(out), "--epochs", "3"])
+    assert lost.exit_code == 6, lost.stderr
+    line = _error_line(lost.stderr)
+    assert "best epoch, 1) is missing" in line and "Traceback" not in lost.stderr, line
 
 
 # --- CUDA out of memory (simulated: no GPU needed) ------------------------------------------

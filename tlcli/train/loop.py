@@ -47,6 +47,7 @@ class LoopState:
     stopped_early: bool = False
     balance: str = "none"  # the class-balance method in use (auto resolved)
     averages: list[dict[str, Any]] = field(default_factory=list)  # SWA/WiSE-FT tried on val
+    finalized: bool = False  # averaging, calibration and summary done after the last epoch
 
 
 @dataclass

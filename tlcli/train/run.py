@@ -669,6 +669,31 @@ def _finetune(
         save_checkpoint(paths.last, job.checkpoint(ema, state))
     else:
         state = _train_epochs(job, paths, last, reporter, world, tracker)
+    try:
+        summary = finish_run(job, paths, state, reporter, world, tracker, lbfgs_head, started)
+    except KeyboardInterrupt:
+        if lbfgs_head:
+            raise Interrupted(
+                f"{interrupted_word()} while the results were written: {paths.best} is saved, "
+                f"{paths.summary.name} is not; run it again with another --out"
+            ) from None
+        raise stopped_after_training(paths, state.epoch) from None
+    return summary
+
+
+def finish_run(
+    job: TrainingJob,
+    paths: RunPaths,
+    state: LoopState,
+    reporter: Reporter,
+    world: World,
+    tracker: Tracker,
+    lbfgs_head: bool,
+    started: float,
+) -> dict[str, Any]:
+    """After training: temperature scaling, metrics, curves, summary.json and the report;
+    last, last.pt is marked finalized, so a run stopped before that redoes these on resume."""
+    cfg, plan = job.cfg, job.plan
     calibration: dict[str, Any] = {"temperature": 1.0}
     if world.is_main and cfg.train.calibrate:
         calibration = calibrate_best(job, paths, reporter, also_last=lbfgs_head)
@@ -720,9 +745,18 @@ def _finetune(
     if world.is_main:
         paths.summary.write_text(json.dumps(summary, indent=1))
         write_finetune_report(paths.root)  # from summary.json, as `tlcli report` rebuilds it
+        if not lbfgs_head:
+            mark_finalized(paths.last)
     artifacts = {"curves": paths.curves, "report": paths.root / REPORT_FILE, "best": paths.best}
     tracker.on_run_end(summary, artifacts)
     return summary
+
+
+def mark_finalized(last: Path) -> None:
+    """last.pt says the run is complete: --resume then refuses it as finished."""
+    payload = load_checkpoint(last)
+    payload["train_state"]["loop"]["finalized"] = True
+    save_checkpoint(last, payload)
 
 
 def resume_plan(
@@ -746,7 +780,10 @@ def resume_plan(
     loop = last["train_state"]["loop"]
     done = int(loop["epoch"])
     if epochs is None:
-        if loop["stopped_early"] or done >= cfg.train.epochs:
+        # Stopped after its last epoch but before the averaging, calibration and summary
+        # (finalized; a checkpoint without the key predates it and was finished): redo those.
+        trained_all = loop["stopped_early"] or done >= cfg.train.epochs
+        if trained_all and loop.get("finalized", True):
             early = ", stopped early" if loop["stopped_early"] else ""
             raise RunDirError(
                 f"{root} is finished ({done} of {cfg.train.epochs} epochs{early}): nothing to "
@@ -759,7 +796,7 @@ def resume_plan(
             f"{done} to train it longer"
         )
     cfg = apply_overrides(cfg, {"train": {"epochs": epochs}}, "--epochs")
-    loop = {**loop, "stopped_early": False, "epochs_since_best": 0}
+    loop = {**loop, "stopped_early": False, "epochs_since_best": 0, "finalized": False}
     return cfg, {**last, "train_state": {**last["train_state"], "loop": loop}}
 
 
@@ -878,11 +915,13 @@ def _train_epochs(
         write_metrics(paths.metrics, current.history)
         tracker.on_epoch_end(current.history[-1])
 
-    if last is None and world.is_main:
-        save_last(state)  # epoch 0: a run killed before its first epoch can still resume
-        if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
-            save_checkpoint(paths.best, job.checkpoint(ema, state))
     try:
+        if last is None and world.is_main:
+            save_last(state)  # epoch 0: a run killed before its first epoch can still resume
+            if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
+                save_checkpoint(paths.best, job.checkpoint(ema, state))
+        elif world.is_main and not paths.best.is_file():
+            restore_best(job, paths, ema, state, probe)
         for _ in run_epochs(setup, state, reporter, on_epoch_end):
             pass
     except KeyboardInterrupt:
@@ -902,9 +941,54 @@ def _train_epochs(
             f"training diverged: {exc}; lower the learning rate (--lr {cfg.optim.lr:g} now; "
             f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
         ) from None
-    if world.is_main:
-        try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
+    try:
+        if world.is_main:  # after the last epoch; a resume of a run stopped here redoes it
+            try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
+    except KeyboardInterrupt:
+        raise stopped_after_training(paths, state.epoch) from None
     return state
+
+
+def stopped_after_training(paths: RunPaths, epoch: int) -> Interrupted:
+    """Ctrl-C or SIGTERM after the last epoch: averaging, calibration or the results left."""
+    return Interrupted(
+        f"{interrupted_word()} after the last epoch, while the results were made; "
+        f"{paths.last} holds epoch {epoch}: finish with tlcli finetune --resume {paths.root}"
+    )
+
+
+def restore_best(
+    job: TrainingJob,
+    paths: RunPaths,
+    ema: Any,
+    state: LoopState,
+    probe: dict[str, torch.Tensor] | None,
+) -> None:
+    """A resumed run whose best.pt was never written (a full disk right after last.pt, say)
+    or was deleted: rebuilt when its best epoch is last.pt's own or LP-FT's probe (epoch 0,
+    stored in last.pt); any other best epoch's weights are gone, and that is one line."""
+    if state.best_epoch == state.epoch:
+        save_checkpoint(paths.best, job.checkpoint(ema, state))
+        return
+    if state.best_epoch == 0 and probe is not None:
+        model = job.model
+        current = model_state(model)
+        ema_current = model_state(ema.module) if ema is not None else None
+        model.load_state_dict(probe)
+        if ema is not None:
+            ema.module.load_state_dict(probe)  # at epoch 0 the EMA is the probe
+        probe_state = LoopState(
+            epoch=0, history=state.history[:1], best_acc=state.best_acc, balance=state.balance
+        )
+        save_checkpoint(paths.best, job.checkpoint(ema, probe_state))
+        model.load_state_dict(current)
+        if ema is not None:
+            ema.module.load_state_dict(ema_current)
+        return
+    raise RunDirError(
+        f"{paths.best} (the best epoch, {state.best_epoch}) is missing from {paths.root}: "
+        f"its weights are lost; restore the file, or start again with another --out"
+    )
 
 
 def swa_window(cfg: Config, epoch: int) -> bool:
