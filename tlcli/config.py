@@ -357,6 +357,9 @@ class TrainConfig:
         "LP-FT fine-tune: every LR (head and backbone) x this",
         Range(0, 10, open_low=True, text="0 < x <= 10"),
     )
+    lp_ft_temper_head: bool = setting(
+        True, "LP-FT: divide the fitted head by its val temperature before fine-tuning"
+    )
     lp_ft_freeze_bn: bool = setting(True, "LP-FT fine-tune: BatchNorm keeps its running statistics")
     # Weight averages tried after training, each kept only if it scores higher on val:
     # SWA of the weights at the end of the last swa_epochs epochs (< 2 disables), and

@@ -64,6 +64,35 @@ def test_lp_ft_epoch_0_is_the_head_only_result_on_the_same_split(images, tmp_pat
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
 
 
+def test_lp_ft_starts_from_the_probe_divided_by_its_val_temperature(images, tmp_path):
+    """The fine-tune starts from head-only's head / T (T calibrates it on val): the same
+    argmax, so the same epoch 0 accuracy; train.lp_ft_temper_head=false keeps the raw head."""
+    head = finetune(images, _cfg("strategy.name=head-only"), out=tmp_path / "head")
+    fitted = load_checkpoint(tmp_path / "head" / "best.pt")["state_dict"]
+    for temper in (True, False):
+        out = tmp_path / f"ft-{temper}"
+        sets = ("strategy.name=partial", "strategy.trainable_stages=1")
+        lpft = finetune(images, _cfg(*sets, f"train.lp_ft_temper_head={temper}"), out=out)
+        probe = load_checkpoint(out / "last.pt")["train_state"]["probe_state_dict"]
+        t = lpft["history"][0]["head_temperature"]
+        assert t >= 1.0 and (temper or t == 1.0)
+        for name in ("fc.weight", "fc.bias"):
+            assert torch.allclose(probe[name] * t, fitted[name], rtol=1e-5, atol=1e-6), name
+        assert lpft["probe_val_acc"] == head["val_acc"]
+
+
+@pytest.mark.parametrize("true_t, expected", [(3.0, 3.0), (0.5, 1.0), (1.0, 1.0)])
+def test_the_softening_temperature_recovers_an_over_confidence_and_never_sharpens(true_t, expected):
+    """Logits drawn calibrated, then multiplied by true_t: over-confident when true_t > 1."""
+    from tlcli.train.calibration import softening_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    calibrated = torch.randn(4000, 5, generator=gen) * 2
+    labels = torch.multinomial(torch.softmax(calibrated, 1), 1, generator=gen).squeeze(1)
+    t = softening_temperature(calibrated * true_t, labels)
+    assert t == pytest.approx(expected, rel=0.1)
+
+
 def test_old_recipe_has_no_probe(images, tmp_path):
     summary = finetune(
         images, _cfg("strategy.name=full", "train.lp_ft=false"), out=tmp_path / "old"

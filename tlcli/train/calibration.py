@@ -46,6 +46,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return min(max(t, MIN_TEMPERATURE), MAX_TEMPERATURE) if math.isfinite(t) else 1.0
 
 
+def softening_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """fit_temperature, but never below 1: LP-FT divides an over-confident probe by it and
+    leaves an under-confident or perfectly separating one as it is (sharpening it would make
+    the few confident mistakes of the fine-tune's augmented images weigh more)."""
+    return max(1.0, fit_temperature(logits, labels))
+
+
 class TemperatureScaled(nn.Module):
     """model(x) / T: a plain division, so it exports to ONNX and TorchScript as one op."""
 

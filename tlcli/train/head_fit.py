@@ -56,6 +56,7 @@ class HeadFit:
     weight: torch.Tensor  # (C, D) on raw features
     bias: torch.Tensor  # (C,)
     cv: dict[str, Any] | None = None  # --cv K: k-fold accuracy at the chosen weight decay
+    temperature: float = 1.0  # the head in the model is (weight, bias) / temperature
 
 
 def weights_fingerprint(model: nn.Module, skip: set[str]) -> str:
@@ -337,8 +338,13 @@ def fit_linear_probe(
     reporter: Reporter,
     views: int = 0,
     balance: str = "none",
+    temper: bool = False,
 ) -> tuple[HeadFit, str]:
     """Fit model's classifier in place on frozen features (the weight decay picked on val).
+
+    temper: the head is divided by the temperature (>= 1) that calibrates it on val (LP-FT: the
+    argmax, so the probe's accuracy, is unchanged; an over-confident head's few confident
+    mistakes on augmented images would otherwise dominate the fine-tune's gradients).
 
     balance: a method of tlcli.train.balance, or auto: none unless the classes are
     imbalanced, then the method whose probe has the best val balanced accuracy. Returns
@@ -382,9 +388,13 @@ def fit_linear_probe(
     _, fit, method = chosen
     if balance == "auto" and len(candidates) > 1:
         reporter.note(f"balance auto: {method} (best val balanced accuracy of the probe)")
+    if temper:
+        from tlcli.train.calibration import softening_temperature
+
+        fit.temperature = softening_temperature(val_x.double() @ fit.weight.T + fit.bias, val_y)
     with torch.no_grad():
-        classifier.weight.copy_(fit.weight.to(classifier.weight))
-        classifier.bias.copy_(fit.bias.to(classifier.bias))
+        classifier.weight.copy_((fit.weight / fit.temperature).to(classifier.weight))
+        classifier.bias.copy_((fit.bias / fit.temperature).to(classifier.bias))
     for trial in grid_trials:
         reporter.note(
             f"L-BFGS head, weight decay {trial['weight_decay']:.0e}: "
@@ -423,6 +433,7 @@ def probe_row(fit: HeadFit, epoch: int, seconds: float) -> dict[str, Any]:
         "update_ratio": None,
         "seconds": seconds,
         "head_weight_decay": fit.weight_decay,
+        "head_temperature": fit.temperature,
         "cv": fit.cv,
     }
 

@@ -1071,7 +1071,13 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
         job.spec,
         reporter,
         balance=job.cfg.train.balance,
+        temper=job.cfg.train.lp_ft_temper_head,
     )
+    if fit.temperature != 1.0:
+        reporter.note(
+            f"LP-FT: the head divided by T = {fit.temperature:.3f} (its val calibration) before "
+            "fine-tuning; top-1 unchanged"
+        )
     if world.distributed:  # every rank fit the same head; rank 0's is the one kept
         classifier = job.model.get_classifier()
         weights = broadcast_object({k: v.cpu() for k, v in classifier.state_dict().items()}, world)
