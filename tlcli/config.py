@@ -357,6 +357,11 @@ class TrainConfig:
         "LP-FT fine-tune: every LR (head and backbone) x this",
         Range(0, 10, open_low=True, text="0 < x <= 10"),
     )
+    lp_ft_label_smoothing: float = setting(
+        0.0,
+        "LP-FT fine-tune: label smoothing instead of optim.label_smoothing's",
+        Range(0, 1, open_high=True, text="0 <= x < 1"),
+    )
     lp_ft_temper_head: bool = setting(
         True, "LP-FT: divide the fitted head by its val temperature before fine-tuning"
     )

@@ -243,16 +243,32 @@ def test_lp_ft_fine_tune_lrs_scale_the_head_and_every_group():
     assert got == pytest.approx({"conv.weight": 0.05, "head.weight": 0.05, "head.bias": 0.05})
 
 
-def test_the_lp_ft_lrs_reach_the_optimizer_and_the_old_recipe_keeps_its_own(images, tmp_path):
+def test_the_lp_ft_lrs_reach_the_optimizer_and_the_old_recipe_keeps_its_own(
+    images, tmp_path, monkeypatch
+):
+    """LP-FT's LRs and label smoothing (the probe was fit without) reach the loop; the old
+    recipe keeps optim's."""
+    from tlcli.train import run as run_module
+
+    smoothing = {}
+    real_setup = run_module.LoopSetup
+
+    def recording_setup(*args, **kwargs):
+        smoothing[name] = kwargs["label_smoothing"]
+        return real_setup(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "LoopSetup", recording_setup)
     sets = ("strategy.name=partial", "strategy.trainable_stages=1", "optim.backbone_lr_mult=0.1")
     lr_mults = {}
     for name, extra in (("lpft", "train.lp_ft=true"), ("old", "train.lp_ft=false")):
-        cfg = _cfg(*sets, extra, "train.lp_ft_head_lr_mult=0.1", "train.lp_ft_lr_scale=0.5")
+        cfg = _cfg(*sets, extra, "train.lp_ft_head_lr_mult=0.1", "train.lp_ft_lr_scale=0.5",
+                   "optim.label_smoothing=0.2", "train.lp_ft_label_smoothing=0.05")  # fmt: skip
         finetune(images, cfg, out=tmp_path / name)
         groups = load_checkpoint(tmp_path / name / "last.pt")["train_state"]["optimizer"]
         lr_mults[name] = sorted({g["lr_mult"] for g in groups["param_groups"]})
     assert lr_mults["lpft"] == pytest.approx([0.05])
     assert lr_mults["old"] == pytest.approx([0.1, 1.0])
+    assert smoothing == {"lpft": 0.05, "old": 0.2}
 
 
 def test_frozen_norm_stats_keep_the_batchnorm_running_statistics():

@@ -840,7 +840,10 @@ def _train_epochs(
         )
         scaled = cfg.optim.lr * cfg.train.lp_ft_lr_scale
         head, backbone = scaled * cfg.train.lp_ft_head_lr_mult, scaled * cfg.optim.backbone_lr_mult
-        reporter.note(f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}")
+        reporter.note(
+            f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}, label smoothing "
+            f"{cfg.train.lp_ft_label_smoothing:g} (the probe was fit without)"
+        )
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     if last is not None:
@@ -872,7 +875,7 @@ def _train_epochs(
         batch_size=cfg.data.batch_size,
         seed=cfg.train.seed,
         schedule=cfg.schedule,
-        label_smoothing=cfg.optim.label_smoothing,
+        label_smoothing=cfg.train.lp_ft_label_smoothing if lp_ft else cfg.optim.label_smoothing,
         clip_grad_norm=cfg.optim.clip_grad_norm,
         patience=cfg.train.patience,
         monitor_every=cfg.train.monitor_every,
