@@ -208,6 +208,24 @@ def test_finetune_keeps_an_average_only_if_it_improves_val(images, tmp_path):
     assert best["metrics"]["best_val_acc"] == summary["val_acc"]
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_averages_recompute_batchnorm_only_where_training_moved_it(
+    images, tmp_path, monkeypatch, frozen
+):
+    """LP-FT keeps the pretrained running statistics; an average recomputed on the train
+    images would shift every feature its head was fit on (hymenoptera: 0.78 for every
+    average between 0.948 and 0.935)."""
+    from tlcli.train import run as run_module
+
+    calls = []
+    monkeypatch.setattr(run_module, "recompute_batchnorm", lambda *a, **k: calls.append(a))
+    cfg = _cfg("strategy.name=full", "train.epochs=2", "train.swa_epochs=2",
+               f"train.lp_ft_freeze_bn={frozen}")  # fmt: skip
+    summary = finetune(images, cfg, out=tmp_path / "run")
+    assert len(summary["averages"]) == 4
+    assert (len(calls) == 0) == frozen, len(calls)
+
+
 def test_the_exported_onnx_graph_divides_the_logits_by_the_temperature(images, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from tlcli.export import export_model
