@@ -17,6 +17,7 @@ from tlcli.recommend.race import (
     compare,
     discordant,
     mcnemar_exact,
+    monotone_costs,
     paired_bootstrap,
     race_cost,
     run_race,
@@ -228,8 +229,8 @@ def test_race_cost_counts_each_rung_once() -> None:
 
 def test_candidate_plans_from_the_stages() -> None:
     names = ("stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5")
-    fractions = [0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1]
-    plans = candidate_plans(names, fractions, ("partial", 2), earlier_stage_k=3, earlier_stage="b3")
+    costs = {0: 1.0, 1: 1.2, 2: 1.4, 3: 1.6, 4: 1.8, 7: 3.0}
+    plans = candidate_plans(names, costs, ("partial", 2), earlier_stage_k=3, earlier_stage="b3")
     assert [p.name for p in plans] == [
         "head-only",
         "partial-1",
@@ -238,15 +239,79 @@ def test_candidate_plans_from_the_stages() -> None:
         "partial-4",
         "full",
     ]
-    costs = [p.epoch_cost for p in plans]
-    assert costs == sorted(costs) and costs[0] == 1.0 and costs[-1] == pytest.approx(3.0)
+    assert [p.epoch_cost for p in plans] == [1.0, 1.2, 1.4, 1.6, 1.8, 3.0]
     assert [p.prior for p in plans] == [2, 1, 0, 1, 2, 5]
     # An earlier-stage K that is already raced adds no plan; 4 stages drop partial-4.
-    assert len(candidate_plans(names, fractions, ("head-only", 0), 2, "b4")) == 5
-    small = candidate_plans(names[:4], fractions[:4], ("full", 4))
+    assert len(candidate_plans(names, costs, ("head-only", 0), 2, "b4")) == 5
+    small = candidate_plans(names[:4], {0: 1.0, 1: 1.2, 2: 1.4, 4: 2.0}, ("full", 4))
     assert [p.name for p in small] == ["head-only", "partial-1", "partial-2", "full"]
+
+
+def test_timed_costs_never_fall_with_more_stages() -> None:
+    timed = {0: 0.009, 1: 0.007, 2: 0.005, 4: 0.013, 5: 0.018}
+    assert monotone_costs(timed) == {0: 0.009, 1: 0.009, 2: 0.009, 4: 0.013, 5: 0.018}
 
 
 def test_wrong_number_of_predictions_is_a_bug() -> None:
     with pytest.raises(ValueError):
         run_race(PLANS[:2], LABELS, 5, lambda p, e: [0])
+
+
+# --- the race for real: tiny random-init test_resnet, generated images -----------------------
+
+TINY = [
+    "--model", "test_resnet", "--no-pretrained", "--image-size", "32", "--batch-size", "8",
+    "--device", "cpu", "--workers", "1", "--set", "strategy.auto_budget=race",
+]  # fmt: skip
+
+
+def test_finetune_auto_race_continues_the_winner(tmp_path, monkeypatch) -> None:
+    """The winner's race run moves into RUN_DIR and is extended: its history keeps the race's
+    epochs. Three plans (one rung) keep it short; the winner is set to partial-1, trained 1
+    epoch in the race (which plan wins is the pure tests' business)."""
+    import json
+
+    from corpus import make_image_folder
+    from typer.testing import CliRunner
+
+    from tlcli.cli import app
+    from tlcli.recommend import race_runs
+
+    raced = race_runs.candidate_plans
+    real_race = race_runs.run_race
+
+    def three_plans(*args, **kwargs):
+        return [p for p in raced(*args, **kwargs) if p.name in ("head-only", "partial-1", "full")]
+
+    def partial_1_wins(*args, **kwargs):
+        result = real_race(*args, **kwargs)
+        result.winner = "partial-1"
+        return result
+
+    monkeypatch.setattr(race_runs, "candidate_plans", three_plans)
+    monkeypatch.setattr(race_runs, "run_race", partial_1_wins)
+    data = make_image_folder(tmp_path / "data", {"red": 8, "blue": 8}, side=40)
+    out = tmp_path / "run"
+    args = ["finetune", str(data), *TINY, "--epochs", "3", "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    race = summary["race"]
+    trained = {p["name"]: p["epochs_trained"] for p in race["plans"]}
+    assert trained == {"head-only": 0, "partial-1": 1, "full": 1}
+    assert race["winner"] == "partial-1"
+    assert (out / "race.json").is_file() and (out / "race" / "full" / "best.pt").is_file()
+    assert not (out / "race" / "partial-1").exists()  # its run moved into RUN_DIR
+    assert summary["run_dir"] == str(out) and summary["strategy"] == "partial"
+    assert summary["trainable_stages"] == 1
+    # Continued, not restarted: the probe (epoch 0), the race's epoch 1, then 2 and 3;
+    # trained epochs = race epochs + the remaining.
+    history = json.loads((out / "summary.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    assert summary["epochs_run"] == trained["partial-1"] + (3 - trained["partial-1"])
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
+    # The race's epoch 1 is the same row in the continued run's history.
+    race_rung = next(p for p in race["plans"] if p["name"] == "partial-1")["rungs"][0]
+    assert race_rung["epochs"] == 1
+    config = (out / "config.yaml").read_text()
+    assert "epochs: 3" in config and "wise_ft: true" in config  # the user's settings back

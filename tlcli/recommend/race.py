@@ -22,8 +22,6 @@ FIRST_RUNG_EPOCHS = 1
 # Partial plans raced: the top K stages (with LP-FT's probe head first).
 PARTIAL_STAGES = (1, 2, 4)
 BOOTSTRAP_SAMPLES = 2000
-# Backward through a trained layer costs about twice its forward (weight and input gradients).
-BACKWARD_TO_FORWARD = 2.0
 HEAD_ONLY = "head-only"
 
 
@@ -41,14 +39,9 @@ class Plan:
         return self.strategy != HEAD_ONLY
 
 
-def plan_cost(trained_fraction: float) -> float:
-    """Relative cost of an epoch: a forward pass (1) plus the backward of the trained part."""
-    return 1.0 + BACKWARD_TO_FORWARD * trained_fraction
-
-
 def candidate_plans(
     stage_names: Sequence[str],
-    stage_fractions: Sequence[float],
+    epoch_costs: dict[int, float],
     picked: tuple[str, int],
     earlier_stage_k: int | None = None,
     earlier_stage: str = "",
@@ -56,29 +49,38 @@ def candidate_plans(
     """The plans raced: head-only, partial with the top 1, 2 and 4 stages, partial from after
     the best earlier stage when the stage probes show one (earlier_stage_k), and full.
 
-    stage_fractions[i]: the share of one training step's compute that backward through
-    stage i costs (the measured timing, input first); picked: the probes' decision
-    (strategy, trainable stages), which orders the plans (prior 0 for it).
+    epoch_costs: trainable stages (0 = head-only's one forward pass) -> the cost of an epoch
+    (measured: seconds per train image); picked: the probes' decision (strategy, stages),
+    which orders the plans (prior 0 for it, larger further from it).
+    "Surgical" tuning of one early stage alone (Lee et al., ICLR 2023) is not raced: a
+    FreezePlan trains the last K stages, never a stage below frozen ones.
     """
     n = len(stage_names)
-
-    def trained(k: int) -> float:
-        return min(1.0, sum(stage_fractions[n - k :])) if k else 0.0
-
-    plans = [Plan(HEAD_ONLY, HEAD_ONLY, 0, plan_cost(0.0))]
+    plans = [Plan(HEAD_ONLY, HEAD_ONLY, 0, epoch_costs[0])]
     ks = [k for k in PARTIAL_STAGES if k < n]
     for k in ks:
-        plans.append(Plan(f"partial-{k}", "partial", k, plan_cost(trained(k))))
+        plans.append(Plan(f"partial-{k}", "partial", k, epoch_costs[k]))
     if earlier_stage_k and earlier_stage_k < n and earlier_stage_k not in ks:
         name = f"partial-after-{earlier_stage}" if earlier_stage else f"partial-{earlier_stage_k}"
-        plans.append(Plan(name, "partial", earlier_stage_k, plan_cost(trained(earlier_stage_k))))
-    plans.append(Plan("full", "full", n, plan_cost(trained(n))))
+        plans.append(Plan(name, "partial", earlier_stage_k, epoch_costs[earlier_stage_k]))
+    plans.append(Plan("full", "full", n, epoch_costs[n]))
     want_k = 0 if picked[0] == HEAD_ONLY else (n if picked[0] == "full" else picked[1])
     plans.sort(key=lambda p: p.trainable_stages)
     return [
         Plan(p.name, p.strategy, p.trainable_stages, p.epoch_cost, abs(p.trainable_stages - want_k))
         for p in plans
     ]
+
+
+def monotone_costs(seconds: dict[int, float]) -> dict[int, float]:
+    """Timed cost per trainable-stage count, made non-decreasing in the count: training more
+    stages never costs less (a single timed step on a busy machine can say otherwise)."""
+    out: dict[int, float] = {}
+    running = 0.0
+    for k in sorted(seconds):
+        running = max(running, seconds[k])
+        out[k] = running
+    return out
 
 
 def rung_epochs(final_epochs: int, first: int = FIRST_RUNG_EPOCHS, eta: int = ETA) -> list[int]:
