@@ -315,3 +315,26 @@ def test_finetune_auto_race_continues_the_winner(tmp_path, monkeypatch) -> None:
     assert race_rung["epochs"] == 1
     config = (out / "config.yaml").read_text()
     assert "epochs: 3" in config and "wise_ft: true" in config  # the user's settings back
+
+
+def test_ctrl_c_during_the_race_is_one_line_and_exit_130(tmp_path, monkeypatch) -> None:
+    from corpus import make_image_folder
+    from typer.testing import CliRunner
+
+    from tlcli.cli import app
+    from tlcli.errors import Interrupted
+    from tlcli.train import run
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("interrupted; race/head-only/last.pt holds epoch 0: resume with ...")
+
+    monkeypatch.setattr(run, "finetune", interrupted)
+    data = make_image_folder(tmp_path / "data", {"red": 4, "blue": 4}, side=40)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", str(data), *TINY, "--out", str(out)])
+    assert result.exit_code == 130
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: interrupted during the race (head-only")
+    assert "start again with a new --out" in lines[-1]
+    assert not (out / ".tlcli-claim").exists()  # the claim is let go

@@ -96,7 +96,7 @@ def recommend(
     """Measure size, hygiene and similarity; decide; rank candidate backbones if given."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    plan = BUDGETS["quick" if budget == "race" else budget]  # the race starts from quick
+    plan = BUDGETS[budget]
     workers = resolve_workers(cfg.data.workers)
     reporter.start("scan", None, "scan images")
     scan = scan_data(data_dir, cfg.data.max_pixels, lambda: reporter.advance("scan"))

@@ -30,7 +30,7 @@ from tlcli.data.split import load_split, train_val_samples
 from tlcli.errors import Interrupted
 from tlcli.interrupt import interrupted_word
 from tlcli.models import create_model, data_spec_of, pick_device
-from tlcli.recommend.decide import Recommendation, _best_earlier_stage, _stages_after, decide
+from tlcli.recommend.decide import Recommendation, best_earlier_stage, decide, stages_after
 from tlcli.recommend.measure import BUDGETS, Similarity, measure_similarity, to_plain
 from tlcli.recommend.race import (
     HEAD_ONLY,
@@ -136,8 +136,8 @@ def race_candidates(
     """The plans raced for this data and their measured cost per epoch."""
     model = create_model(cfg.model.name, 2, pretrained=False)
     stage_names = tuple(s.name for s in model_stages(model)[:-1])
-    earlier = _best_earlier_stage(signals) if similarity is not None else None
-    earlier_k = _stages_after(earlier[0], stage_names) if earlier else None
+    earlier = best_earlier_stage(signals) if similarity is not None else None
+    earlier_k = stages_after(earlier[0], stage_names) if earlier else None
     counts = raced_stage_counts(len(stage_names), earlier_k)
     device = pick_device(cfg.train.device)
     seconds = time_plans(
