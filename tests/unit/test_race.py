@@ -338,3 +338,15 @@ def test_ctrl_c_during_the_race_is_one_line_and_exit_130(tmp_path, monkeypatch) 
     assert lines[-1].startswith("error: interrupted during the race (head-only")
     assert "start again with a new --out" in lines[-1]
     assert not (out / ".tlcli-claim").exists()  # the claim is let go
+
+
+def test_the_estimate_counts_training_and_val_passes() -> None:
+    from tlcli.recommend.race_runs import estimate_note
+
+    plans = [plan("head-only", 0.01), plan("partial-1", 0.03), plan("full", 0.05)]
+    note, seconds = estimate_note(plans, 5, num_train=100, num_val=50)
+    # rungs 1, 2, 4 with two epoch plans: both train 1 epoch, then the race ends (one would
+    # be left). Training: head-only's forward pass and an epoch of each, 100 x (0.01 + 0.03 +
+    # 0.05); val passes: 3 (head-only's fit, 2 epochs) x 50 images x the forward cost.
+    assert seconds == pytest.approx(100 * (0.01 + 0.03 + 0.05) + 3 * 50 * 0.01)
+    assert "3 plans" in note and "1, 2, 4 epoch(s)" in note and "continues to 5" in note

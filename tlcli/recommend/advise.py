@@ -147,7 +147,7 @@ def recommend(
     if budget == "race":
         from tlcli.recommend.race_runs import recommend_race
 
-        race = recommend_race(data_dir, cfg, reporter, (main, rec, signals, len(train)))
+        race = recommend_race(data_dir, cfg, reporter, (main, rec, signals, len(train), len(val)))
     return {
         "data_dir": str(data_dir),
         "model": cfg.model.name,

@@ -238,12 +238,12 @@ class RaceRuns:
 
 def quick_measurement(
     data_dir: Path, cfg: Config, reporter: Reporter
-) -> tuple[Similarity | None, Recommendation, Any, int]:
+) -> tuple[Similarity | None, Recommendation, Any, int, int]:
     """recommend's quick probes and decision: the race's prior and its earlier-stage plan."""
     from tlcli.recommend.advise import signals_from
 
     scan = scan_data(data_dir, cfg.data.max_pixels)
-    train, _ = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
+    train, val = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
     model = create_model(cfg.model.name, 2, pretrained=False)
     stage_names = tuple(s.name for s in model_stages(model)[:-1])
     similarity = None
@@ -262,19 +262,25 @@ def quick_measurement(
             scan.classes,
         )
     signals = signals_from(scan, train, similarity, stage_names)
-    return similarity, decide(signals), signals, len(train)
+    return similarity, decide(signals), signals, len(train), len(val)
 
 
-def estimate_note(plans: Sequence[Plan], final_epochs: int, num_train: int) -> tuple[str, float]:
-    """'race: 5 plans, rungs 1, 2 epochs, about 4 min here' and the seconds it estimates."""
+def estimate_note(
+    plans: Sequence[Plan], final_epochs: int, num_train: int, num_val: int
+) -> tuple[str, float]:
+    """'race: 5 plans, ... estimated 4.0 min on this machine' and the seconds it estimates:
+    the training epochs at each plan's timed cost, and a val pass (head-only's cost per image:
+    a forward pass) after each; each run's start-up (scan, probe fit) is not counted."""
     rungs = rung_epochs(final_epochs)
-    seconds = race_cost(plans, rungs) * num_train
+    forward = next(p.epoch_cost for p in plans if not p.epochs_matter)
+    passes = race_cost([dataclasses.replace(p, epoch_cost=1.0) for p in plans], rungs)
+    seconds = race_cost(plans, rungs) * num_train + passes * num_val * forward
     shown = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (
         f"race: {len(plans)} plans ({', '.join(p.name for p in plans)}), successive halving "
-        f"at {', '.join(map(str, rungs))} epoch(s); estimated {shown} on this machine "
-        f"(training steps timed on {TIMING_BATCH} images), then the winner continues to "
-        f"{final_epochs} epochs",
+        f"at {', '.join(map(str, rungs))} epoch(s); estimated {shown} of training on this "
+        f"machine (each plan's step timed on {TIMING_BATCH} images), then the winner "
+        f"continues to {final_epochs} epochs",
         seconds,
     )
 
@@ -308,13 +314,14 @@ def race(
     cfg: Config,
     folder: Path,
     reporter: Reporter,
-    measured: tuple[Similarity | None, Recommendation, Any, int] | None = None,
+    measured: tuple[Similarity | None, Recommendation, Any, int, int] | None = None,
 ) -> tuple[RaceResult, dict[str, Any], RaceRuns]:
     """Measure, print the estimate, run the race in `folder` (never under DATA_DIR)."""
     refuse_output_inside(folder, [data_dir], "the race folder")
-    similarity, rec, signals, num_train = measured or quick_measurement(data_dir, cfg, reporter)
+    measured = measured or quick_measurement(data_dir, cfg, reporter)
+    similarity, rec, signals, num_train, num_val = measured
     plans, _ = race_candidates(cfg, similarity, rec, signals)
-    note, estimate = estimate_note(plans, cfg.train.epochs, num_train)
+    note, estimate = estimate_note(plans, cfg.train.epochs, num_train, num_val)
     reporter.note(note)
     runs = RaceRuns(data_dir, cfg, folder, reporter)
     # head-only (always a candidate, and the cheapest) first: its run makes the split whose
