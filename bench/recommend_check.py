@@ -179,7 +179,13 @@ class Results:
 
 
 def measure_dataset(
-    dataset: str, data: Path, results: Results, work: Path, model: str, epochs: int
+    dataset: str,
+    data: Path,
+    results: Results,
+    work: Path,
+    model: str,
+    epochs: int,
+    quick_only: bool = False,
 ) -> None:
     """Everything of one data set not measured yet, the cheap pickers first."""
 
@@ -192,6 +198,8 @@ def measure_dataset(
         done("recommend quick", {"pick": quick_pick(report), "seconds": report["seconds"],
                                  "wall_seconds": report["wall_seconds"],
                                  "recommendation": report["recommendation"]})  # fmt: skip
+    if quick_only:
+        return
     for name, args in PLANS.items():
         if results.get(dataset, name) is None:
             summary = finetune(data, args, run_dir(work, dataset, name), model, epochs)
@@ -332,6 +340,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--not-run-why", default="no CPU time for it")
     parser.add_argument("--tlcli-set", action="append", default=[], help="KEY=VALUE for all")
+    parser.add_argument("--quick-only", action="store_true", help="only recommend quick")
     args = parser.parse_args()
     EXTRA_SETS.extend(arg for kv in args.tlcli_set for arg in ("--set", kv))
     model = measure.model_name(args)
@@ -339,7 +348,7 @@ def main() -> None:
     if not args.report_only:
         for name in args.datasets:
             data = data_of(name, args.shared, args.work, make=True)
-            measure_dataset(name, data, results, args.work, model, args.epochs)
+            measure_dataset(name, data, results, args.work, model, args.epochs, args.quick_only)
     shown = measure.shown_model(model, args.shared)
     markdown = report(list(DATASETS), results, args.epochs, shown, args.not_run_why)
     measure.publish(SECTION, markdown, args.write)
