@@ -29,7 +29,7 @@ from typing import Any
 import measure
 from make_digits import write_digits
 
-SECTION = "recommend-check"
+SECTION = "regret-check"  # the earlier 3-strategy check keeps its section
 # (folder under --shared, train images kept per class; 0 = all). In increasing cost.
 DATASETS: dict[str, tuple[str | None, int]] = {
     "chest_xray_50": ("data/chest_xray", 50),
@@ -324,7 +324,14 @@ def report(datasets: list[str], results: Results, epochs: int, model: str, why: 
             lines.append(f"- {dataset} race: winner {race['winner']} (best {race['best']}); "
                          f"{notes}; estimated {race['estimated_seconds']:.0f} s, the race "
                          f"{race['seconds']:.0f} s.")  # fmt: skip
-    lines += [f"- not measured ({why}): {m}." for m in missing]
+    for dataset in datasets:
+        for name in ["recommend quick", *PLANS]:
+            source = (results.get(dataset, name) or {}).get("from")
+            if source:
+                lines.append(f"- {dataset} {name}: reused, {source}.")
+    if missing:
+        lines.append(f"- not measured ({why}):")
+        lines += [f"  - {m}" for m in missing]
     return "\n".join(lines)
 
 
