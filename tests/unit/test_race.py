@@ -288,8 +288,18 @@ def test_finetune_auto_race_continues_the_winner(tmp_path, monkeypatch) -> None:
         result.winner = "partial-1"
         return result
 
+    race_metrics: dict[str, str] = {}  # partial-1's metrics.csv right after its race rung
+    real_call = race_runs.RaceRuns.__call__
+
+    def snapshot(self, plan, epochs):
+        predicted = real_call(self, plan, epochs)
+        if plan.name == "partial-1":
+            race_metrics["partial-1"] = (self.run_dir(plan) / "metrics.csv").read_text()
+        return predicted
+
     monkeypatch.setattr(race_runs, "candidate_plans", three_plans)
     monkeypatch.setattr(race_runs, "run_race", partial_1_wins)
+    monkeypatch.setattr(race_runs.RaceRuns, "__call__", snapshot)
     data = make_image_folder(tmp_path / "data", {"red": 8, "blue": 8}, side=40)
     out = tmp_path / "run"
     args = ["finetune", str(data), *TINY, "--epochs", "3", "--out", str(out), "--json"]
@@ -309,7 +319,11 @@ def test_finetune_auto_race_continues_the_winner(tmp_path, monkeypatch) -> None:
     history = json.loads((out / "summary.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]
     assert summary["epochs_run"] == trained["partial-1"] + (3 - trained["partial-1"])
-    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
+    final = (out / "metrics.csv").read_text().splitlines()
+    assert len(final) == 1 + 4
+    # The race's rows (header, the probe, epoch 1, with their timings) are the continued
+    # run's first rows, byte for byte: a restarted run would have timed them afresh.
+    assert final[:3] == race_metrics["partial-1"].splitlines()
     # The race's epoch 1 is the same row in the continued run's history.
     race_rung = next(p for p in race["plans"] if p["name"] == "partial-1")["rungs"][0]
     assert race_rung["epochs"] == 1
