@@ -120,6 +120,11 @@ PRUNER_CHOICES = (
 BUDGET_CHOICES = (
     Choice("quick", "<=600 sampled images"),
     Choice("thorough", "<=3000 sampled images"),
+    Choice("race", "quick, then a short race between plans (trains each briefly)"),
+)
+AUTO_BUDGET_CHOICES = (
+    Choice("quick", "the probes decide (recommend --budget quick)"),
+    Choice("race", "a short race between plans; the winner's run is continued"),
 )
 TRACK_CHOICES = (
     Choice("mlflow", "pip install 'tlcli[mlflow]'"),
@@ -132,6 +137,7 @@ SCHEDULES = names(SCHEDULE_CHOICES)
 AUGMENTS = names(AUGMENT_CHOICES)
 STREAM_CHOICES = names(STREAM_CHOICES_INFO)
 HEAD_FITS = names(HEAD_FIT_CHOICES)
+AUTO_BUDGETS = names(AUTO_BUDGET_CHOICES)
 BALANCES = names(BALANCE_CHOICES)
 DEVICES = names(DEVICE_CHOICES)
 EVAL_SPLITS = names(EVAL_SPLIT_CHOICES)

@@ -345,6 +345,16 @@ def finetune(
             from tlcli.recommend.advise import auto_strategy
 
             run["choose_strategy"] = auto_strategy
+        if race_instead(cfg, resume):  # the race trains every plan itself, then the winner
+            from tlcli.recommend.race_runs import finetune_with_race
+
+            with RichReporter(stderr) as reporter:
+                summary = finetune_with_race(data_dir, cfg, out, reporter, tracking)
+            if json_:
+                print_json({k: v for k, v in summary.items() if k != "history"})
+            else:
+                stdout.print(finetune_summary_table(summary))
+            return
         if not is_main_process():  # torchrun: rank 0 alone reports
             run_finetune(data_dir, cfg, **run)
             return
@@ -356,6 +366,19 @@ def finetune(
             stdout.print(finetune_summary_table(summary))
 
     run_command(body)
+
+
+def race_instead(cfg: Any, resume: Path | None) -> bool:
+    """--strategy auto with strategy.auto_budget=race, in one process (under torchrun every
+    rank follows the quick decision)."""
+    from tlcli.train.distributed import launched_by_torchrun
+
+    return (
+        resume is None
+        and cfg.strategy.name == "auto"
+        and cfg.strategy.auto_budget == "race"
+        and not launched_by_torchrun()
+    )
 
 
 # Options shared by evaluate, predict and export.
@@ -391,7 +414,11 @@ def recommend(
         ),
     ] = None,
     budget: Annotated[
-        Budget, typer.Option(help="quick: <=600 sampled images; thorough: <=3000.")
+        Budget,
+        typer.Option(
+            help="quick: <=600 sampled images; thorough: <=3000; race: quick, then each plan "
+            "trained briefly (successive halving) and the winner picked on the same val images."
+        ),
     ] = Budget.quick,
     config: ConfigOpt = None,
     set_: SetOpt = None,

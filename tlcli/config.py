@@ -22,6 +22,7 @@ import yaml
 from tlcli.choices import (  # noqa: F401  (re-exported: the config's choice lists)
     AUGMENT_CHOICES,
     AUGMENTS,
+    AUTO_BUDGET_CHOICES,
     BALANCE_CHOICES,
     BALANCES,
     DEVICES,
@@ -160,6 +161,13 @@ class StrategyConfig:
         0,
         "head-only L-BFGS: augmented views per train image added to the fit",
         Range(0, 100, text="0..100"),
+    )
+    # --strategy auto: quick = the probes' rule; race = each plan trained briefly
+    # (successive halving), the winner's run continued (recommend/race.py).
+    auto_budget: str = setting(
+        "quick",
+        "auto: quick (the probes decide) or race (a short race between plans, winner continued)",
+        choices=AUTO_BUDGET_CHOICES,
     )
 
 

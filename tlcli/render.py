@@ -449,6 +449,18 @@ def quantization_table(quantization: dict[str, Any]) -> Table:
     return table
 
 
+def race_panel_lines(race: dict[str, Any] | None) -> list[str]:
+    """recommend --budget race: each plan's val accuracy by rung, the ties, the winner."""
+    if not race:
+        return []
+    lines = [f"[bold]race winner: {race['winner']}[/] (best val: {race['best']})"]
+    for plan in race["plans"]:
+        rungs = ", ".join(f"{r['val_acc']:.4f} at {r['epochs']} ep" for r in plan["rungs"])
+        lines.append(f"  {plan['name']}: {rungs or '-'}")
+    lines += [f"- {shown(note)}" for note in race["notes"]]
+    return lines
+
+
 def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     """The recommend report: the decision with its reasons, then the measurements."""
     from rich.panel import Panel
@@ -481,6 +493,7 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
             "rough guide, see docs/benchmarks.md)"
         )
     lines += [f"- {shown(reason)}" for reason in rec["reasons"]]
+    lines += race_panel_lines(result.get("race"))
     command = f"tlcli finetune {result['data_dir']} --model {result['model']} " + (
         f"--strategy {rec['strategy']}"
         + (f" --trainable-stages {rec['trainable_stages']}" if rec["strategy"] == "partial" else "")

@@ -130,7 +130,8 @@ def recommend(
                 f"candidate {name} skipped: its pretrained weights cannot be had", "warning"
             )
     main = measured[0]
-    rec: Recommendation = decide(signals_from(scan, train, main, tuple(main.stage_names)))
+    signals = signals_from(scan, train, main, tuple(main.stage_names))
+    rec: Recommendation = decide(signals)
     if duplicates.cross_split_groups:
         rec.reasons.append(
             f"{duplicates.cross_split_groups} near-duplicate group(s) cross the train/val(test) "
@@ -142,6 +143,11 @@ def recommend(
             "(near-duplicates with different labels): check those labels"
         )
     ranking = sorted(measured, key=lambda m: (m.logme, m.probe_accuracy), reverse=True)
+    race = None
+    if budget == "race":
+        from tlcli.recommend.race_runs import recommend_race
+
+        race = recommend_race(data_dir, cfg, reporter, (main, rec, signals, len(train), len(val)))
     return {
         "data_dir": str(data_dir),
         "model": cfg.model.name,
@@ -163,5 +169,6 @@ def recommend(
         ]
         if len(measured) > 1
         else [],
+        "race": race,
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -78,7 +78,7 @@ def chance_corrected(accuracy: float, num_classes: int) -> float:
     return (accuracy - chance) / (1.0 - chance)
 
 
-def _best_earlier_stage(signals: Signals) -> tuple[str, float] | None:
+def best_earlier_stage(signals: Signals) -> tuple[str, float] | None:
     """The earlier stage whose probe beats the last stage's by the margin, if any."""
     if len(signals.stage_probes) < 2:
         return None
@@ -88,7 +88,7 @@ def _best_earlier_stage(signals: Signals) -> tuple[str, float] | None:
     return (name, acc) if acc > reference + EARLIER_STAGE_MARGIN else None
 
 
-def _stages_after(module: str, stage_names: tuple[str, ...]) -> int:
+def stages_after(module: str, stage_names: tuple[str, ...]) -> int:
     """Number of backbone stages after the one containing timm module `module`."""
     for i, name in enumerate(stage_names):
         if any(part == module or part.startswith(module + ".") for part in name.split("+")):
@@ -118,7 +118,7 @@ def decide(signals: Signals) -> Recommendation:
         )
         if not good:
             dissimilar_votes.append("probe")
-        earlier = _best_earlier_stage(signals)
+        earlier = best_earlier_stage(signals)
         if earlier is not None:
             last_name, last_acc = signals.stage_probes[-1]
             reasons.append(
@@ -160,8 +160,8 @@ def decide(signals: Signals) -> Recommendation:
             "(partial) at a lowered LR"
         )
     else:
-        earlier = _best_earlier_stage(signals)
-        k_from_probe = _stages_after(earlier[0], signals.stage_names) if earlier else 0
+        earlier = best_earlier_stage(signals)
+        k_from_probe = stages_after(earlier[0], signals.stage_names) if earlier else 0
         if not small and signals.per_class_median >= LOTS_PER_CLASS:
             strategy, k = "full", n_stages
             reasons.append(

@@ -45,6 +45,7 @@ BUDGETS = {
     "quick": Budget(per_class=100, total=600, folds=5, header_sample=300),
     "thorough": Budget(per_class=200, total=3000, folds=5, header_sample=3000),
 }
+BUDGETS["race"] = BUDGETS["quick"]  # the race starts from quick's probes
 # Earlier stages are pooled to a 2x2 grid: global pooling throws away the layout that
 # shape-like (dissimilar) data depends on.
 STAGE_POOL_GRID = 2
