@@ -83,6 +83,21 @@ def scores(evaluation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def val_scores(summary: dict[str, Any], best: str, data_dir: Path) -> dict[str, Any]:
+    """`tlcli evaluate --split val`; a folder without val/ (the digits: the run made its own
+    split) has only the run's own val numbers (no balanced accuracy)."""
+    if (data_dir / "val").is_dir() or (data_dir / "validation").is_dir():
+        return scores(measure.run_cli(["evaluate", best, str(data_dir), "--split", "val"]))
+    return {
+        "top1": summary["val_acc"],
+        "balanced_accuracy": None,
+        "ece": summary.get("val_ece_after"),
+        "ece_before": summary.get("val_ece_before"),
+        "temperature": summary.get("temperature", 1.0),
+        "n": summary["num_val"],
+    }
+
+
 def run_dir(work: Path, data_dir: Path, plan: str) -> Path:
     return work / "runs" / f"{data_dir.name}--{plan.replace(', ', '-').replace(' ', '_')}"
 
@@ -118,7 +133,7 @@ def run_plan(data_dir: Path, plan: str, model: str, epochs: int, work: Path) -> 
         "best_epoch": summary["best_epoch"],
         "best_weights": summary["best_weights"],
         "wall_seconds": summary["wall_seconds"],
-        "val": scores(measure.run_cli(["evaluate", best, str(data_dir), "--split", "val"])),
+        "val": val_scores(summary, best, data_dir),
     }
     if (data_dir / "test").is_dir():
         test = measure.run_cli(["evaluate", best, str(data_dir), "--split", "test"])

@@ -212,3 +212,18 @@ def test_one_row_past_a_multiple_of_the_batch_size(model_and_augmenter, n):
     feats, labels = features(model, augmenter, pixels, 64)
     assert labels.tolist() == (np.arange(n) % NUM_CLASSES).tolist()
     torch.testing.assert_close(feats, features(model, augmenter, pixels, 1)[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 400), st.integers(2, 12), st.integers(0, 2**31 - 1))
+def test_top1_is_the_exact_fraction_right_and_agrees_with_the_probe_s(n, classes, seed):
+    """The loop's val accuracy and the L-BFGS probe's (a float64 mean) must agree exactly,
+    or an epoch that ties the probe counts as better (float32 rounds 145/153 up)."""
+    from tlcli.train.loop import top1
+
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=gen)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    right = int((logits.argmax(1) == labels).sum())
+    assert top1(logits, labels) == right / n
+    assert top1(logits, labels) == (logits.double().argmax(1) == labels).double().mean().item()

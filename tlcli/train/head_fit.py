@@ -36,7 +36,7 @@ from tlcli.train.balance import (
     needs_balance,
 )
 from tlcli.train.checkpoint import save_atomically
-from tlcli.train.loop import LoopState
+from tlcli.train.loop import LoopState, top1
 from tlcli.train.progress import Reporter
 
 # L2 strengths tried on the validation split (per-sample mean loss + wd/2 ||W||^2); the
@@ -241,7 +241,7 @@ def _scores(
     x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> tuple[float, float]:
     logits = x.double() @ weight.T + bias
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item()
+    return F.cross_entropy(logits, y).item(), top1(logits, y)
 
 
 def fit_head(

@@ -155,8 +155,13 @@ def evaluate_split(
     reporter.finish(task)
     labels = torch.from_numpy(setup.val_labels)
     loss = F.cross_entropy(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return loss, acc
+    return loss, top1(logits, labels)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction right, exact (count / n in float64): a float32 mean rounds 145/153 up to
+    0.94771242..., above the probe's 0.94771241..., and a tie would count as a gain."""
+    return int((logits.argmax(1) == labels).sum()) / len(labels)
 
 
 def raise_if_diverged(loss: torch.Tensor, step: int) -> None:
