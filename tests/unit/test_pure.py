@@ -168,6 +168,41 @@ def test_param_groups_with_per_stage_multipliers_keep_one_group_per_multiplier()
     ]
 
 
+class TokenNet(TinyNet):
+    """A ViT's extra parameters: 2-D and 3-D, decayed by the shape rule, but the model's
+    no_weight_decay() names them (timm's ViTs list pos_embed and cls_token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.proj = nn.Linear(8, 8)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+
+def test_param_groups_leave_the_models_no_weight_decay_names_undecayed():
+    model = TokenNet()
+    mults = {"pos_embed": 1.0, "cls_token": 1.0, "proj.weight": 1.0, "proj.bias": 1.0}
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, mults, 1.0, 0.1)
+    got = {(g["weight_decay"], tuple(names[id(p)] for p in g["params"])) for g in groups}
+    assert got == {(0.1, ("proj.weight",)), (0.0, ("pos_embed", "cls_token", "proj.bias"))}
+
+
+def test_a_timm_vit_decays_neither_pos_embed_nor_cls_token():
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=2
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, {name: 1.0 for name in names.values()}, 1.0, 0.1)
+    undecayed = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {"pos_embed", "cls_token"} <= undecayed
+    assert "patch_embed.proj.weight" in decayed and "head.weight" in decayed
+
+
 # (our optimizer name, torch class, the settings it must get)
 OPTIMIZER_TABLE = [
     ("sgd", torch.optim.SGD, {"momentum": 0.0, "nesterov": False}),

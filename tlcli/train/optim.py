@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch import nn
 
 from tlcli.choices import OPTIMIZER_INFOS
@@ -16,9 +16,19 @@ TIMM_OPT = {info.name: (info.timm_name, info.defaults) for info in OPTIMIZER_INF
 USES_MOMENTUM = {info.name for info in OPTIMIZER_INFOS if info.uses_momentum}
 
 
-def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases and norm scales are not decayed (timm's filter_bias_and_bn rule)."""
-    return param.ndim <= 1 or name.endswith(".bias")
+# Any non-zero value: timm's param_groups_weight_decay puts every parameter in the no-decay
+# group when weight_decay is 0, and here it only sorts parameters into decay or not.
+_SORT_WEIGHT_DECAY = 1.0
+
+
+def no_decay_params(model: nn.Module) -> set[int]:
+    """ids of the parameters that are not decayed, as timm decides: biases, norm scales (1-D)
+    and the names the model's no_weight_decay() lists (a ViT's pos_embed and cls_token)."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(
+        model, weight_decay=_SORT_WEIGHT_DECAY, no_weight_decay_list=skip
+    )
+    return {id(p) for group in groups if group["weight_decay"] == 0.0 for p in group["params"]}
 
 
 def param_groups(
@@ -26,10 +36,11 @@ def param_groups(
 ) -> list[dict]:
     """One group per (LR multiplier, decay/no-decay) pair over the trainable parameters."""
     groups: dict[tuple[float, bool], dict] = {}
+    not_decayed = no_decay_params(model)
     for name, param in model.named_parameters():
         if name not in lr_mults or not param.requires_grad:
             continue
-        no_decay = _no_weight_decay(name, param)
+        no_decay = id(param) in not_decayed
         key = (lr_mults[name], no_decay)
         if key not in groups:
             groups[key] = {

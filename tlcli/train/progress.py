@@ -35,16 +35,3 @@ class NullReporter:
     def note(self, message: str, level: str = "info") -> None:
         pass
 
-
-class RecordingReporter(NullReporter):
-    """Keeps notes and epoch rows: for tests and for run summaries."""
-
-    def __init__(self) -> None:
-        self.notes: list[tuple[str, str]] = []
-        self.epochs: list[dict[str, Any]] = []
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        self.epochs.append(row)
-
-    def note(self, message: str, level: str = "info") -> None:
-        self.notes.append((level, message))

@@ -108,16 +108,6 @@ def lr_schedule(start_lr: float, end_lr: float, num_iter: int) -> np.ndarray:
     return start_lr * (end_lr / start_lr) ** (np.arange(num_iter) / max(num_iter - 1, 1))
 
 
-def smooth_losses(losses: list[float] | np.ndarray, beta: float = SMOOTH_BETA) -> np.ndarray:
-    """Exponential moving average with bias correction: the first value is the first loss."""
-    out = np.empty(len(losses))
-    avg = 0.0
-    for i, loss in enumerate(losses):
-        avg = beta * avg + (1 - beta) * float(loss)
-        out[i] = avg / (1 - beta ** (i + 1))
-    return out
-
-
 def is_diverged(smoothed: float, best: float, factor: float = DIVERGE_FACTOR) -> bool:
     return not np.isfinite(smoothed) or smoothed > factor * best
 
