@@ -34,4 +34,3 @@ class NullReporter:
 
     def note(self, message: str, level: str = "info") -> None:
         pass
-
