@@ -7,15 +7,11 @@ that say what to do.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import timm
 import torch
@@ -23,6 +19,7 @@ from torch import nn
 
 from tlcli.config import check_device_name
 from tlcli.errors import ConfigError, ModelError
+from tlcli.runtime import before_hub_download
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -118,40 +115,6 @@ def _broken_local_dir(name: str, exc: BaseException) -> ModelError:
     )
 
 
-# Without this probe, an offline machine spends ~50 s in huggingface_hub's retries per file.
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-def hub_reachable() -> bool:
-    """Whether the Hugging Face endpoint answers a TCP connect within a few seconds."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _offline_when_unreachable(name: str, pretrained: bool) -> Iterator[None]:
-    """Use the local HF cache only when the hub cannot be reached (fast, quiet failure)."""
-    if not pretrained or name.startswith(LOCAL_DIR):
-        yield
-        return
-    from huggingface_hub import constants
-
-    was_offline = constants.HF_HUB_OFFLINE
-    if not was_offline and not hub_reachable():
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = was_offline
-
-
 def create_model(
     name: str,
     num_classes: int | None,
@@ -175,8 +138,9 @@ def create_model(
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     try:
-        with _offline_when_unreachable(resolved, pretrained):
-            model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
+        if pretrained and not resolved.startswith(LOCAL_DIR):
+            before_hub_download()
+        model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
     except TypeError as exc:
         if "drop_path_rate" in str(exc):
             raise ModelError(
