@@ -141,6 +141,26 @@ def test_suggestions_refuse_a_curve_that_diverged_at_once():
         suggest_lrs([1e-7, 1e-6], [1.0, 9.0], 100)
 
 
+def test_every_range_test_step_is_the_training_loops_train_step(images, monkeypatch):
+    """lr-find steps through train.loop.train_step (fastai's LRFinder runs inside the fit
+    loop), so augmentation, channels_last, clipping and the LR groups cannot drift."""
+    import tlcli.tune.lr_find as lr_find
+    from tlcli.train import loop
+
+    scales: list[float] = []
+
+    def recorded(setup, images, labels, generator, lr_scale, step, meter=None):
+        scales.append(lr_scale)
+        return loop.train_step(setup, images, labels, generator, lr_scale, step, meter)
+
+    monkeypatch.setattr(lr_find, "train_step", recorded)
+    cfg = _cfg("strategy.name=partial", "strategy.trainable_stages=1")
+    setup = range_test_setup(prepare_job(images, cfg, NullReporter()))
+    test = range_test(setup, cfg.optim.lr, 20, 1e-5, 1e-3)
+    assert test.stop_reason == "finished" and len(test.lrs) == 20
+    assert scales == pytest.approx([lr / cfg.optim.lr for lr in test.lrs])
+
+
 def momentum_buffers(optimizer: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
     return {i: s["momentum_buffer"].clone() for i, s in optimizer.state_dict()["state"].items()}
 

@@ -186,6 +186,35 @@ def forward_backward(
     return loss.detach(), logits.detach()
 
 
+def train_step(
+    setup: LoopSetup,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    lr_scale: float,
+    step: int,
+    meter: UpdateRatioMeter | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device, the same in training and in
+    lr-find (fastai's LRFinder runs inside the fit loop, so it cannot drift from it): augment,
+    channels_last, each group's LR at lr_scale x its initial LR, forward/backward, step, EMA.
+    meter: the update/weight ratio is measured around this step. Returns (loss, logits,
+    targets), detached; the caller checks the loss with raise_if_diverged."""
+    x, targets = setup.augmenter(images, labels, generator)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    set_lr(setup.optimizer, lr_scale)
+    loss, logits = forward_backward(setup, x, targets, step)
+    if meter is not None:
+        meter.snapshot()
+    setup.optimizer.step()
+    if meter is not None:
+        meter.measure()
+    if setup.ema is not None:
+        setup.ema.update(unwrap(setup.model), step=step)
+    return loss, logits, targets
+
+
 def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> dict[str, float]:
     model, optimizer = setup.model, setup.optimizer
     world = setup.world
@@ -220,19 +249,17 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     for idx, batch in prefetched(setup.train_pixels, batches, setup.device):
         images = to_device(batch, setup.device)
         labels = sorted_labels(setup.train_labels, idx, setup.device)
-        x, targets = setup.augmenter(images, labels, aug_generator)
-        if setup.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        set_lr(optimizer, lr_factor(state.step, total_steps, len(batches), setup.schedule))
-        loss, logits = forward_backward(setup, x, targets, state.step)
+        lr_scale = lr_factor(state.step, total_steps, len(batches), setup.schedule)
         sample_ratio = (state.step + 1) % setup.monitor_every == 0
-        if sample_ratio:
-            meter.snapshot()
-        optimizer.step()
-        if sample_ratio:
-            meter.measure()
-        if setup.ema is not None:
-            setup.ema.update(unwrap(model), step=state.step)
+        loss, logits, targets = train_step(
+            setup,
+            images,
+            labels,
+            aug_generator,
+            lr_scale,
+            state.step,
+            meter if sample_ratio else None,
+        )
         state.step += 1
         hard = targets.argmax(1) if targets.ndim == 2 else targets
         correct += (logits.argmax(1) == hard).sum()

@@ -6,7 +6,7 @@ explodes (the lecture's two symptoms, on one plot). The loss is smoothed (an exp
 moving average with bias correction) and the test stops once it diverges. Two suggestions
 are read off the smoothed curve: the steepest descent and fastai's "valley".
 
-The steps are the training loop's own (`forward_backward` on the job's model, optimizer and
+The steps are the training loop's own (`train_step` on the job's model, optimizer and
 augmentation), so only the strategy's trainable groups move and the backbone multiplier
 applies. The model, optimizer and RNG state are restored afterwards.
 """
@@ -27,8 +27,8 @@ from tlcli.config import Config
 from tlcli.data.batches import batch_indices, gather, sorted_labels
 from tlcli.errors import ConfigError
 from tlcli.strategy import set_train_mode
-from tlcli.train.loop import LoopSetup, forward_backward
-from tlcli.train.optim import create_optimizer, set_lr
+from tlcli.train.loop import LoopSetup, train_step
+from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
@@ -196,15 +196,10 @@ def range_test(
             idx = batches.pop(0)
             images = gather(setup.train_pixels, idx, setup.device)
             labels = sorted_labels(setup.train_labels, idx, setup.device)
-            x, targets = setup.augmenter(images, labels, generator)
-            if setup.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            set_lr(optimizer, float(lr) / base_lr)
-            loss, _ = forward_backward(setup, x, targets, step)
-            if not torch.isfinite(loss):
+            loss, _, _ = train_step(setup, images, labels, generator, float(lr) / base_lr, step)
+            if not torch.isfinite(loss):  # the model is restored below: the step is undone
                 stop_reason = "non-finite loss"
                 break
-            optimizer.step()
             avg = SMOOTH_BETA * avg + (1 - SMOOTH_BETA) * loss.item()
             smooth = avg / (1 - SMOOTH_BETA ** (step + 1))
             lrs.append(float(lr))
