@@ -243,15 +243,37 @@ def refuse_options_on_resume(resume: Path, given: list[str]) -> None:
         )
 
 
+# Arguments and options of finetune that are not config settings.
+FinetuneDataArg = Annotated[
+    Path | None,
+    typer.Argument(help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."),
+]
+RunOutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run dir to create (never overwritten).")
+]
+ResumeOpt = Annotated[
+    Path | None, typer.Option(help="Continue the run in this run dir where it stopped.")
+]
+TrackOpt = Annotated[
+    Track | None,
+    typer.Option(
+        help="Log config, every epoch's metrics, the plan and the artifacts to MLflow "
+        "(pip install 'tlcli[mlflow]') or TensorBoard ('tlcli[tensorboard]')."
+    ),
+]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow: a tracking server or store (default ./mlruns); TensorBoard: the log "
+        "folder (default RUN_DIR/tensorboard)."
+    ),
+]
+
+
 @app.command()
 def finetune(
     ctx: typer.Context,
-    data_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Image folder: DATA_DIR/<class>/*.jpg, or DATA_DIR/train|val/<class>/."
-        ),
-    ] = None,
+    data_dir: FinetuneDataArg = None,
     model: ModelOpt = None,
     no_pretrained: NoPretrainedOpt = False,
     strategy: StrategyOpt = None,
@@ -283,26 +305,10 @@ def finetune(
     no_cache: Annotated[bool, setting_option("data.cache")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run dir to create (never overwritten).")
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this run dir where it stopped.")
-    ] = None,
-    track: Annotated[
-        Track | None,
-        typer.Option(
-            help="Log config, every epoch's metrics, the plan and the artifacts to MLflow "
-            "(pip install 'tlcli[mlflow]') or TensorBoard ('tlcli[tensorboard]')."
-        ),
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow: a tracking server or store (default ./mlruns); TensorBoard: the log "
-            "folder (default RUN_DIR/tensorboard)."
-        ),
-    ] = None,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = None,
+    track: TrackOpt = None,
+    tracking_uri: TrackingUriOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder.
@@ -315,55 +321,32 @@ def finetune(
     """
 
     def body() -> None:
-        from tlcli.track import Tracking, require_backend
-
         if resume is None and data_dir is None:
             raise_usage("give DATA_DIR, or --resume RUN_DIR to continue a run")
-        if tracking_uri is not None and track is None:
-            raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
-        tracking = Tracking(track.value, tracking_uri) if track else None
-        require_backend(tracking)  # a missing library fails now, not after the training
+        tracking = tracking_of(track, tracking_uri)
         if resume is not None:
             refuse_options_on_resume(resume, options_given(ctx))
         cfg = build_config(config, set_, setting_overrides(ctx))
-        if cfg.train.cv_folds and (
-            cfg.strategy.name != "head-only" or cfg.strategy.head_fit != "lbfgs"
-        ):
-            raise_usage(
-                "--cv needs the head-only L-BFGS fit; add --strategy head-only (the other "
-                "strategies train too long to repeat K times)"
-            )
+        check_cv_request(cfg)
         # Imported after the config: a bad one fails before torch loads, in a fraction of a second.
-        from tlcli.render import RichReporter, finetune_summary_table
+        from tlcli.render import RichReporter
         from tlcli.train.distributed import is_main_process
         from tlcli.train.run import finetune as run_finetune
 
-        run: dict[str, Any] = {"out": out, "resume": resume, "tracking": tracking}
-        if resume is not None:
-            run["epochs"] = epochs  # --resume --epochs N
-        if cfg.strategy.name == "auto":  # the probes (scikit-learn) load only when measured
-            from tlcli.recommend.advise import auto_strategy
-
-            run["choose_strategy"] = auto_strategy
+        run = finetune_run_options(cfg, out, resume, tracking, epochs)
         if race_instead(cfg, resume):  # the race trains every plan itself, then the winner
             from tlcli.recommend.race_runs import finetune_with_race
 
             with RichReporter(stderr) as reporter:
                 summary = finetune_with_race(data_dir, cfg, out, reporter, tracking)
-            if json_:
-                print_json({k: v for k, v in summary.items() if k != "history"})
-            else:
-                stdout.print(finetune_summary_table(summary))
+            print_finetune_summary(summary, json_)
             return
         if not is_main_process():  # torchrun: rank 0 alone reports
             run_finetune(data_dir, cfg, **run)
             return
         with RichReporter(stderr) as reporter:
             summary = run_finetune(data_dir, cfg, reporter=reporter, **run)
-        if json_:
-            print_json({k: v for k, v in summary.items() if k != "history"})
-        else:
-            stdout.print(finetune_summary_table(summary))
+        print_finetune_summary(summary, json_)
 
     run_command(body)
 
@@ -379,6 +362,51 @@ def race_instead(cfg: Any, resume: Path | None) -> bool:
         and cfg.strategy.auto_budget == "race"
         and not launched_by_torchrun()
     )
+
+
+def tracking_of(track: Any, tracking_uri: str | None) -> Any:
+    """The experiment tracking asked for (None without --track); a missing library fails
+    now, not after the training."""
+    from tlcli.track import Tracking, require_backend
+
+    if tracking_uri is not None and track is None:
+        raise_usage("--tracking-uri needs --track mlflow or --track tensorboard")
+    tracking = Tracking(track.value, tracking_uri) if track else None
+    require_backend(tracking)
+    return tracking
+
+
+def check_cv_request(cfg: Any) -> None:
+    if cfg.train.cv_folds and (
+        cfg.strategy.name != "head-only" or cfg.strategy.head_fit != "lbfgs"
+    ):
+        raise_usage(
+            "--cv needs the head-only L-BFGS fit; add --strategy head-only (the other "
+            "strategies train too long to repeat K times)"
+        )
+
+
+def finetune_run_options(
+    cfg: Any, out: Path | None, resume: Path | None, tracking: Any, epochs: int | None
+) -> dict[str, Any]:
+    """The keyword arguments of train.run.finetune besides the data and config."""
+    run: dict[str, Any] = {"out": out, "resume": resume, "tracking": tracking}
+    if resume is not None:
+        run["epochs"] = epochs  # --resume --epochs N
+    if cfg.strategy.name == "auto":  # the probes (scikit-learn) load only when measured
+        from tlcli.recommend.advise import auto_strategy
+
+        run["choose_strategy"] = auto_strategy
+    return run
+
+
+def print_finetune_summary(summary: dict[str, Any], json_: bool) -> None:
+    from tlcli.render import finetune_summary_table
+
+    if json_:
+        print_json({k: v for k, v in summary.items() if k != "history"})
+    else:
+        stdout.print(finetune_summary_table(summary))
 
 
 # Options shared by evaluate, predict and export.
@@ -604,45 +632,51 @@ def evaluate(
     run_command(body)
 
 
+# Arguments and options of predict.
+PredictCkptArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CKPT",
+        help="A tlcli checkpoint (best.pt), or a model.onnx written by tlcli export "
+        "(run by onnxruntime; its metadata has the classes and preprocessing).",
+    ),
+]
+InputsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="INPUT...",
+        help="Image files or folders (searched recursively).",
+        show_default=False,
+    ),
+]
+EnsembleCkptOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--ckpt",
+        help="Another checkpoint to ensemble with CKPT (repeatable): the mean of their "
+        "softmax probabilities is ranked.",
+    ),
+]
+PredictionCsvOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--csv",
+        help="Also write path, label, confidence and every class's probability to this CSV file.",
+    ),
+]
+
+
 @app.command()
 def predict(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CKPT",
-            help="A tlcli checkpoint (best.pt), or a model.onnx written by tlcli export "
-            "(run by onnxruntime; its metadata has the classes and preprocessing).",
-        ),
-    ],
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="INPUT...",
-            help="Image files or folders (searched recursively).",
-            show_default=False,
-        ),
-    ],
-    ckpt: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--ckpt",
-            help="Another checkpoint to ensemble with CKPT (repeatable): the mean of their "
-            "softmax probabilities is ranked.",
-        ),
-    ] = None,
+    checkpoint: PredictCkptArg,
+    inputs: InputsArg,
+    ckpt: EnsembleCkptOpt = None,
     top_k: Annotated[int, typer.Option(min=1, help="How many labels per image.")] = 5,
     tta: TtaOpt = False,
     weights: WeightsOpt = Weights.best,
     batch_size: EvalBatchOpt = 64,
     device: DeviceOpt = "auto",
-    csv_: Annotated[
-        Path | None,
-        typer.Option(
-            "--csv",
-            help="Also write path, label, confidence and every class's "
-            "probability to this CSV file.",
-        ),
-    ] = None,
+    csv_: PredictionCsvOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --csv file.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -692,44 +726,52 @@ def predict(
     run_command(body)
 
 
+# Arguments and options of export.
+ExportCkptArg = Annotated[
+    Path, typer.Argument(metavar="CKPT", help="A tlcli checkpoint (best.pt).")
+]
+FormatOpt = Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx or torchscript.")]
+ExportOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="File to write; <out>.json gets the preprocessing."),
+]
+CheckImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Images for the parity check (default: the run's val images, found through "
+        "split.json next to CKPT)."
+    ),
+]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(help="Largest allowed difference of softmax probabilities vs PyTorch."),
+]
+QuantizeOpt = Annotated[
+    Quantize | None,
+    typer.Option(
+        help="int8: static onnxruntime quantization (QDQ, per-channel weights) calibrated "
+        "on the run's train images; --out gets the int8 model, the checked fp32 one is "
+        "kept as <out stem>.fp32.onnx, and their val top-1, CPU latency and size are "
+        "compared.",
+    ),
+]
+CalibrationImagesOpt = Annotated[
+    int,
+    typer.Option(min=1, help="--quantize: how many train images (a seeded sample) calibrate."),
+]
+
+
 @app.command()
 def export(
-    checkpoint: Annotated[
-        Path, typer.Argument(metavar="CKPT", help="A tlcli checkpoint (best.pt).")
-    ],
-    format_: Annotated[
-        ExportFormat, typer.Option("--format", "-f", help="onnx or torchscript.")
-    ] = ExportFormat.onnx,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="File to write; <out>.json gets the preprocessing."),
-    ] = None,
+    checkpoint: ExportCkptArg,
+    format_: FormatOpt = ExportFormat.onnx,
+    out: ExportOutOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
-    check_images: Annotated[
-        Path | None,
-        typer.Option(
-            help="Images for the parity check (default: the run's val images, found through "
-            "split.json next to CKPT)."
-        ),
-    ] = None,
-    tolerance: Annotated[
-        float,
-        typer.Option(help="Largest allowed difference of softmax probabilities vs PyTorch."),
-    ] = 1e-4,
+    check_images: CheckImagesOpt = None,
+    tolerance: ToleranceOpt = 1e-4,
     weights: WeightsOpt = Weights.best,
-    quantize: Annotated[
-        Quantize | None,
-        typer.Option(
-            help="int8: static onnxruntime quantization (QDQ, per-channel weights) calibrated "
-            "on the run's train images; --out gets the int8 model, the checked fp32 one is "
-            "kept as <out stem>.fp32.onnx, and their val top-1, CPU latency and size are "
-            "compared.",
-        ),
-    ] = None,
-    calibration_images: Annotated[
-        int,
-        typer.Option(min=1, help="--quantize: how many train images (a seeded sample) calibrate."),
-    ] = 64,
+    quantize: QuantizeOpt = None,
+    calibration_images: CalibrationImagesOpt = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -859,55 +901,64 @@ def lr_find(
     run_command(body)
 
 
+# Options of tune's search.
+TrialsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Finished trials this run dir adds to the study; rerunning the same command "
+        "runs only the missing ones.",
+    ),
+]
+EpochsPerTrialOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Epochs of each trial (short: coarse). The final run's length is train.epochs.",
+    ),
+]
+SpaceOpt = Annotated[
+    Path | None,
+    typer.Option(help="YAML search space: entries override the defaults (docs/tune.md)."),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)."),
+]
+StudyOpt = Annotated[str | None, typer.Option(help="Study name (default tune-<data folder name>).")]
+TuneOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Run dir (default runs/tune-<data folder name>); reopened to resume.",
+    ),
+]
+PrunerOpt = Annotated[
+    Pruner,
+    typer.Option(help="Stop trials behind the others' val accuracy: median, halving, none."),
+]
+LrFindOpt = Annotated[
+    bool,
+    typer.Option(
+        "--lr-find/--no-lr-find",
+        help="Centre the LR range on an LR range test (else on optim.lr).",
+    ),
+]
+
+
 @app.command()
 def tune(
     ctx: typer.Context,
     data_dir: DataDirArg,
-    trials: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Finished trials this run dir adds to the study; rerunning the same command "
-            "runs only the missing ones.",
-        ),
-    ],
-    epochs_per_trial: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Epochs of each trial (short: coarse). The final run's length is train.epochs.",
-        ),
-    ] = 2,
-    space: Annotated[
-        Path | None,
-        typer.Option(help="YAML search space: entries override the defaults (docs/tune.md)."),
-    ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)."),
-    ] = None,
-    study: Annotated[
-        str | None, typer.Option(help="Study name (default tune-<data folder name>).")
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Run dir (default runs/tune-<data folder name>); reopened to resume.",
-        ),
-    ] = None,
-    pruner: Annotated[
-        Pruner,
-        typer.Option(help="Stop trials behind the others' val accuracy: median, halving, none."),
-    ] = Pruner.median,
-    lr_find: Annotated[
-        bool,
-        typer.Option(
-            "--lr-find/--no-lr-find",
-            help="Centre the LR range on an LR range test (else on optim.lr).",
-        ),
-    ] = True,
+    trials: TrialsOpt,
+    epochs_per_trial: EpochsPerTrialOpt = 2,
+    space: SpaceOpt = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out: TuneOutOpt = None,
+    pruner: PrunerOpt = Pruner.median,
+    lr_find: LrFindOpt = True,
     model: ModelOpt = None,
     no_pretrained: NoPretrainedOpt = False,
     strategy: StrategyOpt = None,
@@ -937,7 +988,7 @@ def tune(
     """
 
     def body() -> None:
-        from tlcli.render import RichReporter, shown, tune_trials_table
+        from tlcli.render import RichReporter
         from tlcli.tune.search import TuneSettings
         from tlcli.tune.search import tune as run_tune
 
@@ -961,23 +1012,30 @@ def tune(
             summary = run_tune(data_dir, cfg, settings, out=out, reporter=reporter)
         if json_:
             print_json(summary)
-            return
-        best = summary["best"]
-        table = tune_trials_table(summary["trials"], best["number"])
-        # One column per parameter: piped to a file or log, print it whole, not squeezed to 80
-        # (Console.print caps its width= at the console's own width, hence a wider console).
-        wide = stdout if stdout.is_terminal else PipeConsole(width=PIPED_TABLE_WIDTH)
-        wide.print(table, crop=stdout.is_terminal)
-        stdout.print(
-            f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
-            + shown(f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})")
-            + "\n"
-            + shown(f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}"),
-            highlight=False,
-            soft_wrap=True,
-        )
+        else:
+            print_tune_summary(summary, data_dir)
 
     run_command(body)
+
+
+def print_tune_summary(summary: dict[str, Any], data_dir: Path) -> None:
+    """The trials table, then the best trial and the command that runs its config."""
+    from tlcli.render import shown, tune_trials_table
+
+    best = summary["best"]
+    table = tune_trials_table(summary["trials"], best["number"])
+    # One column per parameter: piped to a file or log, print it whole, not squeezed to 80
+    # (Console.print caps its width= at the console's own width, hence a wider console).
+    wide = stdout if stdout.is_terminal else PipeConsole(width=PIPED_TABLE_WIDTH)
+    wide.print(table, crop=stdout.is_terminal)
+    stdout.print(
+        f"best: trial {best['number']}, val acc {best['val_acc']:.4f} -> "
+        + shown(f"{best['config']}  (tlcli finetune {data_dir} --config {best['config']})")
+        + "\n"
+        + shown(f"plot: {summary['paths']['plot']}; table: {summary['paths']['trials_csv']}"),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -219,7 +219,28 @@ def _path_under(path: str, base: str) -> str:
 
 def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     """`tlcli evaluate`: models side by side, then the primary model's detail."""
-    tables = []
+    primary = report["primary"]
+    detail = (
+        report["ensemble"]["report"]
+        if report["ensemble"]
+        else next(m["report"] for m in report["models"] if m["name"] == primary)
+    )
+    tables = [
+        _evaluation_head(report),
+        _models_table(report),
+        _per_class_table(detail, primary),
+    ]
+    if len(report["classes"]) <= TERMINAL_CM_MAX_CLASSES:
+        tables.append(_confusion_table(detail, report["classes"]))
+    if detail["most_confused"]:
+        tables.append(_most_confused_table(detail, len(report["classes"])))
+    if detail["misclassified"]:
+        tables.append(_misclassified_table(detail, report["folders"]))
+    tables.append(_calibration_table(detail, (report.get("files") or {}).get("reliability")))
+    return tables
+
+
+def _evaluation_head(report: dict[str, Any]) -> Table:
     folders = ", ".join(report["folders"])
     head = Table(title="evaluation", show_header=False, title_justify="left")
     head.add_column(style="bold")
@@ -231,8 +252,11 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         f"{len(report['folder_classes'])} of {len(report['classes'])}",
     )
     head.add_row("test-time augmentation", report["tta"] or "off")
-    tables.append(head)
+    return head
 
+
+def _models_table(report: dict[str, Any]) -> Table:
+    """One row per model (and the ensemble's, in bold)."""
     entries = [(m["name"], m["weights"], m["summary"]) for m in report["models"]]
     if report["ensemble"]:
         entries.append(("ensemble", "-", report["ensemble"]["summary"]))
@@ -258,14 +282,10 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
             f"{s['ece']:.4f}",
             style="bold" if name == "ensemble" else None,
         )
-    tables.append(models)
+    return models
 
-    primary = report["primary"]
-    detail = (
-        report["ensemble"]["report"]
-        if report["ensemble"]
-        else next(m["report"] for m in report["models"] if m["name"] == primary)
-    )
+
+def _per_class_table(detail: dict[str, Any], primary: str) -> Table:
     per_class = _grid(f"per class ({shown(primary)})")
     per_class.add_column("class", overflow="fold")
     for name in ("precision", "recall", "F1", "support"):
@@ -281,61 +301,64 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
     per_class.caption = (
         f"macro F1 {detail['macro_f1']:.4f}, weighted F1 {detail['weighted_f1']:.4f}"
     )
-    tables.append(per_class)
+    return per_class
 
-    classes = report["classes"]
-    if len(classes) <= TERMINAL_CM_MAX_CLASSES:
-        # Short title: Rich wraps a title to the table's width; the corner header says it all.
-        cm = _grid("confusion matrix")
-        cm.add_column("true \\ pred", style="bold")
-        for name in classes:
-            cm.add_column(shown(name), justify="right")
-        for i, row in enumerate(detail["confusion_matrix"]):
-            cm.add_row(
-                shown(classes[i]),
-                *(
-                    f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]")
-                    for j, v in enumerate(row)
-                ),
-            )
-        tables.append(cm)
 
-    if detail["most_confused"]:
-        title = "most confused"
-        if len(classes) > TERMINAL_CM_MAX_CLASSES:
-            title += f" ({len(classes)} classes: the full matrix is in --report-dir's PNG)"
-        confused = _grid(title)
-        confused.add_column("true")
-        confused.add_column("predicted as")
-        confused.add_column("count", justify="right")
-        for pair in detail["most_confused"][:TERMINAL_TOP_CONFUSED]:
-            confused.add_row(shown(pair["true"]), shown(pair["predicted"]), str(pair["count"]))
-        tables.append(confused)
+def _confusion_table(detail: dict[str, Any], classes: list[str]) -> Table:
+    # Short title: Rich wraps a title to the table's width; the corner header says it all.
+    cm = _grid("confusion matrix")
+    cm.add_column("true \\ pred", style="bold")
+    for name in classes:
+        cm.add_column(shown(name), justify="right")
+    for i, row in enumerate(detail["confusion_matrix"]):
+        cm.add_row(
+            shown(classes[i]),
+            *(
+                f"[bold]{v}[/]" if i == j else (str(v) if v else "[dim]0[/]")
+                for j, v in enumerate(row)
+            ),
+        )
+    return cm
 
+
+def _most_confused_table(detail: dict[str, Any], num_classes: int) -> Table:
+    title = "most confused"
+    if num_classes > TERMINAL_CM_MAX_CLASSES:
+        title += f" ({num_classes} classes: the full matrix is in --report-dir's PNG)"
+    confused = _grid(title)
+    confused.add_column("true")
+    confused.add_column("predicted as")
+    confused.add_column("count", justify="right")
+    for pair in detail["most_confused"][:TERMINAL_TOP_CONFUSED]:
+        confused.add_row(shown(pair["true"]), shown(pair["predicted"]), str(pair["count"]))
+    return confused
+
+
+def _misclassified_table(detail: dict[str, Any], folders: list[str]) -> Table:
     wrong = detail["misclassified"]
-    if wrong:
-        listed = wrong[:TERMINAL_MISCLASSIFIED]
-        missed = _grid(f"misclassified, most confident first ({len(listed)} of {len(wrong)})")
-        # Relative to the folder scored (named in the head table): long paths wrapped the rows.
-        base = os.path.commonpath([os.path.abspath(f) for f in report["folders"]])
-        missed.caption = f"paths relative to the data folder above; --json lists all {len(wrong)}"
-        missed.add_column("file", overflow="fold")  # a path is useless cut short
-        missed.add_column("true")
-        missed.add_column("predicted")
-        missed.add_column("confidence", justify="right")
-        for item in listed:
-            missed.add_row(
-                shown(_path_under(item["path"], base)),
-                shown(item["true"]),
-                shown(item["predicted"]),
-                f"{item['confidence']:.3f}",
-            )
-        tables.append(missed)
+    listed = wrong[:TERMINAL_MISCLASSIFIED]
+    missed = _grid(f"misclassified, most confident first ({len(listed)} of {len(wrong)})")
+    # Relative to the folder scored (named in the head table): long paths wrapped the rows.
+    base = os.path.commonpath([os.path.abspath(f) for f in folders])
+    missed.caption = f"paths relative to the data folder above; --json lists all {len(wrong)}"
+    missed.add_column("file", overflow="fold")  # a path is useless cut short
+    missed.add_column("true")
+    missed.add_column("predicted")
+    missed.add_column("confidence", justify="right")
+    for item in listed:
+        missed.add_row(
+            shown(_path_under(item["path"], base)),
+            shown(item["true"]),
+            shown(item["predicted"]),
+            f"{item['confidence']:.3f}",
+        )
+    return missed
 
+
+def _calibration_table(detail: dict[str, Any], diagram: str | None) -> Table:
     calibration = Table(title="calibration", show_header=False, title_justify="left")
     calibration.add_column(style="bold")
     calibration.add_column()
-    diagram = (report.get("files") or {}).get("reliability")
     calibration.add_row(
         "expected calibration error", f"{detail['ece']:.4f} ({len(detail['reliability'])} bins)"
     )
@@ -350,8 +373,7 @@ def evaluation_tables(report: dict[str, Any]) -> list[Table]:
         detail["n"], 1
     )
     calibration.add_row("mean confidence vs accuracy", f"{mean_conf:.4f} vs {detail['top1']:.4f}")
-    tables.append(calibration)
-    return tables
+    return calibration
 
 
 def prediction_table(report: dict[str, Any]) -> Table:
@@ -465,26 +487,27 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     """The recommend report: the decision with its reasons, then the measurements."""
     from rich.panel import Panel
 
-    rec, size, sim, dup = (
-        result["recommendation"],
-        result["size"],
-        result["similarity"],
-        result["duplicates"],
-    )
-    plan = rec["strategy"] + (
-        f" (last {rec['trainable_stages']} stages + head)" if rec["strategy"] == "partial" else ""
-    )
+    lines = _recommendation_lines(result)
+    out: list[Any] = [Panel("\n".join(lines), title="recommendation", title_align="left")]
+    out.append(_measurements_table(result))
+    if result.get("candidates"):
+        out.append(_candidates_table(result["candidates"]))
+    return out
+
+
+def _recommendation_lines(result: dict[str, Any]) -> list[str]:
+    """The plan, its settings, the reasons and the finetune command that runs it."""
+    rec = result["recommendation"]
+    partial = rec["strategy"] == "partial"
+    plan = rec["strategy"] + (f" (last {rec['trainable_stages']} stages + head)" if partial else "")
+    head_first = rec["head_warmup_epochs"]
     lines = [
         f"[bold]{plan}[/]  -  {rec['size']} data, {rec['similarity']} to the pretraining domain"
     ]
     lines.append(
         f"lr {rec['lr']:g} (head), backbone x{rec['backbone_lr_mult']:g}, {rec['epochs']} epochs, "
         f"augment {rec['augment']}"
-        + (
-            f", head first for {rec['head_warmup_epochs']} epoch(s)"
-            if rec["head_warmup_epochs"]
-            else ""
-        )
+        + (f", head first for {head_first} epoch(s)" if head_first else "")
     )
     if rec.get("expected_head_only"):
         lo, hi = rec["expected_head_only"]
@@ -496,17 +519,16 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     lines += race_panel_lines(result.get("race"))
     command = f"tlcli finetune {result['data_dir']} --model {result['model']} " + (
         f"--strategy {rec['strategy']}"
-        + (f" --trainable-stages {rec['trainable_stages']}" if rec["strategy"] == "partial" else "")
+        + (f" --trainable-stages {rec['trainable_stages']}" if partial else "")
         + f" --epochs {rec['epochs']} --augment {rec['augment']}"
-        + (
-            f" --set strategy.head_warmup_epochs={rec['head_warmup_epochs']}"
-            if rec["head_warmup_epochs"]
-            else ""
-        )
+        + (f" --set strategy.head_warmup_epochs={head_first}" if head_first else "")
     )
     lines.append(f"[dim]{shown(command)}[/]")
-    out: list[Any] = [Panel("\n".join(lines), title="recommendation", title_align="left")]
+    return lines
 
+
+def _measurements_table(result: dict[str, Any]) -> Table:
+    size, sim, dup = result["size"], result["similarity"], result["duplicates"]
     table = Table(title="measurements", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -531,6 +553,16 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
     )
     for group in dup["label_conflict_examples"][:3]:
         table.add_row("", "same picture: " + shown(", ".join(group)))
+    _add_probe_rows(table, sim)
+    table.add_row(
+        "time",
+        f"{result['seconds']:.1f}s ({1000 * sim['seconds_per_image']:.0f} ms/image features)",
+    )
+    return table
+
+
+def _add_probe_rows(table: Table, sim: dict[str, Any]) -> None:
+    """The similarity measurements: probes, LogME, label issues, the original head."""
     table.add_row(
         "linear probe",
         f"{sim['probe_accuracy']:.3f} ({sim['num_sampled']} images, {sim['feature_dim']} features)",
@@ -553,26 +585,22 @@ def recommendation_panel(result: dict[str, Any]) -> list[Any]:
             f"mean max prob {conf['mean_max_prob']:.2f}, "
             f"normalized entropy {conf['normalized_entropy']:.2f}",
         )
-    table.add_row(
-        "time",
-        f"{result['seconds']:.1f}s ({1000 * sim['seconds_per_image']:.0f} ms/image features)",
-    )
-    out.append(table)
-    if result.get("candidates"):
-        ranking = Table(title="candidate backbones", title_justify="left")
-        for column in ("rank", "model", "LogME", "probe", "kNN", "ms/image"):
-            ranking.add_column(column)
-        for c in result["candidates"]:
-            ranking.add_row(
-                str(c["rank"]),
-                shown(c["model"]),
-                f"{c['logme']:.3f}",
-                f"{c['probe_accuracy']:.3f}",
-                f"{c['knn_accuracy']:.3f}",
-                f"{c['ms_per_image']:.0f}",
-            )
-        out.append(ranking)
-    return out
+
+
+def _candidates_table(candidates: list[dict[str, Any]]) -> Table:
+    ranking = Table(title="candidate backbones", title_justify="left")
+    for column in ("rank", "model", "LogME", "probe", "kNN", "ms/image"):
+        ranking.add_column(column)
+    for c in candidates:
+        ranking.add_row(
+            str(c["rank"]),
+            shown(c["model"]),
+            f"{c['logme']:.3f}",
+            f"{c['probe_accuracy']:.3f}",
+            f"{c['knn_accuracy']:.3f}",
+            f"{c['ms_per_image']:.0f}",
+        )
+    return ranking
 
 
 def lr_find_table(result: dict[str, Any]) -> Table:
@@ -646,6 +674,19 @@ DOCTOR_TABLE_ROWS = 5  # ambiguous, outliers and clusters shown; --json and issu
 
 def doctor_tables(result: dict[str, Any], top: int) -> list[Table]:
     """`tlcli doctor`: the summary, then the flagged images, most likely first."""
+    tables = [_doctor_summary(result), _label_issues_table(result["label_issues"], top)]
+    for key, title, score in (
+        ("ambiguous", "ambiguous (closest two classes first)", "margin"),
+        ("outliers", "outliers (most unusual first)", "kNN dist."),
+    ):
+        if result[key]:
+            tables.append(_flagged_table(result[key], title, score))
+    if result["near_duplicates"]:
+        tables.append(_near_duplicates_table(result["near_duplicates"]))
+    return tables
+
+
+def _doctor_summary(result: dict[str, Any]) -> Table:
     import statistics
 
     acc = result["fold_accuracy"]
@@ -680,14 +721,17 @@ def doctor_tables(result: dict[str, Any], top: int) -> list[Table]:
     rows += [(name.replace("_", " "), path) for name, path in files.items()]
     for key, value in rows:
         summary.add_row(key, shown(value))
-    tables = [summary]
-    n_issues = len(result["label_issues"])
+    return summary
+
+
+def _label_issues_table(label_issues: list[dict[str, Any]], top: int) -> Table:
+    n_issues = len(label_issues)
     issues = _grid(f"likely label issues, most likely first ({min(top, n_issues)} of {n_issues})")
     columns = ("#", "file", "given", "suggested", "p(given)", "p(sugg.)")
     for name in columns:
         justify = "right" if name.startswith(("#", "p(")) else "left"
         issues.add_column(name, justify=justify)
-    for rank, item in enumerate(result["label_issues"][:top], start=1):
+    for rank, item in enumerate(label_issues[:top], start=1):
         issues.add_row(
             str(rank),
             shown(item["path"]),
@@ -696,37 +740,34 @@ def doctor_tables(result: dict[str, Any], top: int) -> list[Table]:
             f"{item['given_prob']:.3f}",
             f"{item['suggested_prob']:.3f}",
         )
-    tables.append(issues)
-    for key, title, score in (
-        ("ambiguous", "ambiguous (closest two classes first)", "margin"),
-        ("outliers", "outliers (most unusual first)", "kNN dist."),
-    ):
-        if not result[key]:
-            continue
-        table = _grid(f"{title}, {min(DOCTOR_TABLE_ROWS, len(result[key]))} of {len(result[key])}")
-        for name in ("file", "given", "suggested", score):
-            table.add_column(name, justify="right" if name == score else "left")
-        for item in result[key][:DOCTOR_TABLE_ROWS]:
-            table.add_row(
-                shown(item["path"]),
-                shown(item["given_label"]),
-                shown(item["suggested_label"]),
-                f"{item['score']:.3f}",
-            )
-        tables.append(table)
-    if result["near_duplicates"]:
-        clusters = sorted(
-            result["near_duplicates"], key=lambda c: (-len(c["labels"]), -len(c["paths"]))
+    return issues
+
+
+def _flagged_table(items: list[dict[str, Any]], title: str, score: str) -> Table:
+    """Ambiguous images or outliers, with the score that flagged them."""
+    table = _grid(f"{title}, {min(DOCTOR_TABLE_ROWS, len(items))} of {len(items)}")
+    for name in ("file", "given", "suggested", score):
+        table.add_column(name, justify="right" if name == score else "left")
+    for item in items[:DOCTOR_TABLE_ROWS]:
+        table.add_row(
+            shown(item["path"]),
+            shown(item["given_label"]),
+            shown(item["suggested_label"]),
+            f"{item['score']:.3f}",
         )
-        n_shown = min(DOCTOR_TABLE_ROWS, len(clusters))
-        table = _grid(f"near-duplicate clusters, {n_shown} of {len(clusters)} (conflicting first)")
-        for name in ("files", "labels", "splits"):
-            table.add_column(name)
-        for cluster in clusters[:DOCTOR_TABLE_ROWS]:
-            table.add_row(
-                shown(", ".join(cluster["paths"])),
-                shown(", ".join(cluster["labels"])),
-                ", ".join(cluster["splits"]),
-            )
-        tables.append(table)
-    return tables
+    return table
+
+
+def _near_duplicates_table(near_duplicates: list[dict[str, Any]]) -> Table:
+    clusters = sorted(near_duplicates, key=lambda c: (-len(c["labels"]), -len(c["paths"])))
+    n_shown = min(DOCTOR_TABLE_ROWS, len(clusters))
+    table = _grid(f"near-duplicate clusters, {n_shown} of {len(clusters)} (conflicting first)")
+    for name in ("files", "labels", "splits"):
+        table.add_column(name)
+    for cluster in clusters[:DOCTOR_TABLE_ROWS]:
+        table.add_row(
+            shown(", ".join(cluster["paths"])),
+            shown(", ".join(cluster["labels"])),
+            ", ".join(cluster["splits"]),
+        )
+    return table

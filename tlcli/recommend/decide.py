@@ -99,93 +99,14 @@ def stages_after(module: str, stage_names: tuple[str, ...]) -> int:
 def decide(signals: Signals) -> Recommendation:
     """Place the data in the 2x2 grid and pick a plan; every reason quotes its numbers."""
     reasons: list[str] = []
-    n_stages = len(signals.stage_names)
     small = signals.per_class_median < SMALL_PER_CLASS
     size_word = "little" if small else "enough"
     reasons.append(
         f"{signals.per_class_median:g} train images per class (median of {signals.num_classes} "
         f"classes) is {'below' if small else 'at least'} {SMALL_PER_CLASS}: {size_word} data"
     )
-    similarity = "unknown"
-    dissimilar_votes: list[str] = []
-    if signals.probe_accuracy is not None:
-        score = chance_corrected(signals.probe_accuracy, signals.num_classes)
-        good = score >= SIMILAR_PROBE_SCORE
-        reasons.append(
-            f"a linear probe on frozen features reaches {signals.probe_accuracy:.3f} "
-            f"(chance-corrected {score:.2f}, {'at least' if good else 'below'} "
-            f"{SIMILAR_PROBE_SCORE}) on {signals.num_sampled} sampled images"
-        )
-        if not good:
-            dissimilar_votes.append("probe")
-        earlier = best_earlier_stage(signals)
-        if earlier is not None:
-            last_name, last_acc = signals.stage_probes[-1]
-            reasons.append(
-                f"an earlier stage ({earlier[0]}: {earlier[1]:.3f}) beats the last "
-                f"({last_name}: {last_acc:.3f}): the late layers are too specific for this data"
-            )
-            dissimilar_votes.append("earlier-stage")
-        elif len(signals.stage_probes) >= 2:
-            name, acc = max(signals.stage_probes[:-1], key=lambda p: p[1])
-            last_name, last_acc = signals.stage_probes[-1]
-            reasons.append(
-                f"no earlier stage beats the last by more than {EARLIER_STAGE_MARGIN} "
-                f"(best earlier {name}: {acc:.3f}, last {last_name}: {last_acc:.3f})"
-            )
-        if signals.head_max_prob is not None and signals.head_max_prob < LOW_HEAD_CONFIDENCE:
-            reasons.append(
-                f"the original head is unsure on these images (mean max probability "
-                f"{signals.head_max_prob:.2f} < {LOW_HEAD_CONFIDENCE}): far from its classes"
-            )
-            if score < STRONG_PROBE_SCORE:
-                dissimilar_votes.append("head")
-        similarity = "dissimilar" if dissimilar_votes else "similar"
-    expected = None
-    if signals.probe_accuracy is not None and signals.num_sampled:
-        p = signals.probe_accuracy
-        half = Z_95 * math.sqrt(max(p * (1 - p), 1e-4) / signals.num_sampled)
-        expected = (max(0.0, p - half), min(1.0, p + half))
-
-    if similarity != "dissimilar" and small:
-        strategy, k = "head-only", 0
-        reasons.append(
-            "small and similar: the lecture's case for a linear classifier on the "
-            "frozen features (head-only); fine-tuning would overfit"
-        )
-    elif similarity != "dissimilar":
-        strategy, k = "partial", min(FEW_STAGES, n_stages)
-        reasons.append(
-            f"enough data and similar: retrain the top {k} stages and the head "
-            "(partial) at a lowered LR"
-        )
-    else:
-        earlier = best_earlier_stage(signals)
-        k_from_probe = stages_after(earlier[0], signals.stage_names) if earlier else 0
-        if not small and signals.per_class_median >= LOTS_PER_CLASS:
-            strategy, k = "full", n_stages
-            reasons.append(
-                "lots of data and dissimilar: retrain everything (full); the "
-                "pretrained weights mainly speed up convergence"
-            )
-        else:
-            # Below "lots", the lecture's "partial with care": retrain from the stage whose
-            # features still fit, else only the top stages. Calibrated on digits with 144 and
-            # 162 train images per class (bench/recommend_check.py): 4 stages with a head-first
-            # epoch did worse than the top 2 both times (0.911 and 0.935 vs 0.967 and 0.957),
-            # and strong augmentation far worse (0.735).
-            k = min(max(k_from_probe, FEW_STAGES), n_stages)
-            strategy = "partial" if k < n_stages else "full"
-            where = f"after {earlier[0]}, the best earlier stage" if earlier else "at the top"
-            case = (
-                "little dissimilar data, the hardest case"
-                if small
-                else f"dissimilar data, but not lots (< {LOTS_PER_CLASS} per class)"
-            )
-            reasons.append(
-                f"{case}: retrain {k} of {n_stages} stages ({where}) and the head at a lowered "
-                "LR, with care: too little data to retrain more"
-            )
+    similarity = _similarity(signals, reasons)
+    strategy, k = _plan(signals, small, similarity, reasons)
     if strategy == "head-only":
         epochs = EPOCHS_LARGE
     else:
@@ -202,9 +123,101 @@ def decide(signals: Signals) -> Recommendation:
         head_warmup_epochs=0,
         size="small" if small else "large",
         similarity=similarity,
-        expected_head_only=expected,
+        expected_head_only=_expected_head_only(signals),
         reasons=reasons,
     )
+
+
+def _similarity(signals: Signals, reasons: list[str]) -> str:
+    """similar, dissimilar (any of the probe, an earlier stage or the original head votes so)
+    or unknown (no probe); appends the reasons."""
+    if signals.probe_accuracy is None:
+        return "unknown"
+    dissimilar_votes: list[str] = []
+    score = chance_corrected(signals.probe_accuracy, signals.num_classes)
+    good = score >= SIMILAR_PROBE_SCORE
+    reasons.append(
+        f"a linear probe on frozen features reaches {signals.probe_accuracy:.3f} "
+        f"(chance-corrected {score:.2f}, {'at least' if good else 'below'} "
+        f"{SIMILAR_PROBE_SCORE}) on {signals.num_sampled} sampled images"
+    )
+    if not good:
+        dissimilar_votes.append("probe")
+    earlier = best_earlier_stage(signals)
+    if earlier is not None:
+        last_name, last_acc = signals.stage_probes[-1]
+        reasons.append(
+            f"an earlier stage ({earlier[0]}: {earlier[1]:.3f}) beats the last "
+            f"({last_name}: {last_acc:.3f}): the late layers are too specific for this data"
+        )
+        dissimilar_votes.append("earlier-stage")
+    elif len(signals.stage_probes) >= 2:
+        name, acc = max(signals.stage_probes[:-1], key=lambda p: p[1])
+        last_name, last_acc = signals.stage_probes[-1]
+        reasons.append(
+            f"no earlier stage beats the last by more than {EARLIER_STAGE_MARGIN} "
+            f"(best earlier {name}: {acc:.3f}, last {last_name}: {last_acc:.3f})"
+        )
+    if signals.head_max_prob is not None and signals.head_max_prob < LOW_HEAD_CONFIDENCE:
+        reasons.append(
+            f"the original head is unsure on these images (mean max probability "
+            f"{signals.head_max_prob:.2f} < {LOW_HEAD_CONFIDENCE}): far from its classes"
+        )
+        if score < STRONG_PROBE_SCORE:
+            dissimilar_votes.append("head")
+    return "dissimilar" if dissimilar_votes else "similar"
+
+
+def _expected_head_only(signals: Signals) -> tuple[float, float] | None:
+    """The probe accuracy's 95% interval on the sample (normal approximation)."""
+    if signals.probe_accuracy is None or not signals.num_sampled:
+        return None
+    p = signals.probe_accuracy
+    half = Z_95 * math.sqrt(max(p * (1 - p), 1e-4) / signals.num_sampled)
+    return (max(0.0, p - half), min(1.0, p + half))
+
+
+def _plan(signals: Signals, small: bool, similarity: str, reasons: list[str]) -> tuple[str, int]:
+    """(strategy, trainable stages): the grid's cell; appends the reason."""
+    n_stages = len(signals.stage_names)
+    if similarity != "dissimilar" and small:
+        reasons.append(
+            "small and similar: the lecture's case for a linear classifier on the "
+            "frozen features (head-only); fine-tuning would overfit"
+        )
+        return "head-only", 0
+    if similarity != "dissimilar":
+        k = min(FEW_STAGES, n_stages)
+        reasons.append(
+            f"enough data and similar: retrain the top {k} stages and the head "
+            "(partial) at a lowered LR"
+        )
+        return "partial", k
+    if not small and signals.per_class_median >= LOTS_PER_CLASS:
+        reasons.append(
+            "lots of data and dissimilar: retrain everything (full); the "
+            "pretrained weights mainly speed up convergence"
+        )
+        return "full", n_stages
+    # Below "lots", the lecture's "partial with care": retrain from the stage whose
+    # features still fit, else only the top stages. Calibrated on digits with 144 and
+    # 162 train images per class (bench/recommend_check.py): 4 stages with a head-first
+    # epoch did worse than the top 2 both times (0.911 and 0.935 vs 0.967 and 0.957),
+    # and strong augmentation far worse (0.735).
+    earlier = best_earlier_stage(signals)
+    k_from_probe = stages_after(earlier[0], signals.stage_names) if earlier else 0
+    k = min(max(k_from_probe, FEW_STAGES), n_stages)
+    where = f"after {earlier[0]}, the best earlier stage" if earlier else "at the top"
+    case = (
+        "little dissimilar data, the hardest case"
+        if small
+        else f"dissimilar data, but not lots (< {LOTS_PER_CLASS} per class)"
+    )
+    reasons.append(
+        f"{case}: retrain {k} of {n_stages} stages ({where}) and the head at a lowered "
+        "LR, with care: too little data to retrain more"
+    )
+    return ("partial" if k < n_stages else "full"), k
 
 
 def apply_recommendation(cfg: Config, rec: Recommendation) -> Config:

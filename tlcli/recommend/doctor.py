@@ -148,6 +148,44 @@ def diagnose(
     and the scan it looked at."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
+    scan, data = scan_for_doctor(data_path, cfg, folds, reporter)
+    workers = resolve_workers(cfg.data.workers)
+    _, near = hashed_duplicate_groups([str(p) for p in data.paths], workers, reporter)
+    decoded, feats, labels = doctor_features(scan, cfg, reporter)
+    kept = {str(p): i for i, p in enumerate(data.paths)}
+    rows = np.array([kept[str(p)] for p in decoded.paths])  # decodable images only
+    groups = group_ids(data, near)
+    fold_sets = stratified_folds(labels.numpy(), folds, cfg.train.seed, [groups[i] for i in rows])
+
+    reporter.start("heads", None, f"fit {folds} L-BFGS heads (out-of-fold)")
+    weight_decay = DOCTOR_WEIGHT_DECAY
+    probs, fold_acc = out_of_fold_probabilities(
+        feats, labels, len(scan.classes), fold_sets, weight_decay, DOCTOR_MAX_ITER
+    )
+    reporter.finish("heads")
+    y = labels.numpy()
+    result = {
+        "data": str(data_path),
+        "root": str(scan.root),
+        "classes": scan.classes,
+        "num_images": len(y),
+        "num_skipped": len(scan.skipped) + len(decoded.skipped),
+        "folds": folds,
+        "weight_decay": weight_decay,
+        "fold_accuracy": fold_acc,
+        "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()),
+        **flag_images(FlagContext(scan, data, rows, y, probs), feats.numpy()),
+        "near_duplicates": near_duplicate_clusters(scan, data, near),
+        "seconds": time.perf_counter() - started,
+    }
+    return result, scan
+
+
+def scan_for_doctor(
+    data_path: Path, cfg: Config, folds: int, reporter: Reporter
+) -> tuple[FolderScan, DoctorData]:
+    """The scan (its warnings and skipped files reported) and its labelled images; every class
+    needs an image per fold."""
     reporter.start("scan", None, "scan images")
     scan = scan_data(data_path, cfg.data.max_pixels, lambda: reporter.advance("scan"))
     reporter.finish("scan")
@@ -162,9 +200,13 @@ def diagnose(
             f"class {small!r} has {int(counts.min())} image(s), fewer than --folds {folds}; "
             "add images or lower --folds"
         )
-    workers = resolve_workers(cfg.data.workers)
-    _, near = hashed_duplicate_groups([str(p) for p in data.paths], workers, reporter)
+    return scan, data
 
+
+def doctor_features(
+    scan: FolderScan, cfg: Config, reporter: Reporter
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """(the decoded images, their frozen backbone features, their labels)."""
     model = create_model(cfg.model.name, len(scan.classes), pretrained=cfg.model.pretrained)
     device = pick_device(cfg.train.device)
     model.to(device)
@@ -176,38 +218,51 @@ def diagnose(
     feats, labels = cached_features(
         model, decoded, augmenter, device, cfg, spec, reporter, "features", 0
     )
-    kept = {str(p): i for i, p in enumerate(data.paths)}
-    rows = np.array([kept[str(p)] for p in decoded.paths])  # decodable images only
-    groups = group_ids(data, near)
-    fold_sets = stratified_folds(labels.numpy(), folds, cfg.train.seed, [groups[i] for i in rows])
+    return decoded, feats, labels
 
-    reporter.start("heads", None, f"fit {folds} L-BFGS heads (out-of-fold)")
-    weight_decay = DOCTOR_WEIGHT_DECAY
-    probs, fold_acc = out_of_fold_probabilities(
-        feats, labels, len(scan.classes), fold_sets, weight_decay, DOCTOR_MAX_ITER
-    )
-    reporter.finish("heads")
-    y = labels.numpy()
-    issues, quality = rank_label_issues(y, probs)
-    ambiguous, gaps = ambiguous_flags(probs, set(issues.tolist()))
-    scores = outlier_scores(feats.numpy())
-    outliers = outlier_flags(scores)
 
-    def entry(i: int, issue: str, score: float) -> dict[str, Any]:
-        r = rows[i]
+@dataclass(frozen=True)
+class FlagContext:
+    """What a flagged image's entry is read from: row i of the decoded images is image
+    rows[i] of data, with label y[i] and out-of-fold probabilities probs[i]."""
+
+    scan: FolderScan
+    data: DoctorData
+    rows: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray
+
+    def entry(self, i: int, issue: str, score: float) -> dict[str, Any]:
+        r, probs = self.rows[i], self.probs
         return {
-            "path": os.path.relpath(data.paths[r], scan.root),
-            "file": str(Path(data.paths[r]).resolve()),
-            "given_label": scan.classes[y[i]],
-            "suggested_label": scan.classes[int(probs[i].argmax())],
+            "path": os.path.relpath(self.data.paths[r], self.scan.root),
+            "file": str(Path(self.data.paths[r]).resolve()),
+            "given_label": self.scan.classes[self.y[i]],
+            "suggested_label": self.scan.classes[int(probs[i].argmax())],
             "score": float(score),
             "issue": issue,
-            "split": data.splits[r],
-            "given_prob": float(probs[i, y[i]]),
+            "split": self.data.splits[r],
+            "given_prob": float(probs[i, self.y[i]]),
             "suggested_prob": float(probs[i].max()),
         }
 
-    clusters = [
+
+def flag_images(where: FlagContext, feats: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+    """Label issues (cleanlab), ambiguous images (not already label issues) and outliers."""
+    issues, quality = rank_label_issues(where.y, where.probs)
+    ambiguous, gaps = ambiguous_flags(where.probs, set(issues.tolist()))
+    scores = outlier_scores(feats)
+    return {
+        "label_issues": [where.entry(int(i), "label", quality[i]) for i in issues],
+        "ambiguous": [where.entry(int(i), "ambiguous", gaps[i]) for i in ambiguous],
+        "outliers": [where.entry(int(i), "outlier", scores[i]) for i in outlier_flags(scores)],
+    }
+
+
+def near_duplicate_clusters(
+    scan: FolderScan, data: DoctorData, near: list[list[int]]
+) -> list[dict[str, Any]]:
+    return [
         {
             "paths": [os.path.relpath(data.paths[i], scan.root) for i in members],
             "labels": sorted({scan.classes[data.labels[i]] for i in members}),
@@ -215,23 +270,6 @@ def diagnose(
         }
         for members in near
     ]
-    result = {
-        "data": str(data_path),
-        "root": str(scan.root),
-        "classes": scan.classes,
-        "num_images": len(y),
-        "num_skipped": len(scan.skipped) + len(decoded.skipped),
-        "folds": folds,
-        "weight_decay": weight_decay,
-        "fold_accuracy": fold_acc,
-        "out_of_fold_accuracy": float((probs.argmax(1) == y).mean()),
-        "label_issues": [entry(int(i), "label", quality[i]) for i in issues],
-        "ambiguous": [entry(int(i), "ambiguous", gaps[i]) for i in ambiguous],
-        "outliers": [entry(int(i), "outlier", scores[i]) for i in outliers],
-        "near_duplicates": clusters,
-        "seconds": time.perf_counter() - started,
-    }
-    return result, scan
 
 
 def flagged(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -327,6 +327,47 @@ def cross_validate(
     }
 
 
+def fit_balance_candidates(
+    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    num_classes: int,
+    candidates: tuple[str, ...],
+    reporter: Reporter,
+) -> tuple[HeadFit, str, list[dict[str, float]]]:
+    """A head per balance method on (train_x, train_y, val_x, val_y); the one with the best
+    val balanced accuracy, its method, and the weight-decay grid the first method ran."""
+    train_x, train_y, val_x, val_y = features
+    chosen: tuple[float, HeadFit, str] | None = None
+    grid_trials: list[dict[str, float]] = []  # the weight-decay grid, run by the first method
+    for method in candidates:
+        as_fit = "weights" if method == "sampler" else method
+        lb = loss_balance(as_fit, train_y.numpy(), num_classes)
+        # The weight decay is picked once, by the first method; the others reuse it (one
+        # L-BFGS fit each instead of a grid: auto costs 3 + 2 fits, not 3 x 5).
+        grid = (chosen[1].weight_decay,) if chosen is not None else WEIGHT_DECAY_GRID
+        fit, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, grid=grid, balance=lb)
+        grid_trials = grid_trials or trials
+        pred = (val_x.double() @ fit.weight.T + fit.bias).argmax(1)
+        score = balanced_accuracy(pred, val_y, num_classes)
+        if len(candidates) > 1:
+            reporter.note(
+                f"balance auto: probe with {method}: val balanced accuracy {score:.4f}, "
+                f"top-1 {fit.val_acc:.4f}"
+            )
+        if chosen is None or score > chosen[0]:
+            chosen = (score, fit, method)
+    assert chosen is not None
+    _, fit, method = chosen
+    return fit, method, grid_trials
+
+
+def report_cross_validation(cv: dict[str, Any], reporter: Reporter) -> None:
+    per_fold = ", ".join(f"{a:.3f}" for a in cv["fold_accuracy"])
+    reporter.note(
+        f"{cv['folds']}-fold cross-validation on {cv['images']} train+val images: accuracy "
+        f"{cv['mean']:.4f} +- {cv['std']:.4f} (folds {per_fold})"
+    )
+
+
 def fit_linear_probe(
     model: nn.Module,
     train_data: DecodedImages,
@@ -365,27 +406,8 @@ def fit_linear_probe(
         candidates = AUTO_CANDIDATES if needs_balance(counts) else ("none",)
     else:
         candidates = (balance,)
-    chosen: tuple[float, HeadFit, str] | None = None
-    grid_trials: list[dict[str, float]] = []  # the weight-decay grid, run by the first method
-    for method in candidates:
-        as_fit = "weights" if method == "sampler" else method
-        lb = loss_balance(as_fit, train_y.numpy(), num_classes)
-        # The weight decay is picked once, by the first method; the others reuse it (one
-        # L-BFGS fit each instead of a grid: auto costs 3 + 2 fits, not 3 x 5).
-        grid = (chosen[1].weight_decay,) if chosen is not None else WEIGHT_DECAY_GRID
-        fit, trials = fit_head(train_x, train_y, val_x, val_y, num_classes, grid=grid, balance=lb)
-        grid_trials = grid_trials or trials
-        pred = (val_x.double() @ fit.weight.T + fit.bias).argmax(1)
-        score = balanced_accuracy(pred, val_y, num_classes)
-        if len(candidates) > 1:
-            reporter.note(
-                f"balance auto: probe with {method}: val balanced accuracy {score:.4f}, "
-                f"top-1 {fit.val_acc:.4f}"
-            )
-        if chosen is None or score > chosen[0]:
-            chosen = (score, fit, method)
-    assert chosen is not None
-    _, fit, method = chosen
+    features = (train_x, train_y, val_x, val_y)
+    fit, method, grid_trials = fit_balance_candidates(features, num_classes, candidates, reporter)
     if balance == "auto" and len(candidates) > 1:
         reporter.note(f"balance auto: {method} (best val balanced accuracy of the probe)")
     if temper:
@@ -409,12 +431,7 @@ def fit_linear_probe(
             cfg.train.seed,
             fit.weight_decay,
         )
-        cv = fit.cv
-        per_fold = ", ".join(f"{a:.3f}" for a in cv["fold_accuracy"])
-        reporter.note(
-            f"{cv['folds']}-fold cross-validation on {cv['images']} train+val images: accuracy "
-            f"{cv['mean']:.4f} +- {cv['std']:.4f} (folds {per_fold})"
-        )
+        report_cross_validation(fit.cv, reporter)
     return fit, method
 
 

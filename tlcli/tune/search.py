@@ -565,16 +565,8 @@ class _Quiet:
             self.outer.note(message, level)
 
 
-def tune(
-    data_dir: Path,
-    cfg: Config,
-    settings: TuneSettings,
-    out: Path | None = None,
-    reporter: Reporter | None = None,
-) -> dict[str, Any]:
-    """Run (or resume, or join) a study; returns the summary with the trial rows and best."""
-    reporter = reporter or NullReporter()
-    started = time.perf_counter()
+def check_tune_request(data_dir: Path, settings: TuneSettings) -> Path:
+    """The counts and the data path, checked before anything is read or written."""
     if settings.trials < 1:
         raise ConfigError(f"--trials {settings.trials} must be >= 1")
     if settings.epochs_per_trial < 1:
@@ -584,23 +576,21 @@ def tune(
         raise ConfigError(
             f"DATA_DIR {data_dir} is not a folder; pass an image folder or a manifest"
         )
-    user_space = load_space(settings.space_file) if settings.space_file else {}
-    base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
-    resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
-    import optuna  # after the checks: a bad space or config fails in a fraction of a second
+    return data_dir
 
-    create_pruner(settings.pruner)  # validate before touching the disk
-    out = Path(out) if out else default_tune_dir(data_dir)
-    study_name = settings.study or default_study_name(data_dir)
-    storage_url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+
+def quiet_optuna() -> None:
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # A given --storage is connected to before --out is claimed: a typo must not bind the
-    # run dir to a database that does not exist. The default one lives in --out.
-    refuse_outputs_in_data(out, storage_url, data_dir)  # before connecting creates the file
-    storage = open_storage(storage_url) if settings.storage else None
-    paths, resumed = open_tune_dir(out, study_name, mask_storage_url(storage_url), data_dir)
-    storage = storage or open_storage(storage_url)
+
+
+def load_tune_study(storage: Any, study_name: str, settings: TuneSettings, worker: str) -> Any:
+    """The study (created when new, with this worker as its creator), with tune's sampler
+    and pruner."""
+    import optuna
+
     created = create_study_record(storage, study_name)
     study = optuna.load_study(
         study_name=study_name,
@@ -608,66 +598,85 @@ def tune(
         sampler=create_sampler(settings.trials),
         pruner=create_pruner(settings.pruner),
     )
-    worker = f"{socket.gethostname()}:{paths.root.resolve()}"
     if created:
         study.set_user_attr("creator", worker)
-    signature = study_signature(base, settings, user_space)
+    return study
+
+
+def check_study_signature(study: Any, study_name: str, signature: dict[str, Any]) -> None:
+    """A new study keeps the settings it was started with; a joined one must match them."""
     saved = study.user_attrs.get("tlcli")
     if saved is None:
         study.set_user_attr("tlcli", signature)
-    else:
-        difference = first_difference(saved, json.loads(json.dumps(signature)))
-        if difference:
-            raise RunDirError(
-                f"study {study_name!r} was started with other settings ({difference}); "
-                "use the same options, or a new --study and --out"
-            )
-    center = lr_center_for(study, data_dir, base, settings, user_space, reporter, storage_url)
-    space = resolve_space(user_space, base, center)
-    study.set_user_attr("space", space_to_dict(space))
-
-    fail_dead_trials(study, storage, reporter)
-
-    def finished_here() -> list[Any]:
-        return [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("worker") == worker and t.state.name in FINISHED
-        ]
-
-    mine = finished_here()
-    remaining = settings.trials - len(mine)
-    if mine:
-        reporter.note(
-            f"resuming: {len(mine)} of {settings.trials} trials of this run dir are finished; "
-            f"running {max(remaining, 0)} more"
+        return
+    difference = first_difference(saved, json.loads(json.dumps(signature)))
+    if difference:
+        raise RunDirError(
+            f"study {study_name!r} was started with other settings ({difference}); "
+            "use the same options, or a new --study and --out"
         )
+
+
+def finished_by(study: Any, worker: str) -> list[Any]:
+    """The trials this run dir's worker finished (complete or pruned): what --trials counts."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("worker") == worker and t.state.name in FINISHED
+    ]
+
+
+def enqueue_baseline(study: Any, worker: str, space: dict, base: Config) -> None:
+    """The defaults as a trial, so the search never reports a best below what finetune would
+    do. Only the worker that created the study enqueues it: two workers that both saw an
+    empty study would otherwise run it twice."""
     if study.user_attrs.get("creator") == worker and not study.user_attrs.get("baseline"):
-        # The defaults as a trial, so the search never reports a best below what finetune
-        # would do. Only the worker that created the study enqueues it: two workers that
-        # both saw an empty study would otherwise run it twice.
         study.enqueue_trial(baseline_params(space, base), skip_if_exists=True)
         study.set_user_attr("baseline", True)
 
-    def objective(trial: Any) -> float:
-        from tlcli.recommend.advise import auto_strategy
-        from tlcli.train.run import finetune
 
-        trial.set_user_attr("worker", worker)
+@dataclass(frozen=True)
+class TrialRunner:
+    """Optuna's objective: one trial is a short finetune run in paths.trials/NNNN."""
+
+    data_dir: Path
+    base: Config
+    space: dict
+    epochs_per_trial: int
+    paths: TunePaths
+    worker: str
+    reporter: Reporter
+
+    def __call__(self, trial: Any) -> float:
+        trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        trial_cfg = sample_config(trial, space, base)
+        trial_cfg = sample_config(trial, self.space, self.base)
         trial.set_user_attr("config", config_to_dict(trial_cfg))
         head_only_fit = (
             trial_cfg.strategy.name == "head-only" and trial_cfg.strategy.head_fit == "lbfgs"
         )
         trial_reporter = TrialReporter(
-            trial, 1 if head_only_fit else settings.epochs_per_trial, reporter
+            trial, 1 if head_only_fit else self.epochs_per_trial, self.reporter
         )
-        trial_dir = paths.trials / f"{trial.number:04d}"
+        summary = self.finetune_trial(trial, trial_cfg, trial_reporter)
+        val_loss = best_epoch_val_loss(summary)
+        if val_loss is not None:
+            trial.set_user_attr("val_loss", float(val_loss))  # breaks ties in best_trial
+        return float(summary["val_acc"])
+
+    def finetune_trial(
+        self, trial: Any, trial_cfg: Config, trial_reporter: TrialReporter
+    ) -> dict[str, Any]:
+        import optuna
+
+        from tlcli.recommend.advise import auto_strategy
+        from tlcli.train.run import finetune
+
+        trial_dir = self.paths.trials / f"{trial.number:04d}"
         try:
-            summary = finetune(
-                data_dir,
+            return finetune(
+                self.data_dir,
                 trial_cfg,
                 trial_dir,
                 reporter=trial_reporter,
@@ -685,13 +694,21 @@ def tune(
             trial.set_user_attr("epochs_run", trial_reporter.epochs_run)
             # Trials are not resumed: last.pt only costs disk. best.pt stays for inspection.
             (trial_dir / "last.pt").unlink(missing_ok=True)
-        val_loss = best_epoch_val_loss(summary)
-        if val_loss is not None:
-            trial.set_user_attr("val_loss", float(val_loss))  # breaks ties in best_trial
-        return float(summary["val_acc"])
+
+
+def run_trials(
+    study: Any,
+    runner: TrialRunner,
+    trials: int,
+    final_epochs: int,
+    storage_url: str,
+) -> None:
+    """Optimize for `trials` more trials, rewriting the outputs after each; a stop keeps the
+    finished trials in the storage."""
+    paths, reporter, trial_epochs = runner.paths, runner.reporter, runner.epochs_per_trial
 
     def after_trial(study: Any, trial: Any) -> None:
-        rows, best = write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
+        rows, best = write_outputs(paths, study, trial_epochs, final_epochs)
         row = next(r for r in rows if r["number"] == trial.number)
         value = "-" if row["value"] is None else f"{row['value']:.4f}"
         best_text = f"; best {best.value:.4f} (trial {best.number})" if best else ""
@@ -701,17 +718,72 @@ def tune(
             "info",
         )
 
+    try:
+        study.optimize(runner, n_trials=trials, callbacks=[after_trial])
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(
+            f"{interrupted_word()}; finished trials are kept in "
+            f"{mask_storage_url(storage_url)}: rerun the same command to resume"
+        ) from None
+    except TlcliError:
+        write_outputs(paths, study, trial_epochs, final_epochs)
+        raise
+
+
+def output_paths(paths: TunePaths, storage_url: str) -> dict[str, str]:
+    return {
+        "storage": mask_storage_url(storage_url),
+        "trials_csv": str(paths.table),
+        "plot": str(paths.plot),
+        "best_config": str(paths.best),
+        "trials": str(paths.trials),
+    }
+
+
+def tune(
+    data_dir: Path,
+    cfg: Config,
+    settings: TuneSettings,
+    out: Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or join) a study; returns the summary with the trial rows and best."""
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    data_dir = check_tune_request(data_dir, settings)
+    user_space = load_space(settings.space_file) if settings.space_file else {}
+    base = apply_overrides(cfg, {"train": {"epochs": settings.epochs_per_trial}}, "tune")
+    resolve_space(user_space, base, base.optim.lr)  # fail fast, before any work
+    create_pruner(settings.pruner)  # validate before touching the disk (imports optuna)
+    out = Path(out) if out else default_tune_dir(data_dir)
+    study_name = settings.study or default_study_name(data_dir)
+    storage_url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    quiet_optuna()
+    # A given --storage is connected to before --out is claimed: a typo must not bind the
+    # run dir to a database that does not exist. The default one lives in --out.
+    refuse_outputs_in_data(out, storage_url, data_dir)  # before connecting creates the file
+    storage = open_storage(storage_url) if settings.storage else None
+    paths, resumed = open_tune_dir(out, study_name, mask_storage_url(storage_url), data_dir)
+    storage = storage or open_storage(storage_url)
+    worker = f"{socket.gethostname()}:{paths.root.resolve()}"
+    study = load_tune_study(storage, study_name, settings, worker)
+    check_study_signature(study, study_name, study_signature(base, settings, user_space))
+    center = lr_center_for(study, data_dir, base, settings, user_space, reporter, storage_url)
+    space = resolve_space(user_space, base, center)
+    study.set_user_attr("space", space_to_dict(space))
+
+    fail_dead_trials(study, storage, reporter)
+    mine = len(finished_by(study, worker))
+    remaining = settings.trials - mine
+    if mine:
+        reporter.note(
+            f"resuming: {mine} of {settings.trials} trials of this run dir are finished; "
+            f"running {max(remaining, 0)} more"
+        )
+    enqueue_baseline(study, worker, space, base)
+    runner = TrialRunner(data_dir, base, space, settings.epochs_per_trial, paths, worker, reporter)
     if remaining > 0:
-        try:
-            study.optimize(objective, n_trials=remaining, callbacks=[after_trial])
-        except (KeyboardInterrupt, Interrupted):
-            raise Interrupted(
-                f"{interrupted_word()}; finished trials are kept in "
-                f"{mask_storage_url(storage_url)}: rerun the same command to resume"
-            ) from None
-        except TlcliError:
-            write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
-            raise
+        run_trials(study, runner, remaining, cfg.train.epochs, storage_url)
     rows, best = write_outputs(paths, study, settings.epochs_per_trial, cfg.train.epochs)
     if best is None:
         raise_no_best(paths, rows)
@@ -724,7 +796,7 @@ def tune(
         "epochs_per_trial": settings.epochs_per_trial,
         "lr_center": center,
         "space": space_to_dict(space),
-        "trials_run_now": len(finished_here()) - len(mine),
+        "trials_run_now": len(finished_by(study, worker)) - mine,
         "trials_finished": sum(r["state"] in FINISHED for r in rows),
         "best": {
             "number": best.number,
@@ -733,13 +805,7 @@ def tune(
             "config": str(paths.best),
         },
         "seconds": round(time.perf_counter() - started, 1),
-        "paths": {
-            "storage": mask_storage_url(storage_url),
-            "trials_csv": str(paths.table),
-            "plot": str(paths.plot),
-            "best_config": str(paths.best),
-            "trials": str(paths.trials),
-        },
+        "paths": output_paths(paths, storage_url),
         "trials": rows,
     }
 
