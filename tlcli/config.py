@@ -500,13 +500,25 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         raise ConfigError(
             f"{where}: {short_repr(value)} has the wrong type; see configs/default.yaml"
         )
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
+    scalar = _coerce_scalar(value, kind)
+    if scalar is not _WRONG_TYPE:
+        return scalar
+    name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(
+        f"{where} must be a {name}, got {short_repr(value)}; see configs/default.yaml"
+    )
+
+
+_WRONG_TYPE = object()  # _coerce_scalar's "no": None is a value
+
+
+def _coerce_scalar(value: Any, kind: Any) -> Any:
+    """value as a bool, int, float or str field takes it, or _WRONG_TYPE."""
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads 3e-4 as a string, not a float
@@ -514,13 +526,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(
-        f"{where} must be a {name}, got {short_repr(value)}; see configs/default.yaml"
-    )
+    if kind is str and isinstance(value, str):
+        return value
+    return _WRONG_TYPE
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:

@@ -299,7 +299,7 @@ def write_model_and_sidecar(out: Path, model: bytes, sidecar: Path, text: str) -
             tmp.unlink(missing_ok=True)
 
 
-def export_model(
+def export_model(  # noqa: PLR0913 (a factory: keyword options with defaults)
     loaded: LoadedModel,
     fmt: str,
     out: Path,

@@ -115,6 +115,39 @@ def _broken_local_dir(name: str, exc: BaseException) -> ModelError:
     )
 
 
+def _model_error_of(
+    exc: Exception, name: str, resolved: str, pretrained: bool
+) -> ModelError | None:
+    """The one-line error for a failure to build `name`; None for a bug (re-raised)."""
+    local = resolved.startswith(LOCAL_DIR)
+    if isinstance(exc, TypeError):
+        if "drop_path_rate" in str(exc):
+            return ModelError(
+                f"model {name!r} does not support drop-path; set model.drop_path_rate=0"
+            )
+        return _broken_local_dir(name, exc) if local else None
+    if isinstance(exc, RuntimeError):
+        if local and pretrained:
+            return _broken_local_dir(name, exc)
+        if "Unknown model" in str(exc) or "not found" in str(exc).lower():
+            return ModelError(f"unknown model {name!r}; see timm.list_models() for names")
+        if pretrained and "pretrained" in str(exc).lower():
+            return ModelError(f"no pretrained weights for {name!r}: {exc}; {OFFLINE_HELP}")
+        return None
+    if isinstance(exc, OSError | ConnectionError):
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = (
+            "are not in the local cache (HF_HUB_OFFLINE=1)"
+            if offline
+            else ("cannot be downloaded (no connection) and are not in the local cache")
+        )
+        return ModelError(
+            f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
+        )
+    # safetensors, json, pickle errors of a damaged folder's files
+    return _broken_local_dir(name, exc) if local else None
+
+
 def create_model(
     name: str,
     num_classes: int | None,
@@ -141,36 +174,11 @@ def create_model(
         if pretrained and not resolved.startswith(LOCAL_DIR):
             before_hub_download()
         model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        if "drop_path_rate" in str(exc):
-            raise ModelError(
-                f"model {name!r} does not support drop-path; set model.drop_path_rate=0"
-            ) from None
-        if resolved.startswith(LOCAL_DIR):
-            raise _broken_local_dir(name, exc) from None
-        raise
-    except RuntimeError as exc:
-        if resolved.startswith(LOCAL_DIR) and pretrained:
-            raise _broken_local_dir(name, exc) from None
-        if "Unknown model" in str(exc) or "not found" in str(exc).lower():
-            raise ModelError(f"unknown model {name!r}; see timm.list_models() for names") from None
-        if pretrained and "pretrained" in str(exc).lower():
-            raise ModelError(f"no pretrained weights for {name!r}: {exc}; {OFFLINE_HELP}") from None
-        raise
-    except (OSError, ConnectionError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = (
-            "are not in the local cache (HF_HUB_OFFLINE=1)"
-            if offline
-            else ("cannot be downloaded (no connection) and are not in the local cache")
-        )
-        raise ModelError(
-            f"pretrained weights for {name!r} {why} ({type(exc).__name__}); {OFFLINE_HELP}"
-        ) from None
-    except Exception as exc:  # safetensors, json, pickle errors of a damaged folder's files
-        if not resolved.startswith(LOCAL_DIR):
+    except Exception as exc:
+        error = _model_error_of(exc, name, resolved, pretrained)
+        if error is None:
             raise
-        raise _broken_local_dir(name, exc) from None
+        raise error from None
     if num_classes:
         zero_init_head(model)
     return model

@@ -266,7 +266,7 @@ def require_probe_images(
     )
 
 
-def measure_similarity(
+def measure_similarity(  # noqa: PLR0913 (keyword options with defaults)
     model_name: str,
     samples: Sequence[Sample],
     num_classes: int,

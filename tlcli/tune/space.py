@@ -143,42 +143,10 @@ def parse_param(name: str, raw: Any, source: str) -> ParamSpec:
         )
     field_type = _field_type(section, key)
     if kind == "categorical":
-        extra = sorted({"low", "high", "log"} & set(raw))
-        if extra:
-            raise ConfigError(f"{where}: {extra[0]} does not apply to a categorical; use choices")
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}: choices must be a non-empty list")
-        if len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"{where}: choices repeat a value")
-        spec = ParamSpec("categorical", choices=tuple(choices))
-        values = list(choices)
+        spec = _parse_categorical(raw, where)
+        values = list(spec.choices)
     else:
-        if "choices" in raw:
-            raise ConfigError(f"{where}: choices only apply to type categorical")
-        if field_type is str or field_type is bool:
-            raise ConfigError(f"{where} is a {field_type.__name__} setting; use type categorical")
-        if kind == "float" and field_type is int:
-            raise ConfigError(f"{where} is an integer setting; use type int")
-        for end in ("low", "high"):
-            if end not in raw:
-                raise ConfigError(f"{where}: {kind} needs low and high")
-        low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            raise ConfigError(f"{where}.log must be true or false, got {short_repr(log)}")
-        if kind == "int" and (low != int(low) or high != int(high)):
-            raise ConfigError(f"{where}: an int range needs whole-number low and high")
-        if low >= high:
-            raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
-        if log and low <= 0:
-            raise ConfigError(f"{where}: a log range needs low > 0, got {low:g}")
-        spec = ParamSpec(
-            kind,
-            float(low) if kind == "float" else int(low),
-            float(high) if kind == "float" else int(high),
-            log,
-        )
+        spec = _parse_range(raw, kind, field_type, where)
         values = [spec.low, spec.high]
     for value in values:  # every end or choice must be a setting the config accepts
         try:
@@ -186,6 +154,47 @@ def parse_param(name: str, raw: Any, source: str) -> ParamSpec:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}") from None
     return spec
+
+
+def _parse_categorical(raw: dict, where: str) -> ParamSpec:
+    extra = sorted({"low", "high", "log"} & set(raw))
+    if extra:
+        raise ConfigError(f"{where}: {extra[0]} does not apply to a categorical; use choices")
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ConfigError(f"{where}: choices must be a non-empty list")
+    if len(set(map(repr, choices))) != len(choices):
+        raise ConfigError(f"{where}: choices repeat a value")
+    return ParamSpec("categorical", choices=tuple(choices))
+
+
+def _parse_range(raw: dict, kind: str, field_type: Any, where: str) -> ParamSpec:
+    """A float or int range: low < high, whole numbers for int, low > 0 on a log scale."""
+    if "choices" in raw:
+        raise ConfigError(f"{where}: choices only apply to type categorical")
+    if field_type is str or field_type is bool:
+        raise ConfigError(f"{where} is a {field_type.__name__} setting; use type categorical")
+    if kind == "float" and field_type is int:
+        raise ConfigError(f"{where} is an integer setting; use type int")
+    for end in ("low", "high"):
+        if end not in raw:
+            raise ConfigError(f"{where}: {kind} needs low and high")
+    low, high = _number(raw["low"], f"{where}.low"), _number(raw["high"], f"{where}.high")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log must be true or false, got {short_repr(log)}")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise ConfigError(f"{where}: an int range needs whole-number low and high")
+    if low >= high:
+        raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got {low:g}")
+    return ParamSpec(
+        kind,
+        float(low) if kind == "float" else int(low),
+        float(high) if kind == "float" else int(high),
+        log,
+    )
 
 
 def parse_space(data: Any, source: str) -> dict[str, ParamSpec | None]:
