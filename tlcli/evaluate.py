@@ -47,6 +47,7 @@ from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
 from tlcli.train.calibration import temperature_of, uncalibrated_probabilities, with_temperature
 from tlcli.train.checkpoint import (
+    Checkpoint,
     build_model,
     checked_classes,
     checked_data_spec,
@@ -99,11 +100,11 @@ def _short_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def _weights_note(ckpt: dict[str, Any], requested: str, used: str) -> str:
-    has_ema = ckpt.get("ema_state_dict") is not None
+def _weights_note(ckpt: Checkpoint, requested: str, used: str) -> str:
+    has_ema = ckpt.ema_state_dict is not None
     if requested != "best":
         return f"{used} weights (--weights {requested})"
-    averaged = ckpt.get("best_weights")
+    averaged = ckpt.best_weights
     if isinstance(averaged, str) and averaged not in ("raw", "ema"):  # swa, wise-ft 0.5
         return f"{averaged} weights: the average scored higher on val than every epoch"
     if not has_ema:
@@ -130,19 +131,19 @@ def load_for_inference(path: Path, weights: str = "best", name: str | None = Non
         warnings.simplefilter("ignore")
         # Checkpoints record torch.__version__, a str subclass that weights_only refuses by
         # default; allowing that one harmless class keeps every other global refused.
-        ckpt = load_checkpoint(path)
-    classes = checked_classes(ckpt.get("classes"), path)
-    spec = checked_data_spec(ckpt.get("data"), path)
-    if weights == "ema" and ckpt.get("ema_state_dict") is None:
+        payload = load_checkpoint(path)
+    ckpt = Checkpoint.from_payload(payload)
+    classes = checked_classes(ckpt.classes, path)
+    spec = checked_data_spec(ckpt.data, path)
+    if weights == "ema" and ckpt.ema_state_dict is None:
         raise CheckpointError(
             f"--weights ema: {path} has no EMA weights; use --weights best, or finetune with --ema"
         )
-    temperature = temperature_of(ckpt, path)
-    model, used = build_model(ckpt, weights, path)
-    architecture = ckpt["model"]["architecture"]  # checked by build_model
+    temperature = temperature_of(payload, path)
+    model, used = build_model(payload, weights, path)
+    architecture = ckpt.architecture  # checked by build_model
     model = with_temperature(model, temperature)  # evaluate, predict and export all see it
-    metrics = ckpt.get("metrics") or {}
-    val_acc = metrics.get("best_val_acc") if isinstance(metrics, dict) else "?"
+    val_acc = ckpt.best_val_acc
     if val_acc is not None and not (isinstance(val_acc, int | float) and 0 <= val_acc <= 1):
         raise CheckpointError(
             f"{path} is damaged or was not written by tlcli: its best_val_acc is not an "

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlcli.errors import CheckpointError
+from tlcli.train.checkpoint import Checkpoint
 
 # T is searched as log T from 1.0; outside this range the fit says more about the split
 # (a handful of val images, all right or all wrong) than about the model.
@@ -67,7 +68,7 @@ class TemperatureScaled(nn.Module):
 
 def temperature_of(ckpt: dict[str, Any], path: Any) -> float:
     """The checkpoint's temperature, 1.0 when it has none; refuses anything but a T > 0."""
-    value = ckpt.get("temperature", 1.0)
+    value = Checkpoint.from_payload(ckpt).temperature
     if value is None:
         return 1.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -12,6 +12,7 @@ import platform
 import random
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,138 @@ from tlcli.train.averaging import WISE_FT_ALPHAS
 
 FORMAT = "tlcli-checkpoint"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """What last.pt adds to its weights so that --resume continues exactly where it stopped."""
+
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    loop: dict[str, Any]  # dataclasses.asdict(LoopState)
+    rng: dict[str, Any]  # rng_state()
+    probe_state_dict: dict[str, torch.Tensor] | None = None  # LP-only weights, for WiSE-FT
+    swa: dict[str, Any] | None = None  # the running SWA mean and its count
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "loop": self.loop,
+            "rng": self.rng,
+            "probe_state_dict": self.probe_state_dict,
+            "swa": self.swa,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TrainState:
+        return cls(
+            optimizer=payload["optimizer"],
+            loop=payload["loop"],
+            rng=payload["rng"],
+            probe_state_dict=payload.get("probe_state_dict"),
+            swa=payload.get("swa"),
+        )
+
+
+@dataclass
+class Checkpoint:
+    """best.pt and last.pt: the only code that knows the payload's key strings.
+
+    A payload read from a file is not trusted: from_payload takes what is there (None where
+    a key is missing), and the checked_* functions below refuse what is wrong before it is
+    used. to_payload writes plain types and tensors only (loadable with weights_only=True).
+    """
+
+    architecture: Any  # a timm name (checked_architecture)
+    model_kwargs: Any  # timm.create_model's kwargs (checked_model_kwargs)
+    source: Any  # the --model the run was given (timm name, hf-hub:, local-dir:)
+    classes: Any
+    data: Any  # DataSpec.to_dict()
+    plan: Any  # FreezePlan.to_dict()
+    config: Any  # config_to_dict(cfg)
+    metrics: Any  # checkpoint_metrics()
+    best_weights: Any  # raw, ema or an average's name (BEST_WEIGHTS)
+    versions: Any  # library_versions()
+    state_dict: Any
+    ema_state_dict: Any = None
+    temperature: Any = None  # calibrate_best's T; none before calibration (1.0)
+    train_state: TrainState | None = None  # last.pt only
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = {
+            "model": {
+                "architecture": self.architecture,
+                "kwargs": self.model_kwargs,
+                "source": self.source,
+            },
+            "classes": self.classes,
+            "data": self.data,
+            "plan": self.plan,
+            "config": self.config,
+            "metrics": self.metrics,
+            "best_weights": self.best_weights,
+            "versions": self.versions,
+            "state_dict": self.state_dict,
+            "ema_state_dict": self.ema_state_dict,
+        }
+        if self.temperature is not None:
+            payload["temperature"] = self.temperature
+        if self.train_state is not None:
+            payload["train_state"] = self.train_state.to_payload()
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Checkpoint:
+        model = payload.get("model")
+        model = model if isinstance(model, dict) else {}
+        train_state = payload.get("train_state")
+        return cls(
+            architecture=model.get("architecture"),
+            model_kwargs=model.get("kwargs", {}),
+            source=model.get("source"),
+            classes=payload.get("classes"),
+            data=payload.get("data"),
+            plan=payload.get("plan"),
+            config=payload.get("config"),
+            metrics=payload.get("metrics"),
+            best_weights=payload.get("best_weights"),
+            versions=payload.get("versions"),
+            state_dict=payload.get("state_dict"),
+            ema_state_dict=payload.get("ema_state_dict"),
+            temperature=payload.get("temperature"),
+            train_state=TrainState.from_payload(train_state)
+            if _has_train_state(train_state)
+            else None,
+        )
+
+    @property
+    def best_val_acc(self) -> Any:
+        """The run's best val accuracy from metrics; "?" when metrics is not a mapping."""
+        metrics = self.metrics or {}
+        return metrics.get("best_val_acc") if isinstance(metrics, dict) else "?"
+
+    @property
+    def epoch(self) -> Any:
+        return (self.metrics or {}).get("epoch")
+
+
+def _has_train_state(value: Any) -> bool:
+    return isinstance(value, dict) and {"optimizer", "loop", "rng"} <= value.keys()
+
+
+def checkpoint_metrics(
+    epoch: int, best_epoch: int, best_val_acc: float, last_row: dict[str, Any]
+) -> dict[str, Any]:
+    """A checkpoint's metrics: where the run is, its best so far, the last epoch's row."""
+    return {
+        "epoch": epoch,
+        "best_epoch": best_epoch,
+        "best_val_acc": best_val_acc,
+        **{k: v for k, v in last_row.items() if v is not None},
+    }
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def library_versions() -> dict[str, str]:
@@ -92,8 +225,10 @@ def save_atomically(path: Path, payload: dict[str, Any]) -> None:
     write_atomically(path, lambda handle: torch.save(payload, handle))
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: Checkpoint | dict[str, Any]) -> None:
     """save_atomically with the format header; a full disk is a one-line ResourceError."""
+    if isinstance(payload, Checkpoint):
+        payload = payload.to_payload()
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     try:
         save_atomically(path, payload)
