@@ -145,7 +145,7 @@ def refuse_output_in_data(
     if output is None:
         return
     from tlcli.atomic import refuse_output_inside
-    from tlcli.train.run import data_dir_of_run
+    from tlcli.train.rundir import data_dir_of_run
 
     trained_on = [data_dir_of_run(Path(c).parent) for c in checkpoints]
     refuse_output_inside(output, [*inputs, *trained_on], what)

@@ -368,7 +368,7 @@ def report_cross_validation(cv: dict[str, Any], reporter: Reporter) -> None:
     )
 
 
-def fit_linear_probe(
+def fit_linear_probe(  # noqa: PLR0913 (the feature context: run.py passes it whole)
     model: nn.Module,
     train_data: DecodedImages,
     val_data: DecodedImages,

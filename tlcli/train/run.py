@@ -11,7 +11,6 @@ import contextlib
 import csv
 import dataclasses
 import io
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +21,6 @@ import torch
 import yaml
 
 from tlcli.atomic import (
-    CLAIM_FILE,
-    claim_folder,
-    claim_holder,
-    holds_files,
-    refuse_output_inside,
     release_claim,
     write_text_atomically,
 )
@@ -72,6 +66,10 @@ from tlcli.train.averaging import (
     score_averages,
 )
 from tlcli.train.checkpoint import (
+    Checkpoint,
+    TrainState,
+    checkpoint_metrics,
+    cpu_state,
     library_versions,
     load_checkpoint,
     remove_stale_temp_files,
@@ -93,6 +91,12 @@ from tlcli.train.distributed import (
 from tlcli.train.loop import LoopSetup, LoopState, run_epochs
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
+from tlcli.train.rundir import (
+    RunDir,
+    RunInfo,
+    claim_run_to_resume,
+    create_run_dir,
+)
 
 # --strategy auto: measure the data, return the config to follow and the reasons. Given by the
 # caller (recommend.advise.auto_strategy): train is below recommend and never imports it.
@@ -118,126 +122,8 @@ METRIC_COLUMNS = (
 MAX_SKIPPED_NOTES = 20
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def split(self) -> Path:
-        return self.root / "split.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.pt"
-
-    @property
-    def last(self) -> Path:
-        return self.root / "last.pt"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def curves(self) -> Path:
-        return self.root / "curves.png"
-
-
-def data_dir_of_run(run_dir: Path) -> Path | None:
-    """The data folder a run dir's run was trained on (run.json), None when not a run dir."""
-    try:
-        return Path(json.loads((Path(run_dir) / "run.json").read_text())["data_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def default_run_dir(data_dir: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{Path(data_dir).resolve().name}-{stamp}"
-
-
-# Default run dirs started in one second are told apart by -2, -3, ...; past this many,
-# something is wrong (a loop starting runs): pass --out.
-MAX_DEFAULT_NAME_TRIES = 1000
-
-
-def make_unique_dir(base: Path) -> Path:
-    """Create base, else base-2, base-3, ...: the first that did not exist. mkdir is atomic,
-    so two runs started in the same second get two folders."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, MAX_DEFAULT_NAME_TRIES + 1):
-        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RunDirError(f"{base} and {MAX_DEFAULT_NAME_TRIES - 1} variants exist; pass --out")
-
-
-def create_run_dir(out: Path | None, data_dir: Path | None = None) -> tuple[RunPaths, int]:
-    """Make and claim a fresh run dir (--out, else a new runs/<data>-<time>[-N]); refuse a
-    non-empty one (never overwrite a user's run) and one another process is starting in.
-
-    Returns the paths and the claim (atomic.claim_folder) to release when the run ends."""
-    root = Path(out) if out is not None else default_run_dir(Path(data_dir or "."))
-    if out is None and data_dir is not None:
-        # Refused rather than moved: a run dir somewhere the user did not name (the data's
-        # parent may be a shared, read-only data store) would be a surprise.
-        where = Path(data_dir).resolve().parent / "runs" / root.name
-        refuse_output_inside(root, [data_dir], "the default run dir", f"pass --out {where}")
-    refuse_output_inside(root, [data_dir], "--out")
-    try:
-        if out is None:
-            root = make_unique_dir(root)
-        elif holds_files(root, {CLAIM_FILE}):
-            raise run_dir_exists(root)
-        root.mkdir(parents=True, exist_ok=True)
-        claim = claim_folder(root)
-    except OSError as exc:
-        raise RunDirError(f"cannot create run dir {root}: {exc.strerror}") from None
-    if claim is None:
-        raise RunDirError(
-            f"run dir {root} is in use: {claim_holder(root)} is starting a run in it; "
-            "pass another --out"
-        )
-    if holds_files(root, {CLAIM_FILE}):  # another run filled it between our check and claim
-        release_claim(root, claim)
-        raise run_dir_exists(root)
-    return RunPaths(root), claim
-
-
-def run_dir_exists(root: Path) -> RunDirError:
-    return RunDirError(
-        f"run dir {root} already exists and is not empty; pass a new --out, or "
-        f"--resume {root} to continue it"
-    )
-
-
-def claim_run_to_resume(root: Path) -> int:
-    """Claim a run dir for --resume; refuse one that another live process is training."""
-    try:
-        claim = claim_folder(root)
-    except OSError as exc:
-        raise RunDirError(f"cannot resume {root}: {exc.strerror}") from None
-    if claim is None:
-        raise RunDirError(
-            f"{root} is being trained by {claim_holder(root)}; wait for it to finish or stop "
-            f"it, then --resume {root}"
-        )
-    return claim
+# train.rundir.RunDir: the run dir's files; the name the code below grew up with.
+RunPaths = RunDir
 
 
 def amp_dtype_for(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -327,27 +213,22 @@ def checkpoint_payload(
     cfg: Config,
     state: LoopState,
     source: str,
-) -> dict[str, Any]:
+) -> Checkpoint:
     last_row = state.history[-1] if state.history else {}
-    return {
-        "model": {"architecture": arch, "kwargs": model_kwargs, "source": source},
-        "classes": list(classes),
-        "data": spec.to_dict(),
-        "plan": plan.to_dict(),
-        "config": config_to_dict(cfg),
-        "metrics": {
-            "epoch": state.epoch,
-            "best_epoch": state.best_epoch,
-            "best_val_acc": state.best_acc,
-            **{k: v for k, v in last_row.items() if v is not None},
-        },
-        "best_weights": state.best_weights,
-        "versions": library_versions(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "ema_state_dict": (
-            {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None
-        ),
-    }
+    return Checkpoint(
+        architecture=arch,
+        model_kwargs=model_kwargs,
+        source=source,
+        classes=list(classes),
+        data=spec.to_dict(),
+        plan=plan.to_dict(),
+        config=config_to_dict(cfg),
+        metrics=checkpoint_metrics(state.epoch, state.best_epoch, state.best_acc, last_row),
+        best_weights=state.best_weights,
+        versions=library_versions(),
+        state_dict=cpu_state(model),
+        ema_state_dict=cpu_state(ema.module) if ema else None,
+    )
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -394,7 +275,7 @@ class TrainingJob:
     def skipped(self) -> list[Skipped]:
         return self.train_data.skipped + self.val_data.skipped + list(self.scan.skipped)
 
-    def checkpoint(self, ema: Any, state: LoopState) -> dict[str, Any]:
+    def checkpoint(self, ema: Any, state: LoopState) -> Checkpoint:
         return checkpoint_payload(
             self.model,
             ema,
@@ -413,7 +294,7 @@ def prepare_job(
     data_dir: Path,
     cfg: Config,
     reporter: Reporter,
-    last: dict[str, Any] | None = None,
+    last: Checkpoint | None = None,
     split_path: Path | None = None,
     world: World = SINGLE,
     choose_strategy: StrategyChooser | None = None,
@@ -453,8 +334,8 @@ def prepare_job(
     spec = data_spec_of(model, cfg.data.image_size)
     reasons: list[str] = []
     if last is not None:
-        plan = plan_from_dict(last["plan"])
-        model.load_state_dict(last["state_dict"])
+        plan = plan_from_dict(last.plan)
+        model.load_state_dict(last.state_dict)
     else:
         if cfg.strategy.name == "auto":
             if choose_strategy is None:
@@ -608,8 +489,8 @@ def _finetune(
                 "pass the --out folder of an earlier finetune"
             )
         cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
-        data_dir = Path(json.loads(paths.run_info.read_text())["data_dir"])
-        last = load_checkpoint(paths.last)
+        data_dir = Path(paths.read_info().data_dir)
+        last = Checkpoint.from_payload(load_checkpoint(paths.last))
         cfg, last = resume_plan(paths.root, cfg, last, epochs)
         remove_stale_temp_files(paths.root)  # half-written checkpoints of a killed process
     else:
@@ -632,23 +513,15 @@ def _finetune(
             {"train": job.train_samples, "val": job.val_samples},
         )
         paths.config.write_text(yaml.safe_dump(config_to_dict(job.cfg), sort_keys=False))
-        paths.run_info.write_text(
-            json.dumps(
-                {
-                    "data_dir": str(job.data_dir.resolve()),
-                    "created": time.strftime("%FT%T%z"),
-                    "strategy_reasons": job.strategy_reasons,
-                },
-                indent=1,
-            )
-        )
+        info = RunInfo(str(job.data_dir.resolve()), time.strftime("%FT%T%z"), job.strategy_reasons)
+        paths.write_info(info)
     if last is not None and epochs is not None and world.is_main:
         # Extended: config.yaml now says N epochs, so that a later --resume goes on to N.
         write_text_atomically(paths.config, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     cfg, plan = job.cfg, job.plan
     reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
     if last is not None:
-        reasons = json.loads(paths.run_info.read_text()).get("strategy_reasons", [])
+        reasons = paths.read_info().strategy_reasons
     plan_info = {**plan.to_dict(), "reasons": reasons, "data_dir": str(job.data_dir)}
     tracker.on_run_start(config_to_dict(cfg), plan_info, paths.root)
     lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
@@ -709,7 +582,7 @@ def finish_run(
         "model": cfg.model.name,
         "strategy": plan.strategy,
         "trainable_stages": plan.trainable_stages,
-        "strategy_reasons": json.loads(paths.run_info.read_text()).get("strategy_reasons", []),
+        "strategy_reasons": paths.read_info().strategy_reasons,
         "classes": job.classes,
         "num_train": len(job.train_data),
         "num_val": len(job.val_data),
@@ -743,7 +616,7 @@ def finish_run(
         "history": state.history,
     }
     if world.is_main:
-        paths.summary.write_text(json.dumps(summary, indent=1))
+        paths.write_summary(summary)
         write_finetune_report(paths.root)  # from summary.json, as `tlcli report` rebuilds it
         if not lbfgs_head:
             mark_finalized(paths.last)
@@ -754,14 +627,14 @@ def finish_run(
 
 def mark_finalized(last: Path) -> None:
     """last.pt says the run is complete: --resume then refuses it as finished."""
-    payload = load_checkpoint(last)
-    payload["train_state"]["loop"]["finalized"] = True
-    save_checkpoint(last, payload)
+    ckpt = Checkpoint.from_payload(load_checkpoint(last))
+    ckpt.train_state.loop["finalized"] = True
+    save_checkpoint(last, ckpt)
 
 
 def resume_plan(
-    root: Path, cfg: Config, last: dict[str, Any], epochs: int | None
-) -> tuple[Config, dict[str, Any]]:
+    root: Path, cfg: Config, last: Checkpoint, epochs: int | None
+) -> tuple[Config, Checkpoint]:
     """What --resume continues: the run's own config (cfg, from its config.yaml) and last.pt,
     or with epochs, the same run extended (or cut) to that many epochs.
 
@@ -771,13 +644,13 @@ def resume_plan(
     epoch k (after a finished cosine that is a warm restart), and early stopping's patience
     counts afresh.
     """
-    if "train_state" not in last:
+    if last.train_state is None:
         raise RunDirError(
             f"{root} is finished (a head-only L-BFGS fit: one pass, no epochs to add): "
             "nothing to resume; start a new run with --out (--set strategy.head_fit=epochs "
             "trains the head by epochs)"
         )
-    loop = last["train_state"]["loop"]
+    loop = last.train_state.loop
     done = int(loop["epoch"])
     if epochs is None:
         # Stopped after its last epoch but before the averaging, calibration and summary
@@ -797,13 +670,15 @@ def resume_plan(
         )
     cfg = apply_overrides(cfg, {"train": {"epochs": epochs}}, "--epochs")
     loop = {**loop, "stopped_early": False, "epochs_since_best": 0, "finalized": False}
-    return cfg, {**last, "train_state": {**last["train_state"], "loop": loop}}
+    return cfg, dataclasses.replace(
+        last, train_state=dataclasses.replace(last.train_state, loop=loop)
+    )
 
 
 def _train_epochs(
     job: TrainingJob,
     paths: RunPaths,
-    last: dict[str, Any] | None,
+    last: Checkpoint | None,
     reporter: Reporter,
     world: World = SINGLE,
     tracker: Tracker | None = None,
@@ -847,14 +722,14 @@ def _train_epochs(
     optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     if last is not None:
-        train_state = last["train_state"]
-        optimizer.load_state_dict(train_state["optimizer"])
-        if ema is not None and last.get("ema_state_dict") is not None:
-            ema.module.load_state_dict(last["ema_state_dict"])
-        state = LoopState(**train_state["loop"])
-        probe = train_state.get("probe_state_dict")
-        swa = train_state.get("swa") or swa
-        set_rng_state(train_state["rng"])
+        train_state = last.train_state
+        optimizer.load_state_dict(train_state.optimizer)
+        if ema is not None and last.ema_state_dict is not None:
+            ema.module.load_state_dict(last.ema_state_dict)
+        state = LoopState(**train_state.loop)
+        probe = train_state.probe_state_dict
+        swa = train_state.swa or swa
+        set_rng_state(train_state.rng)
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
     head_names = set(classifier_param_names(model))
     trained = [(n, p) for n, p in model.named_parameters() if n in lr_mults]
@@ -896,13 +771,13 @@ def _train_epochs(
 
     def save_last(current: LoopState) -> None:
         payload = job.checkpoint(ema, current)
-        payload["train_state"] = {
-            "optimizer": optimizer.state_dict(),
-            "loop": dataclasses.asdict(current),
-            "rng": rng_state(),
-            "probe_state_dict": probe,
-            "swa": swa,
-        }
+        payload.train_state = TrainState(
+            optimizer=optimizer.state_dict(),
+            loop=dataclasses.asdict(current),
+            rng=rng_state(),
+            probe_state_dict=probe,
+            swa=swa,
+        )
         save_checkpoint(paths.last, payload)
         saved_epoch[0] = current.epoch
 
@@ -1146,8 +1021,8 @@ def calibrate_best(
     from tlcli.train.checkpoint import build_model
     from tlcli.train.loop import predict_logits
 
-    ckpt = load_checkpoint(paths.best)
-    model, _ = build_model(ckpt)
+    payload = load_checkpoint(paths.best)
+    model, _ = build_model(payload)
     model.to(job.device)
     logits = predict_logits(
         model, job.val_data.pixels, job.augmenter, job.device, job.cfg.data.batch_size * 2
@@ -1157,11 +1032,12 @@ def calibrate_best(
     y = labels.numpy()
     before = expected_calibration_error(torch.softmax(logits, 1).numpy(), y)[0]
     after = expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), y)[0]
-    ckpt["temperature"] = temperature
-    save_checkpoint(paths.best, ckpt)
+    best = Checkpoint.from_payload(payload)
+    best.temperature = temperature
+    save_checkpoint(paths.best, best)
     if also_last:  # head-only L-BFGS: last.pt is the same model
-        last = load_checkpoint(paths.last)
-        last["temperature"] = temperature
+        last = Checkpoint.from_payload(load_checkpoint(paths.last))
+        last.temperature = temperature
         save_checkpoint(paths.last, last)
     reporter.note(
         f"temperature scaling: T = {temperature:.3f} fit on val; val ECE {before:.4f} -> "
