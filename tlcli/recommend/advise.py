@@ -132,17 +132,7 @@ def recommend(
     main = measured[0]
     signals = signals_from(scan, train, main, tuple(main.stage_names))
     rec: Recommendation = decide(signals)
-    if duplicates.cross_split_groups:
-        rec.reasons.append(
-            f"{duplicates.cross_split_groups} near-duplicate group(s) cross the train/val(test) "
-            "split: validation accuracy will be optimistic; remove the copies from one side"
-        )
-    if duplicates.label_conflict_groups:
-        rec.reasons.append(
-            f"{duplicates.label_conflict_groups} picture(s) appear under two different classes "
-            "(near-duplicates with different labels): check those labels"
-        )
-    ranking = sorted(measured, key=lambda m: (m.logme, m.probe_accuracy), reverse=True)
+    rec.reasons.extend(hygiene_reasons(duplicates))
     race = None
     if budget == "race":
         from tlcli.recommend.race_runs import recommend_race
@@ -156,19 +146,39 @@ def recommend(
         "duplicates": to_plain(duplicates),
         "similarity": to_plain(main),
         "recommendation": to_plain(asdict(rec)),
-        "candidates": [
-            {
-                "model": m.model,
-                "logme": m.logme,
-                "probe_accuracy": m.probe_accuracy,
-                "knn_accuracy": m.knn_accuracy,
-                "ms_per_image": 1000 * m.seconds_per_image,
-                "rank": i + 1,
-            }
-            for i, m in enumerate(ranking)
-        ]
-        if len(measured) > 1
-        else [],
+        "candidates": candidate_ranking(measured) if len(measured) > 1 else [],
         "race": race,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def hygiene_reasons(duplicates: Any) -> list[str]:
+    """The reasons the duplicate measurement adds: leakage across the split, label conflicts."""
+    reasons = []
+    if duplicates.cross_split_groups:
+        reasons.append(
+            f"{duplicates.cross_split_groups} near-duplicate group(s) cross the train/val(test) "
+            "split: validation accuracy will be optimistic; remove the copies from one side"
+        )
+    if duplicates.label_conflict_groups:
+        reasons.append(
+            f"{duplicates.label_conflict_groups} picture(s) appear under two different classes "
+            "(near-duplicates with different labels): check those labels"
+        )
+    return reasons
+
+
+def candidate_ranking(measured: list[Similarity]) -> list[dict[str, Any]]:
+    """The backbones by LogME, then probe accuracy, best first."""
+    ranking = sorted(measured, key=lambda m: (m.logme, m.probe_accuracy), reverse=True)
+    return [
+        {
+            "model": m.model,
+            "logme": m.logme,
+            "probe_accuracy": m.probe_accuracy,
+            "knn_accuracy": m.knn_accuracy,
+            "ms_per_image": 1000 * m.seconds_per_image,
+            "rank": i + 1,
+        }
+        for i, m in enumerate(ranking)
+    ]
