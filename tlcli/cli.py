@@ -618,7 +618,8 @@ def predict(
         list[Path],
         typer.Argument(
             metavar="INPUT...",
-            help="Image files or folders (searched recursively).",
+            help="Image files, folders (searched recursively) or manifests (.csv/.jsonl: "
+            "the images their rows list).",
             show_default=False,
         ),
     ],
