@@ -120,15 +120,21 @@ def run_variant(name, loaded, splits, fp32: Path, val, work: Path) -> dict[str, 
         batches = augmented_batches(loaded, chosen, CALIBRATION_BATCH)
     out = work / f"{name}.onnx"
     started = time.perf_counter()
-    quantize_int8(fp32, out, iter(batches), work, settings)
-    seconds = time.perf_counter() - started
-    x, labels, reference = val
-    return {
+    row = {
         "variant": name,
         "settings": asdict(settings),
         "described": settings.describe(),
         "images": images,
         "views": views,
+    }
+    try:
+        quantize_int8(fp32, out, iter(batches), work, settings)
+    except Exception as exc:  # onnxruntime refuses some settings on some graphs: a result too
+        return {**row, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+    seconds = time.perf_counter() - started
+    x, labels, reference = val
+    return {
+        **row,
         "bytes": out.stat().st_size,
         "fp32_bytes": fp32.stat().st_size,
         "quantize_s": round(seconds, 1),
@@ -139,7 +145,9 @@ def run_variant(name, loaded, splits, fp32: Path, val, work: Path) -> dict[str, 
 
 def pick(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Best val top-1 within the size limit; ties: agreement with fp32, then the smaller file."""
-    small = [r for r in rows if r["bytes"] <= MAX_SIZE_FRACTION * r["fp32_bytes"]]
+    small = [
+        r for r in rows if "error" not in r and r["bytes"] <= MAX_SIZE_FRACTION * r["fp32_bytes"]
+    ]
     return max(small, key=lambda r: (r["top1"], r["agreement"], -r["bytes"]))
 
 
@@ -180,7 +188,11 @@ def report(rows, fp32_top1: float, val_images: int, chosen, test, run: Path) -> 
             "load 1-min",
         ],
         [
-            [
+            [r["variant"], r["described"], f"{r['images']}, {r['views']}"]
+            + [f"fails: {r['error']}"]
+            + [""] * 6
+            if "error" in r
+            else [
                 f"**{r['variant']}**" if r is chosen else r["variant"],
                 r["described"],
                 f"{r['images']}, {r['views']}",

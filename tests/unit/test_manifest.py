@@ -214,7 +214,7 @@ def test_cv_folds_keep_each_manifest_group_in_one_fold(tmp_path, monkeypatch):
     result = runner.invoke(app, ["finetune", str(manifest), *TINY, *cv])
     assert result.exit_code == 0, result.output
     ((groups, fold_sets),) = seen
-    assert groups is not None and {g for g in groups if g} == {r["group"] for r in rows}
+    assert groups is not None and {g[1] for g in groups if g} == {r["group"] for r in rows}
     fold_of = {i: f for f, members in enumerate(fold_sets) for i in members}
     for group in set(groups) - {None}:
         assert len({fold_of[i] for i, g in enumerate(groups) if g == group}) == 1, group
