@@ -6,7 +6,7 @@ or another calibration sample (64 or 256 train images; the eval transform or aug
 views), all from the same fp32 export. Scored on the run's val images in the eval transform,
 as `tlcli predict` feeds them: top-1, agreement with fp32, mean squared logit error against
 fp32, file size. The pick is the best val top-1 at <= 35% of the fp32 size (ties: agreement,
-then size); the fp32 and the picked int8 model are also scored on --test (a held-out folder).
+then logit error); fp32 and the picked int8 model are also scored on --test (a held-out folder).
 Results go to a JSON-lines file (--results), so a rerun only runs the missing variants.
 
     python bench/int8_variants.py --run RUN_DIR --test ../shared/data/clothing_small/test
@@ -144,11 +144,12 @@ def run_variant(name, loaded, splits, fp32: Path, val, work: Path) -> dict[str, 
 
 
 def pick(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best val top-1 within the size limit; ties: agreement with fp32, then the smaller file."""
+    """Best val top-1 within the size limit; ties: agreement with fp32, then the smaller logit
+    error (sizes within the limit differ by bytes: no reason to pick by them)."""
     small = [
         r for r in rows if "error" not in r and r["bytes"] <= MAX_SIZE_FRACTION * r["fp32_bytes"]
     ]
-    return max(small, key=lambda r: (r["top1"], r["agreement"], -r["bytes"]))
+    return max(small, key=lambda r: (r["top1"], r["agreement"], -r["logit_mse"]))
 
 
 def test_scores(loaded, test_dir: Path, fp32: Path, int8: Path) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def report(rows, fp32_top1: float, val_images: int, chosen, test, run: Path) -> 
         "seeded sample of the run's train images (the eval transform, or the `standard` "
         "augmentation's views); scored on the val images as `predict` feeds them. Logit MSE: "
         "mean squared difference from the fp32 logits. The pick (bold): best val top-1 at "
-        f"<= {MAX_SIZE_FRACTION:.0%} of the fp32 size; ties by agreement, then size.",
+        f"<= {MAX_SIZE_FRACTION:.0%} of the fp32 size; ties by agreement, then logit MSE.",
         table,
     ]
     if test is not None:

@@ -85,8 +85,8 @@ LATENCY_WARMUP = 5
 class Int8Settings:
     """How --quantize int8 quantizes (onnxruntime quantize_static). The defaults are the
     variant picked on clothing_small head-only val (bench/int8_variants.py, docs/benchmarks.md:
-    within 0.3 points of fp32 at 29% of its size, where per-tensor weights lost 3.2 points,
-    MinMax and reduce_range 2.1, Entropy 2.3, and the QOperator format fails to quantize).
+    +0.3 points of val top-1 against fp32 at 29% of its size, -3.2 on test; per-tensor weights
+    lost 3.2 val points, MinMax and reduce_range 2.1, Entropy 2.3; QOperator fails to quantize).
 
     method: the activation-range calibration (MinMax, Entropy, Percentile); percentile: its
     percentile of |x|, which keeps a few outlier activations from stretching a tensor's range;
