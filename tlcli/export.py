@@ -16,6 +16,7 @@ the two on the run's val images: top-1, CPU latency at batch 1, and file size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -600,7 +601,8 @@ def quantize_int8(
         extra["CalibPercentile"] = settings.percentile
     if settings.strided:
         extra["CalibStridedMinMax"] = 1
-    with warnings.catch_warnings():
+    # onnxruntime's calibrators print their progress to stdout, where --json output goes.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(

@@ -225,7 +225,7 @@ def test_int8_activation_ranges_ignore_rare_outliers(tmp_path):
     assert float(scales[node.input[1]]) < 0.05  # about 2 / 255, not 1001 / 255
 
 
-def test_int8_layers_kept_fp32_are_the_first_convs_and_the_head(run, tmp_path):
+def test_int8_layers_kept_fp32_are_the_first_convs_and_the_head(run, tmp_path, capsys):
     """Int8Settings.fp32_first_convs and fp32_head leave exactly those nodes unquantized
     (their weights stay fp32 initializers); the rest of the graph is int8."""
     import onnx
@@ -247,6 +247,7 @@ def test_int8_layers_kept_fp32_are_the_first_convs_and_the_head(run, tmp_path):
     OPS = ("Conv", "Gemm", "MatMul")
     fp32, _ = fp32_weights(Int8Settings())
     assert fp32 == []  # by default every conv and the classifier read int8 weights
+    assert capsys.readouterr().out == ""  # onnxruntime's progress prints stay off stdout
     fp32, int8 = fp32_weights(Int8Settings(fp32_first_convs=2, fp32_head=True))
     assert fp32.count("Conv") == 3 and fp32.count("Gemm") + fp32.count("MatMul") == 1
     assert int8 and "Gemm" not in int8
