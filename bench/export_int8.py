@@ -68,7 +68,7 @@ def predict_parity(ckpt: Path, onnx_file: Path, photos: Path) -> dict[str, Any]:
 
 
 def report(results: dict[str, dict], model: str, calibration: int, runs: int) -> str:
-    from tlcli.export import CALIBRATION_PERCENTILE
+    from tlcli.export import INT8_DEFAULT
 
     rows, parity_rows = [], []
     for name, r in results.items():
@@ -122,9 +122,8 @@ def report(results: dict[str, dict], model: str, calibration: int, runs: int) ->
             f"Machine: {measure.machine_line()}.",
             f"Command: `{measure.command_line()}`",
             f"Model `{model}`, head-only (`finetune --strategy head-only`), exported with "
-            "`tlcli export best.pt --quantize int8`: onnxruntime static quantization (QDQ, "
-            "per-channel int8 weights, uint8 activations with ranges at the "
-            f"{CALIBRATION_PERCENTILE:g}th percentile of |x|) after "
+            "`tlcli export best.pt --quantize int8`: onnxruntime static quantization "
+            f"({INT8_DEFAULT.describe()}; the pick of `bench/int8_variants.py`) after "
             f"`quant_pre_process`, calibrated on a seeded sample of {calibration} train images "
             "of the run. Val top-1 on the run's val images; latency is the median of "
             f"{runs} batch-1 runs of onnxruntime's CPU provider (default threads), after 5 "

@@ -645,7 +645,8 @@ InputsArg = Annotated[
     list[Path],
     typer.Argument(
         metavar="INPUT...",
-        help="Image files or folders (searched recursively).",
+        help="Image files, folders (searched recursively) or manifests (.csv/.jsonl: "
+        "the images their rows list).",
         show_default=False,
     ),
 ]

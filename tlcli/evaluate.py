@@ -618,13 +618,19 @@ def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
 
 
 def collect_image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
-    """Files given, and every file under folders given (recursively, hidden ones left out),
-    that look like images by content; everything else is reported as skipped."""
+    """Files given, every file under folders given (recursively, hidden ones left out) and
+    every row of manifests given (.csv/.jsonl, in row order), that look like images by
+    content; everything else is reported as skipped. A manifest row that cannot be used at
+    all (missing file, empty label, ...) is a DataError naming the row, as for finetune."""
     candidates: list[Path] = []
     skipped: list[Skipped] = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
+        if is_manifest(item) and item.is_file():
+            entries, unreadable = manifest_entries(item, MAX_PIXELS)[:2]
+            candidates += [image for _, image, _ in entries]
+            skipped += unreadable
+        elif item.is_dir():
             for dirpath, dirnames, filenames in os.walk(item, followlinks=False):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 candidates += [

@@ -16,6 +16,7 @@ the two on the run's val images: top-1, CPU latency at batch 1, and file size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +74,57 @@ ONNX_MISSING = (
 )
 
 
-# Static int8 calibration: a seeded sample of the run's train images. The percentile is over
-# activation elements, so 64 images give millions of values per tensor; on clothing_small 64 and
-# 256 images agreed with fp32 alike (91.8-92.7% vs 92.1%), and 256 take 3x the time.
+# Static int8 calibration: a seeded sample of the run's train images, in the eval transform.
 DEFAULT_CALIBRATION_IMAGES = 64
 CALIBRATION_BATCH = 16
-# Activation ranges: the 99.99th percentile of |x| per tensor, not its min/max. MinMax lets a
-# few outlier activations stretch a tensor's range, so the common values get coarse steps: on
-# clothing_small head-only (Lite0) MinMax agreed with fp32 on 88.6% of val images (-2.35 points
-# of top-1), the percentile on 92-93% (-0.6 to -1.8; docs/benchmarks.md, export_int8).
-# Histograms are merged batch by batch, so memory holds one batch's activations.
-CALIBRATION_METHOD = "Percentile"
-CALIBRATION_PERCENTILE = 99.99
 # Latency: median of this many batch-1 runs after a few warm-up runs, on the CPU.
 LATENCY_RUNS = 50
 LATENCY_WARMUP = 5
-QUANTIZATION_NAME = "int8 static, QDQ, per-channel weights"
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How --quantize int8 quantizes (onnxruntime quantize_static). The defaults are the
+    variant picked on clothing_small head-only val (bench/int8_variants.py, docs/benchmarks.md:
+    +0.3 points of val top-1 against fp32 at 29% of its size, -3.2 on test; per-tensor weights
+    lost 3.2 val points, MinMax and reduce_range 2.1, Entropy 2.3; QOperator fails to quantize).
+
+    method: the activation-range calibration (MinMax, Entropy, Percentile); percentile: its
+    percentile of |x|, which keeps a few outlier activations from stretching a tensor's range;
+    strided: histograms collected one batch at a time, so memory holds one batch's
+    activations, not the whole sample's.
+    """
+
+    method: str = "Percentile"
+    percentile: float = 99.99
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    quant_format: str = "QDQ"
+    reduce_range: bool = False
+    fp32_first_convs: int = 0  # leading Conv nodes left fp32 (1: the stem), by graph order
+    fp32_head: bool = False  # the last Conv and the classifier after it left fp32
+    strided: bool = True
+
+    def describe(self) -> str:
+        """One line for the export's printout and the ONNX metadata."""
+        parts = [
+            f"int8 static, {self.quant_format}",
+            "per-channel weights" if self.per_channel else "per-tensor weights",
+            self.method + (f" {self.percentile:g}" if self.method == "Percentile" else ""),
+        ]
+        if self.symmetric_activations:
+            parts.append("symmetric activations")
+        if self.reduce_range:
+            parts.append("reduce_range")
+        kept = [f"first {self.fp32_first_convs} conv(s)"] if self.fp32_first_convs else []
+        kept += ["last conv and classifier"] if self.fp32_head else []
+        if kept:
+            parts.append(f"{' and '.join(kept)} fp32")
+        return ", ".join(parts)
+
+
+INT8_DEFAULT = Int8Settings()
+QUANTIZATION_NAME = INT8_DEFAULT.describe()
 NO_SPLIT_FOR_QUANTIZE = (
     "--quantize int8 calibrates on the run's train images and scores its val images, found "
     "through split.json next to the checkpoint ({path} has none); export best.pt from its "
@@ -507,14 +544,32 @@ def calibration_batches(
         yield augmenter.center_crop(pixels).numpy()
 
 
-def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], work_dir: Path) -> None:
-    """onnxruntime static quantization of `fp32` into `out`: QDQ, per-channel int8 weights,
-    uint8 activations whose ranges are the CALIBRATION_PERCENTILE of the calibration batches.
+def excluded_nodes(model_path: Path, settings: Int8Settings) -> list[str]:
+    """Names of the nodes the settings leave in fp32: the first `fp32_first_convs` Conv
+    nodes, and with `fp32_head` the last Conv and every Gemm/MatMul after it (the
+    classifier), found by graph order, so this holds for any CNN."""
+    import onnx
+
+    nodes = onnx.load(str(model_path)).graph.node
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    names = [nodes[i].name for i in convs[: settings.fp32_first_convs]]
+    if settings.fp32_head and convs:
+        names += [n.name for n in nodes[convs[-1] :] if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return names
+
+
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    batches: Iterator[np.ndarray],
+    work_dir: Path,
+    settings: Int8Settings = INT8_DEFAULT,
+) -> None:
+    """onnxruntime static quantization of `fp32` into `out`: int8 weights, uint8 (int8 when
+    symmetric) activations whose ranges `settings.method` calibrates on the batches.
 
     quant_pre_process first folds BatchNorm into the convolutions and infers shapes, so the
-    folded weights are what gets quantized (onnxruntime's recommended preparation). The
-    histograms are collected one batch at a time (CalibStridedMinMax=1), so memory holds one
-    batch's activations, not the whole sample's.
+    folded weights are what gets quantized (onnxruntime's recommended preparation).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -541,19 +596,27 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterator[np.ndarray], work_dir
             return None if x is None else {"input": x}
 
     prepared = work_dir / "prepared.onnx"
-    with warnings.catch_warnings():
+    extra: dict[str, Any] = {"ActivationSymmetric": settings.symmetric_activations}
+    if settings.method == "Percentile":
+        extra["CalibPercentile"] = settings.percentile
+    if settings.strided:
+        extra["CalibStridedMinMax"] = 1
+    # onnxruntime's calibrators print their progress to stdout, where --json output goes.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out),
             Reader(list(batches)),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
+            quant_format=QuantFormat[settings.quant_format],
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod[CALIBRATION_METHOD],
-            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE, "CalibStridedMinMax": 1},
+            nodes_to_exclude=excluded_nodes(prepared, settings),
+            calibrate_method=CalibrationMethod[settings.method],
+            extra_options=extra,
         )
 
 
@@ -638,7 +701,8 @@ def export_int8(
             "of": len(splits["train"]),
             "source": "train images of the run (split.json)",
             "seed": seed,
-            "method": f"{CALIBRATION_METHOD} {CALIBRATION_PERCENTILE:g}",
+            "method": INT8_DEFAULT.method
+            + (f" {INT8_DEFAULT.percentile:g}" if INT8_DEFAULT.method == "Percentile" else ""),
         },
         "models": rows,
     }

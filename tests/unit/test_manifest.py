@@ -154,3 +154,67 @@ def test_cached_features_take_the_current_labels(tmp_path):
     )
     assert torch.equal(feats, again)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1] and new_labels.tolist() == [1, 0, 1, 0, 1, 0]
+
+
+def test_predict_takes_a_manifest_as_the_files_it_lists(tmp_path):
+    """predict MANIFEST: the listed images, in row order, as if given one by one; a bad row is
+    the one line naming it, as for finetune."""
+    from corpus import make_checkpoint
+
+    folder = make_image_folder(tmp_path / "data", {"a": 3, "b": 3})
+    manifest = write_manifest(folder, tmp_path / "list.csv")
+    listed = [str(tmp_path / row["path"]) for row in csv.DictReader(manifest.open())]
+    ckpt = make_checkpoint(tmp_path / "best.pt", ("a", "b"))
+    by_manifest = runner.invoke(app, ["predict", str(ckpt), str(manifest), "--json"])
+    assert by_manifest.exit_code == 0, by_manifest.output
+    by_files = runner.invoke(app, ["predict", str(ckpt), *listed, "--json"])
+    predicted = json.loads(by_manifest.stdout)["predictions"]
+    assert [p["path"] for p in predicted] == listed
+    assert predicted == json.loads(by_files.stdout)["predictions"]
+    bad = write_bad_manifest(make_manifest_images(tmp_path / "bad"), "manifest-missing-file")
+    result = runner.invoke(app, ["predict", str(ckpt), str(bad)])
+    assert result.exit_code == EXIT_DATA and "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "line 3" in line and "b/gone.png does not exist" in line
+
+
+def test_cv_folds_keep_each_manifest_group_in_one_fold(tmp_path, monkeypatch):
+    """finetune --cv: the manifest's groups reach the folds (a patient's images in two folds
+    would score the fold on images the other fold's head was trained on)."""
+    import tlcli.data.folds as folds
+
+    folder = make_image_folder(tmp_path / "data", {"a": 12, "b": 12}, layout="split")
+    scan = scan_data(folder)
+    rows = [
+        {
+            "path": Path(s.path).relative_to(tmp_path).as_posix(),
+            "label": scan.classes[s.label],
+            "split": split,
+            "group": f"patient{i // 3}",  # three images per patient, some across train/val
+        }
+        for split, samples in scan.splits.items()
+        for i, s in enumerate(samples)
+    ]
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    seen = []
+    real = folds.stratified_folds
+
+    def recording(labels, k, seed, groups=None):
+        result = real(labels, k, seed, groups)
+        seen.append((groups, result))
+        return result
+
+    monkeypatch.setattr(folds, "stratified_folds", recording)
+    out = tmp_path / "run"
+    cv = ["--strategy", "head-only", "--cv", "3", "--out", str(out)]
+    result = runner.invoke(app, ["finetune", str(manifest), *TINY, *cv])
+    assert result.exit_code == 0, result.output
+    ((groups, fold_sets),) = seen
+    assert groups is not None and {g[1] for g in groups if g} == {r["group"] for r in rows}
+    fold_of = {i: f for f, members in enumerate(fold_sets) for i in members}
+    for group in set(groups) - {None}:
+        assert len({fold_of[i] for i, g in enumerate(groups) if g == group}) == 1, group

@@ -225,6 +225,34 @@ def test_int8_activation_ranges_ignore_rare_outliers(tmp_path):
     assert float(scales[node.input[1]]) < 0.05  # about 2 / 255, not 1001 / 255
 
 
+def test_int8_layers_kept_fp32_are_the_first_convs_and_the_head(run, tmp_path, capsys):
+    """Int8Settings.fp32_first_convs and fp32_head leave exactly those nodes unquantized
+    (their weights stay fp32 initializers); the rest of the graph is int8."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tlcli.export import Int8Settings, calibration_batches, run_split_samples
+
+    loaded = load_for_inference(run["ckpt"])
+    batches = list(calibration_batches(loaded, run_split_samples(loaded)["train"][:8]))
+
+    def fp32_weights(settings: Int8Settings) -> tuple[list[str], list[str]]:
+        out = tmp_path / f"{settings.fp32_first_convs}-{settings.fp32_head}.onnx"
+        quantize_int8(run["onnx"], out, iter(batches), tmp_path, settings)
+        graph = onnx.load(str(out)).graph
+        floats = {i.name for i in graph.initializer if numpy_helper.to_array(i).dtype == np.float32}
+        kinds = [(n.op_type, n.input[1] in floats) for n in graph.node if n.op_type in OPS]
+        return [k for k, f in kinds if f], [k for k, f in kinds if not f]
+
+    OPS = ("Conv", "Gemm", "MatMul")
+    fp32, _ = fp32_weights(Int8Settings())
+    assert fp32 == []  # by default every conv and the classifier read int8 weights
+    assert capsys.readouterr().out == ""  # onnxruntime's progress prints stay off stdout
+    fp32, int8 = fp32_weights(Int8Settings(fp32_first_convs=2, fp32_head=True))
+    assert fp32.count("Conv") == 3 and fp32.count("Gemm") + fp32.count("MatMul") == 1
+    assert int8 and "Gemm" not in int8
+
+
 def test_int8_export_is_smaller_and_mostly_agrees_with_fp32(run, tmp_path):
     out = tmp_path / "m.onnx"
     result = export_model(

@@ -13,6 +13,7 @@ import hashlib
 import json
 import pickle
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,12 +310,14 @@ def cross_validate(
     k: int,
     seed: int,
     weight_decay: float,
+    groups: Sequence[object] | None = None,
 ) -> dict[str, Any]:
     """K-fold accuracy of the L-BFGS head (stratified, seeded folds): the honest number for a
-    small set, where one val split moves by points."""
+    small set, where one val split moves by points. Rows with the same group (a patient, a
+    near-duplicate cluster; None for none) stay in one fold: across folds they inflate it."""
     from tlcli.data.folds import stratified_folds
 
-    folds = stratified_folds(labels.numpy(), k, seed)
+    folds = stratified_folds(labels.numpy(), k, seed, groups)
     _, accuracies = out_of_fold_probabilities(features, labels, num_classes, folds, weight_decay)
     return {
         "folds": k,
@@ -380,6 +383,7 @@ def fit_linear_probe(  # noqa: PLR0913 (the feature context: run.py passes it wh
     views: int = 0,
     balance: str = "none",
     temper: bool = False,
+    cv_groups: dict[Path, object] | None = None,
 ) -> tuple[HeadFit, str]:
     """Fit model's classifier in place on frozen features (the weight decay picked on val).
 
@@ -389,7 +393,8 @@ def fit_linear_probe(  # noqa: PLR0913 (the feature context: run.py passes it wh
 
     balance: a method of tlcli.train.balance, or auto: none unless the classes are
     imbalanced, then the method whose probe has the best val balanced accuracy. Returns
-    the fit and the method used (the sampler is fit as the weighted loss: full batch)."""
+    the fit and the method used (the sampler is fit as the weighted loss: full batch).
+    cv_groups: path -> group that --cv keeps inside one fold."""
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise TypeError(f"L-BFGS head fit needs a Linear classifier, got {type(classifier)}")
@@ -430,6 +435,7 @@ def fit_linear_probe(  # noqa: PLR0913 (the feature context: run.py passes it wh
             cfg.train.cv_folds,
             cfg.train.seed,
             fit.weight_decay,
+            [(cv_groups or {}).get(p) for p in [*train_data.paths, *val_data.paths]],
         )
         report_cross_validation(fit.cv, reporter)
     return fit, method
@@ -464,6 +470,7 @@ def fit_head_on_features(
     cfg: Config,
     spec: DataSpec,
     reporter: Reporter,
+    cv_groups: dict[Path, object] | None = None,
 ) -> tuple[LoopState, Any]:
     """Fit model's classifier in place; returns a LoopState with one history row."""
     started = time.perf_counter()
@@ -482,6 +489,7 @@ def fit_head_on_features(
         reporter,
         cfg.strategy.head_views,
         cfg.train.balance,
+        cv_groups=cv_groups,
     )
     row = probe_row(fit, 1, time.perf_counter() - started)
     reporter.epoch(row)

@@ -13,7 +13,7 @@ import dataclasses
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +169,20 @@ def split_groups(scan: FolderScan, cfg: Config, reporter: Reporter) -> dict[Path
     if scan.layout == "split" and scan.splits.get("val"):
         return {}
     pool = scan.splits["train"] if scan.layout == "split" else scan.splits["all"]
-    paths = [s.path for s in pool]
+    return groups_of_samples(scan, pool, cfg, reporter, "split")
+
+
+def groups_of_samples(
+    scan: FolderScan, samples: list[Sample], cfg: Config, reporter: Reporter, use: str
+) -> dict[Path, object]:
+    """Path -> group for the samples in groups of two or more: the manifest's `group` column
+    joined through near-duplicate clusters (data.group_duplicates); `use` ("split" or "cv")
+    keeps each group on one side or inside one fold."""
+    keep = "on one side" if use == "split" else "inside one fold"
+    paths = [s.path for s in samples]
     clusters: list[list[int]] = []
     if cfg.data.group_duplicates:
-        reporter.start("hash", len(paths), "hash images (near-duplicates stay on one side)")
+        reporter.start("hash", len(paths), f"hash images (near-duplicates stay {keep})")
         _, clusters = duplicate_groups(
             [str(p) for p in paths],
             resolve_workers(cfg.data.workers),
@@ -181,13 +191,22 @@ def split_groups(scan: FolderScan, cfg: Config, reporter: Reporter) -> dict[Path
         reporter.finish("hash")
     named = getattr(scan, "groups", {})
     groups = merge_groups(paths, named, clusters)
-    together = kept_together(pool, groups)
+    together = kept_together(samples, groups)
     if together or clusters:
         reporter.note(
-            f"split: {together} group(s) kept on one side ({len(clusters)} near-duplicate "
+            f"{use}: {together} group(s) kept {keep} ({len(clusters)} near-duplicate "
             f"cluster(s), {len(set(named.values()))} manifest group(s))"
         )
     return groups
+
+
+def cv_groups(
+    scan: FolderScan, samples: list[Sample], cfg: Config, reporter: Reporter
+) -> dict[Path, object]:
+    """Groups --cv keeps inside one fold, over train+val: a split tlcli made already grouped
+    its whole pool (prepare_job reuses it); one given as folders, or read back on resume,
+    is grouped here."""
+    return groups_of_samples(scan, samples, cfg, reporter, "cv")
 
 
 def report_skipped(reporter: Reporter, skipped: list[Skipped]) -> None:
@@ -270,6 +289,7 @@ class TrainingJob:
     val_data: DecodedImages
     strategy_reasons: list[str]
     split_groups: int = 0  # groups (near-duplicates, manifest groups) a made split kept together
+    cv_groups: dict[Path, object] = field(default_factory=dict)  # --cv keeps each in a fold
 
     @property
     def skipped(self) -> list[Skipped]:
@@ -308,6 +328,7 @@ def prepare_job(
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels
     scan = scan_with_progress(data_dir, cfg, reporter)
     kept = 0
+    groups: dict[Path, object] | None = None  # None: no split made here to reuse for --cv
     if last is not None and split_path is not None:
         classes, splits = load_split(split_path, scan.root)
         train_samples, val_samples = splits["train"], splits["val"]
@@ -319,6 +340,12 @@ def prepare_job(
             scan, cfg.data.val_split, cfg.train.seed, groups
         )
         kept = kept_together(train_samples + val_samples, groups)
+        if scan.layout == "split" and scan.splits.get("val"):
+            groups = None  # the split came as folders: nothing was grouped
+    if not cfg.train.cv_folds:
+        groups = {}
+    elif groups is None:
+        groups = cv_groups(scan, train_samples + val_samples, cfg, reporter)
 
     # A resumed run rebuilds from last.pt: no download, same head.
     model = create_model(
@@ -404,6 +431,7 @@ def prepare_job(
         val_data,
         reasons,
         kept,
+        groups,
     )
 
 
@@ -537,6 +565,7 @@ def _finetune(
             cfg,
             job.spec,
             reporter,
+            job.cv_groups,
         )
         save_checkpoint(paths.best, job.checkpoint(ema, state))
         save_checkpoint(paths.last, job.checkpoint(ema, state))
