@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,37 +327,10 @@ def prepare_job(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels
     scan = scan_with_progress(data_dir, cfg, reporter)
-    kept = 0
-    groups: dict[Path, object] | None = None  # None: no split made here to reuse for --cv
-    if last is not None and split_path is not None:
-        classes, splits = load_split(split_path, scan.root)
-        train_samples, val_samples = splits["train"], splits["val"]
-        refuse_missing_split_files(train_samples + val_samples, split_path.parent)
-    else:
-        classes = scan.classes
-        groups = split_groups(scan, cfg, reporter)
-        train_samples, val_samples = train_val_samples(
-            scan, cfg.data.val_split, cfg.train.seed, groups
-        )
-        kept = kept_together(train_samples + val_samples, groups)
-        if scan.layout == "split" and scan.splits.get("val"):
-            groups = None  # the split came as folders: nothing was grouped
-    if not cfg.train.cv_folds:
-        groups = {}
-    elif groups is None:
-        groups = cv_groups(scan, train_samples + val_samples, cfg, reporter)
-
-    # A resumed run rebuilds from last.pt: no download, same head.
-    model = create_model(
-        cfg.model.name,
-        len(classes),
-        pretrained=cfg.model.pretrained and last is None,
-        drop_rate=cfg.model.drop_rate,
-        drop_path_rate=cfg.model.drop_path_rate,
+    classes, train_samples, val_samples, kept, groups = job_split(
+        scan, cfg, reporter, last, split_path
     )
-    model_kwargs = {"num_classes": len(classes), "drop_rate": cfg.model.drop_rate}
-    if cfg.model.drop_path_rate > 0:
-        model_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    model, model_kwargs = job_model(cfg, len(classes), last)
     spec = data_spec_of(model, cfg.data.image_size)
     reasons: list[str] = []
     if last is not None:
@@ -371,35 +344,13 @@ def prepare_job(
             if world.is_main:
                 cfg, reasons = choose_strategy(cfg, scan, train_samples, model, spec, reporter)
             cfg, reasons = broadcast_object((cfg, reasons), world)
-        plan = plan_for_model(
-            model,
-            cfg.strategy.name,
-            cfg.strategy.trainable_stages,
-            cfg.optim.backbone_lr_mult,
-            cfg.optim.layer_decay,
-        )
+        plan = plan_of_config(model, cfg)
     lr_mults = apply_plan(model, plan)
     reporter.note(
         f"strategy {plan.strategy}: training {plan.trainable_params:,} of {plan.total_params:,} "
         f"parameters; frozen: {', '.join(plan.frozen_stage_names) or 'nothing'}"
     )
-    if not world.is_main:
-        barrier(world)  # rank 0 fills the disk cache first; the others then read it
-    train_data = decode_split(train_samples, spec, cfg, reporter, "train")
-    val_data = decode_split(val_samples, spec, cfg, reporter, "val")
-    if world.distributed and world.is_main:
-        barrier(world)
-    for note in dict.fromkeys(d.cache_note for d in (train_data, val_data) if d.cache_note):
-        reporter.note(note, "warning")  # once, though both splits fell back
-    report_skipped(reporter, train_data.skipped + val_data.skipped)
-    missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
-    if missing:
-        raise DataError(
-            "no decodable train images left for class(es) "
-            f"{', '.join(classes[i] for i in missing)}; fix or add images"
-        )
-    if len(val_data) == 0:
-        raise DataError("no decodable validation images; fix the val/ folder or the images")
+    train_data, val_data = job_data(train_samples, val_samples, classes, spec, cfg, reporter, world)
     model.to(device)
     if cfg.train.channels_last:
         # NHWC: ~2x faster convs on CPU (oneDNN) and on tensor cores.
@@ -433,6 +384,98 @@ def prepare_job(
         kept,
         groups,
     )
+
+
+def plan_of_config(model: torch.nn.Module, cfg: Config) -> FreezePlan:
+    """The freeze plan of cfg.strategy (auto already resolved) for this model's stages."""
+    return plan_for_model(
+        model,
+        cfg.strategy.name,
+        cfg.strategy.trainable_stages,
+        cfg.optim.backbone_lr_mult,
+        cfg.optim.layer_decay,
+    )
+
+
+def job_split(
+    scan: FolderScan,
+    cfg: Config,
+    reporter: Reporter,
+    last: Checkpoint | None,
+    split_path: Path | None,
+) -> tuple[list[str], list[Sample], list[Sample], int, dict[Path, object]]:
+    """(classes, train, val, groups kept together, --cv groups): a resumed run's own
+    split.json, or the seeded stratified split with near-duplicate and manifest groups on one
+    side. --cv reuses the split's groups, or groups train+val when the split came as folders."""
+    groups: dict[Path, object] | None = None  # None: no split made here to reuse for --cv
+    kept = 0
+    if last is not None and split_path is not None:
+        classes, splits = load_split(split_path, scan.root)
+        train_samples, val_samples = splits["train"], splits["val"]
+        refuse_missing_split_files(train_samples + val_samples, split_path.parent)
+    else:
+        classes = scan.classes
+        groups = split_groups(scan, cfg, reporter)
+        train_samples, val_samples = train_val_samples(
+            scan, cfg.data.val_split, cfg.train.seed, groups
+        )
+        kept = kept_together(train_samples + val_samples, groups)
+        if scan.layout == "split" and scan.splits.get("val"):
+            groups = None  # the split came as folders: nothing was grouped
+    if not cfg.train.cv_folds:
+        groups = {}
+    elif groups is None:
+        groups = cv_groups(scan, train_samples + val_samples, cfg, reporter)
+    return classes, train_samples, val_samples, kept, groups
+
+
+def job_model(
+    cfg: Config, num_classes: int, last: Checkpoint | None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The timm model with a new head, and the kwargs a checkpoint rebuilds it with. A
+    resumed run rebuilds from last.pt: no download, same head."""
+    model = create_model(
+        cfg.model.name,
+        num_classes,
+        pretrained=cfg.model.pretrained and last is None,
+        drop_rate=cfg.model.drop_rate,
+        drop_path_rate=cfg.model.drop_path_rate,
+    )
+    model_kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": cfg.model.drop_rate}
+    if cfg.model.drop_path_rate > 0:
+        model_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    return model, model_kwargs
+
+
+def job_data(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    classes: list[str],
+    spec: DataSpec,
+    cfg: Config,
+    reporter: Reporter,
+    world: World,
+) -> tuple[DecodedImages, DecodedImages]:
+    """Both splits decoded (rank 0 fills the disk cache first); a class with no decodable
+    train image, or no decodable val image at all, is one line."""
+    if not world.is_main:
+        barrier(world)  # rank 0 fills the disk cache first; the others then read it
+    train_data = decode_split(train_samples, spec, cfg, reporter, "train")
+    val_data = decode_split(val_samples, spec, cfg, reporter, "val")
+    if world.distributed and world.is_main:
+        barrier(world)
+    for note in dict.fromkeys(d.cache_note for d in (train_data, val_data) if d.cache_note):
+        reporter.note(note, "warning")  # once, though both splits fell back
+    report_skipped(reporter, train_data.skipped + val_data.skipped)
+    missing = sorted(set(range(len(classes))) - set(train_data.labels.tolist()))
+    if missing:
+        raise DataError(
+            "no decodable train images left for class(es) "
+            f"{', '.join(classes[i] for i in missing)}; fix or add images"
+        )
+    if len(val_data) == 0:
+        raise DataError("no decodable validation images; fix the val/ folder or the images")
+    return train_data, val_data
 
 
 def refuse_missing_split_files(samples: list[Sample], run_root: Path) -> None:
@@ -498,42 +541,86 @@ def _finetune(
     epochs: int | None = None,
     choose_strategy: StrategyChooser | None = None,
 ) -> dict[str, Any]:
-    from tlcli.train.head_fit import fit_head_on_features
-
+    """Open or create the run dir, prepare the job, fit the head or train the epochs, then
+    the results (calibration, metrics, summary, report)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
+    last = None
     if resume is not None:
-        paths = RunPaths(Path(resume))
-        if paths.config.is_file() and world.is_main:  # a run dir: one process trains it
-            claims.callback(release_claim, paths.root, claim_run_to_resume(paths.root))
-        if paths.config.is_file() and not paths.last.is_file():
-            raise RunDirError(
-                f"{resume} was stopped before its first checkpoint: nothing to resume; "
-                f"start again with a new --out (or delete {resume})"
-            )
-        if not paths.last.is_file() or not paths.config.is_file():
-            raise RunDirError(
-                f"{resume} is not a resumable run dir (no last.pt / config.yaml); "
-                "pass the --out folder of an earlier finetune"
-            )
-        cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
-        data_dir = Path(paths.read_info().data_dir)
-        last = Checkpoint.from_payload(load_checkpoint(paths.last))
-        cfg, last = resume_plan(paths.root, cfg, last, epochs)
-        remove_stale_temp_files(paths.root)  # half-written checkpoints of a killed process
+        paths, cfg, data_dir, last = open_run_to_resume(Path(resume), epochs, world, claims)
     else:
         if data_dir is None:
             raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
-        root = None
-        if world.is_main:
-            created, claim = create_run_dir(out, data_dir)
-            claims.callback(release_claim, created.root, claim)
-            root = created.root
-        paths = RunPaths(Path(broadcast_object(root, world)))
-        last = None
+        paths = new_run_dir(out, data_dir, world, claims)
     job = prepare_job(data_dir, cfg, reporter, last, paths.split, world, choose_strategy)
-    if last is None and world.is_main:
-        # The resolved config (auto strategy made explicit) and split: what --resume reads.
+    if world.is_main:
+        write_run_files(job, paths, last, epochs)
+    cfg, plan = job.cfg, job.plan
+    reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
+    if last is not None:
+        reasons = paths.read_info().strategy_reasons
+    plan_info = {**plan.to_dict(), "reasons": reasons, "data_dir": str(job.data_dir)}
+    tracker.on_run_start(config_to_dict(cfg), plan_info, paths.root)
+    lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
+    if lbfgs_head:
+        state = fit_lbfgs_head(job, paths, reporter, world)
+    else:
+        state = _train_epochs(job, paths, last, reporter, world, tracker)
+    try:
+        return finish_run(job, paths, state, reporter, world, tracker, lbfgs_head, started)
+    except KeyboardInterrupt:
+        if lbfgs_head:
+            raise Interrupted(
+                f"{interrupted_word()} while the results were written: {paths.best} is saved, "
+                f"{paths.summary.name} is not; run it again with another --out"
+            ) from None
+        raise stopped_after_training(paths, state.epoch) from None
+
+
+def open_run_to_resume(
+    root: Path, epochs: int | None, world: World, claims: contextlib.ExitStack
+) -> tuple[RunPaths, Config, Path, Checkpoint]:
+    """--resume RUN_DIR: claimed (one process trains a run), its own config and data dir,
+    and last.pt with what is left to do (resume_plan); or a one-line RunDirError."""
+    paths = RunPaths(root)
+    if paths.config.is_file() and world.is_main:  # a run dir: one process trains it
+        claims.callback(release_claim, paths.root, claim_run_to_resume(paths.root))
+    if paths.config.is_file() and not paths.last.is_file():
+        raise RunDirError(
+            f"{root} was stopped before its first checkpoint: nothing to resume; "
+            f"start again with a new --out (or delete {root})"
+        )
+    if not paths.last.is_file() or not paths.config.is_file():
+        raise RunDirError(
+            f"{root} is not a resumable run dir (no last.pt / config.yaml); "
+            "pass the --out folder of an earlier finetune"
+        )
+    cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
+    data_dir = Path(paths.read_info().data_dir)
+    last = Checkpoint.from_payload(load_checkpoint(paths.last))
+    cfg, last = resume_plan(paths.root, cfg, last, epochs)
+    remove_stale_temp_files(paths.root)  # half-written checkpoints of a killed process
+    return paths, cfg, data_dir, last
+
+
+def new_run_dir(
+    out: Path | None, data_dir: Path, world: World, claims: contextlib.ExitStack
+) -> RunPaths:
+    """A new run dir, created and claimed by rank 0; every rank gets its path."""
+    root = None
+    if world.is_main:
+        created, claim = create_run_dir(out, data_dir)
+        claims.callback(release_claim, created.root, claim)
+        root = created.root
+    return RunPaths(Path(broadcast_object(root, world)))
+
+
+def write_run_files(
+    job: TrainingJob, paths: RunPaths, last: Checkpoint | None, epochs: int | None
+) -> None:
+    """What --resume reads: the resolved config (auto made explicit), the split and run.json;
+    an extended run's config.yaml says its new epoch count, so a later --resume goes on to N."""
+    if last is None:
         save_split(
             paths.split,
             job.scan.root,
@@ -543,44 +630,34 @@ def _finetune(
         paths.config.write_text(yaml.safe_dump(config_to_dict(job.cfg), sort_keys=False))
         info = RunInfo(str(job.data_dir.resolve()), time.strftime("%FT%T%z"), job.strategy_reasons)
         paths.write_info(info)
-    if last is not None and epochs is not None and world.is_main:
-        # Extended: config.yaml now says N epochs, so that a later --resume goes on to N.
-        write_text_atomically(paths.config, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    cfg, plan = job.cfg, job.plan
-    reasons = job.strategy_reasons  # a resumed run: run.json's (every rank may read it)
-    if last is not None:
-        reasons = paths.read_info().strategy_reasons
-    plan_info = {**plan.to_dict(), "reasons": reasons, "data_dir": str(job.data_dir)}
-    tracker.on_run_start(config_to_dict(cfg), plan_info, paths.root)
-    lbfgs_head = plan.strategy == "head-only" and cfg.strategy.head_fit == "lbfgs"
-    if lbfgs_head and not world.is_main:
-        state = LoopState()  # one full-batch fit, done by rank 0 alone
-    elif lbfgs_head:
-        state, ema = fit_head_on_features(
-            job.model,
-            job.train_data,
-            job.val_data,
-            job.augmenter,
-            job.device,
-            cfg,
-            job.spec,
-            reporter,
-            job.cv_groups,
-        )
-        save_checkpoint(paths.best, job.checkpoint(ema, state))
-        save_checkpoint(paths.last, job.checkpoint(ema, state))
-    else:
-        state = _train_epochs(job, paths, last, reporter, world, tracker)
-    try:
-        summary = finish_run(job, paths, state, reporter, world, tracker, lbfgs_head, started)
-    except KeyboardInterrupt:
-        if lbfgs_head:
-            raise Interrupted(
-                f"{interrupted_word()} while the results were written: {paths.best} is saved, "
-                f"{paths.summary.name} is not; run it again with another --out"
-            ) from None
-        raise stopped_after_training(paths, state.epoch) from None
-    return summary
+    elif epochs is not None:
+        config = yaml.safe_dump(config_to_dict(job.cfg), sort_keys=False)
+        write_text_atomically(paths.config, config)
+
+
+def fit_lbfgs_head(
+    job: TrainingJob, paths: RunPaths, reporter: Reporter, world: World
+) -> LoopState:
+    """head-only: one full-batch L-BFGS fit on cached features, by rank 0 alone; best.pt and
+    last.pt are the same model."""
+    from tlcli.train.head_fit import fit_head_on_features
+
+    if not world.is_main:
+        return LoopState()
+    state, ema = fit_head_on_features(
+        job.model,
+        job.train_data,
+        job.val_data,
+        job.augmenter,
+        job.device,
+        job.cfg,
+        job.spec,
+        reporter,
+        job.cv_groups,
+    )
+    save_checkpoint(paths.best, job.checkpoint(ema, state))
+    save_checkpoint(paths.last, job.checkpoint(ema, state))
+    return state
 
 
 def finish_run(
@@ -712,69 +789,113 @@ def _train_epochs(
     world: World = SINGLE,
     tracker: Tracker | None = None,
 ) -> LoopState:
+    """The epoch loop of partial/full (and head-only by epochs): LP-FT's probe or the
+    resumed state first, then run_epochs with the checkpoint hook, then weight averages."""
     from timm.utils import ModelEmaV3
 
-    from tlcli.train.balance import loss_balance
-
-    model, lr_mults, cfg, device = job.model, job.lr_mults, job.cfg, job.device
-    tracker = tracker or Tracker()
-    train_data, val_data, augmenter = job.train_data, job.val_data, job.augmenter
-
-    state = LoopState()
-    probe: dict[str, torch.Tensor] | None = None  # the LP-only weights, for WiSE-FT
-    swa: dict[str, Any] = {"state": None, "count": 0}  # running mean of the last epochs
+    cfg, model = job.cfg, job.model
     lp_ft = cfg.train.lp_ft and job.plan.strategy != "head-only"
-    if last is None and lp_ft:
-        try:
-            state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"{interrupted_word()} while the linear probe was fit, before the first epoch: "
-                f"nothing to resume yet; start again with another --out (or delete {paths.root})"
-            ) from None
-        probe = model_state(model)
-    elif last is None:
-        state.balance = resolve_balance(job, reporter)
-    if lp_ft:  # a fitted head is already good: the fine-tune stage gets its own LRs
-        lr_mults = lp_ft_lr_mults(
-            lr_mults,
-            set(classifier_param_names(model)),
-            cfg.train.lp_ft_head_lr_mult,
-            cfg.train.lp_ft_lr_scale,
-        )
-        scaled = cfg.optim.lr * cfg.train.lp_ft_lr_scale
-        head, backbone = scaled * cfg.train.lp_ft_head_lr_mult, scaled * cfg.optim.backbone_lr_mult
-        reporter.note(
-            f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}, label smoothing "
-            f"{cfg.train.lp_ft_label_smoothing:g} (the probe was fit without)"
-        )
-    optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=device.type == "cuda")
+    state, probe, swa = LoopState(), None, {"state": None, "count": 0}
+    if last is None:
+        state, probe = fresh_state(job, paths, reporter, world, lp_ft)
+    lr_mults = fine_tune_lr_mults(job, reporter) if lp_ft else job.lr_mults
+    optimizer = create_optimizer(model, lr_mults, cfg.optim, fused=job.device.type == "cuda")
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     if last is not None:
-        train_state = last.train_state
-        optimizer.load_state_dict(train_state.optimizer)
-        if ema is not None and last.ema_state_dict is not None:
-            ema.module.load_state_dict(last.ema_state_dict)
-        state = LoopState(**train_state.loop)
-        probe = train_state.probe_state_dict
-        swa = train_state.swa or swa
-        set_rng_state(train_state.rng)
+        state, probe, swa = resumed_state(last, optimizer, ema, swa)
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
+    setup = loop_setup(job, optimizer, ema, state, lr_mults, lp_ft, world)
+    hook = EpochCheckpoints(
+        job, paths, optimizer, ema, probe, swa, world, tracker or Tracker(), state.epoch
+    )
+    with stop_messages(paths, cfg, hook):
+        if last is None and world.is_main:
+            hook.save_last(state)  # epoch 0: a run killed before its first epoch can resume
+            if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
+                save_checkpoint(paths.best, job.checkpoint(ema, state))
+        elif world.is_main and not paths.best.is_file():
+            restore_best(job, paths, ema, state, probe)
+        for _ in run_epochs(setup, state, reporter, hook.on_epoch_end):
+            pass
+    try:
+        if world.is_main:  # after the last epoch; a resume of a run stopped here redoes it
+            try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
+    except KeyboardInterrupt:
+        raise stopped_after_training(paths, state.epoch) from None
+    return state
+
+
+def fresh_state(
+    job: TrainingJob, paths: RunPaths, reporter: Reporter, world: World, lp_ft: bool
+) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
+    """A new run's state before epoch 1: LP-FT's probe (epoch 0; its weights kept for
+    WiSE-FT), or the class balance resolved for a zero head."""
+    if not lp_ft:
+        return LoopState(balance=resolve_balance(job, reporter)), None
+    try:
+        state = linear_probe_first(job, reporter, world)  # before the EMA copies the model
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{interrupted_word()} while the linear probe was fit, before the first epoch: "
+            f"nothing to resume yet; start again with another --out (or delete {paths.root})"
+        ) from None
+    return state, model_state(job.model)
+
+
+def fine_tune_lr_mults(job: TrainingJob, reporter: Reporter) -> dict[str, float]:
+    """LP-FT's fine-tune stage: a fitted head is already good, so it gets its own LRs."""
+    cfg = job.cfg
+    lr_mults = lp_ft_lr_mults(
+        job.lr_mults,
+        set(classifier_param_names(job.model)),
+        cfg.train.lp_ft_head_lr_mult,
+        cfg.train.lp_ft_lr_scale,
+    )
+    scaled = cfg.optim.lr * cfg.train.lp_ft_lr_scale
+    head, backbone = scaled * cfg.train.lp_ft_head_lr_mult, scaled * cfg.optim.backbone_lr_mult
+    reporter.note(
+        f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}, label smoothing "
+        f"{cfg.train.lp_ft_label_smoothing:g} (the probe was fit without)"
+    )
+    return lr_mults
+
+
+def resumed_state(
+    last: Checkpoint, optimizer: torch.optim.Optimizer, ema: Any, swa: dict[str, Any]
+) -> tuple[LoopState, dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """last.pt's loop state, probe and SWA mean; the optimizer, EMA and RNGs restored."""
+    train_state = last.train_state
+    optimizer.load_state_dict(train_state.optimizer)
+    if ema is not None and last.ema_state_dict is not None:
+        ema.module.load_state_dict(last.ema_state_dict)
+    set_rng_state(train_state.rng)
+    return LoopState(**train_state.loop), train_state.probe_state_dict, train_state.swa or swa
+
+
+def loop_setup(
+    job: TrainingJob,
+    optimizer: torch.optim.Optimizer,
+    ema: Any,
+    state: LoopState,
+    lr_mults: dict[str, float],
+    lp_ft: bool,
+    world: World,
+) -> LoopSetup:
+    """What train.loop needs, from the job and the config (the model wrapped for DDP)."""
+    from tlcli.train.balance import loss_balance
+
+    model, cfg, device = job.model, job.cfg, job.device
     head_names = set(classifier_param_names(model))
     trained = [(n, p) for n, p in model.named_parameters() if n in lr_mults]
-    ratio_params = {
-        "head": [p for n, p in trained if n in head_names],
-        "backbone": [p for n, p in trained if n not in head_names],
-    }
     setup = LoopSetup(
         model=model,
         optimizer=optimizer,
-        augmenter=augmenter,
+        augmenter=job.augmenter,
         device=device,
-        train_pixels=train_data.pixels,
-        train_labels=train_data.labels,
-        val_pixels=val_data.pixels,
-        val_labels=val_data.labels,
+        train_pixels=job.train_data.pixels,
+        train_labels=job.train_data.labels,
+        val_pixels=job.val_data.pixels,
+        val_labels=job.val_data.labels,
         epochs=cfg.train.epochs,
         batch_size=cfg.data.batch_size,
         seed=cfg.train.seed,
@@ -783,10 +904,13 @@ def _train_epochs(
         clip_grad_norm=cfg.optim.clip_grad_norm,
         patience=cfg.train.patience,
         monitor_every=cfg.train.monitor_every,
-        ratio_params=ratio_params,
+        ratio_params={
+            "head": [p for n, p in trained if n in head_names],
+            "backbone": [p for n, p in trained if n not in head_names],
+        },
         head_warmup_epochs=cfg.strategy.head_warmup_epochs,
         ema=ema,
-        balance=loss_balance(state.balance, train_data.labels, len(job.classes)),
+        balance=loss_balance(state.balance, job.train_data.labels, len(job.classes)),
         frozen_norm_stats=lp_ft and cfg.train.lp_ft_freeze_bn,
         amp_dtype=amp_dtype_for(device, cfg.train.amp),
         channels_last=cfg.train.channels_last,
@@ -795,65 +919,74 @@ def _train_epochs(
     setup.model = wrap_model(model, world, device, cfg.strategy.head_warmup_epochs > 0)
     if cfg.train.compile and device.type == "cuda":
         setup.model = torch.compile(setup.model)
+    return setup
 
-    saved_epoch = [state.epoch]  # what last.pt holds, for the messages
 
-    def save_last(current: LoopState) -> None:
-        payload = job.checkpoint(ema, current)
+@dataclass
+class EpochCheckpoints:
+    """The loop's epoch-end hook: the SWA mean, best.pt when val improved, last.pt (with the
+    optimizer, RNGs, probe and SWA state, so a resume is bit-exact), metrics.csv, tracking."""
+
+    job: TrainingJob
+    paths: RunPaths
+    optimizer: torch.optim.Optimizer
+    ema: Any
+    probe: dict[str, torch.Tensor] | None
+    swa: dict[str, Any]
+    world: World
+    tracker: Tracker
+    saved_epoch: int = 0  # what last.pt holds, for the messages
+
+    def save_last(self, current: LoopState) -> None:
+        payload = self.job.checkpoint(self.ema, current)
         payload.train_state = TrainState(
-            optimizer=optimizer.state_dict(),
+            optimizer=self.optimizer.state_dict(),
             loop=dataclasses.asdict(current),
             rng=rng_state(),
-            probe_state_dict=probe,
-            swa=swa,
+            probe_state_dict=self.probe,
+            swa=self.swa,
         )
-        save_checkpoint(paths.last, payload)
-        saved_epoch[0] = current.epoch
+        save_checkpoint(self.paths.last, payload)
+        self.saved_epoch = current.epoch
 
-    def on_epoch_end(current: LoopState, improved: bool) -> None:
-        if not world.is_main:  # one writer
+    def on_epoch_end(self, current: LoopState, improved: bool) -> None:
+        if not self.world.is_main:  # one writer
             return
-        if swa_window(cfg, current.epoch):
-            swa["state"] = running_average(swa["state"], swa["count"], model.state_dict())
-            swa["count"] += 1
+        if swa_window(self.job.cfg, current.epoch):
+            self.swa["state"] = running_average(
+                self.swa["state"], self.swa["count"], self.job.model.state_dict()
+            )
+            self.swa["count"] += 1
         if improved:
-            save_checkpoint(paths.best, job.checkpoint(ema, current))
-        save_last(current)
-        write_metrics(paths.metrics, current.history)
-        tracker.on_epoch_end(current.history[-1])
+            save_checkpoint(self.paths.best, self.job.checkpoint(self.ema, current))
+        self.save_last(current)
+        write_metrics(self.paths.metrics, current.history)
+        self.tracker.on_epoch_end(current.history[-1])
 
+
+@contextlib.contextmanager
+def stop_messages(paths: RunPaths, cfg: Config, hook: EpochCheckpoints) -> Iterator[None]:
+    """Ctrl-C, a changed folder, CUDA OOM or divergence during the epochs: one line that says
+    which epoch last.pt holds and how to go on."""
     try:
-        if last is None and world.is_main:
-            save_last(state)  # epoch 0: a run killed before its first epoch can still resume
-            if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
-                save_checkpoint(paths.best, job.checkpoint(ema, state))
-        elif world.is_main and not paths.best.is_file():
-            restore_best(job, paths, ema, state, probe)
-        for _ in run_epochs(setup, state, reporter, on_epoch_end):
-            pass
+        yield
     except KeyboardInterrupt:
         raise Interrupted(
-            f"{interrupted_word()}; {paths.last} holds epoch {saved_epoch[0]}: resume with "
+            f"{interrupted_word()}; {paths.last} holds epoch {hook.saved_epoch}: resume with "
             f"tlcli finetune --resume {paths.root}"
         ) from None
     except FolderChanged as exc:
         raise FolderChanged(
-            f"{exc.message}; {paths.last} holds epoch {saved_epoch[0]}: restore the folder and "
-            f"resume with tlcli finetune --resume {paths.root}"
+            f"{exc.message}; {paths.last} holds epoch {hook.saved_epoch}: restore the folder "
+            f"and resume with tlcli finetune --resume {paths.root}"
         ) from None
     except torch.cuda.OutOfMemoryError:
-        raise out_of_memory_error(cfg.data.batch_size, paths.last, saved_epoch[0]) from None
+        raise out_of_memory_error(cfg.data.batch_size, paths.last, hook.saved_epoch) from None
     except FloatingPointError as exc:
         raise TrainingDiverged(
             f"training diverged: {exc}; lower the learning rate (--lr {cfg.optim.lr:g} now; "
-            f"tlcli lr-find suggests one); {paths.last} holds epoch {saved_epoch[0]}"
+            f"tlcli lr-find suggests one); {paths.last} holds epoch {hook.saved_epoch}"
         ) from None
-    try:
-        if world.is_main:  # after the last epoch; a resume of a run stopped here redoes it
-            try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
-    except KeyboardInterrupt:
-        raise stopped_after_training(paths, state.epoch) from None
-    return state
 
 
 def stopped_after_training(paths: RunPaths, epoch: int) -> Interrupted:
