@@ -295,6 +295,18 @@ class TrainingJob:
     def skipped(self) -> list[Skipped]:
         return self.train_data.skipped + self.val_data.skipped + list(self.scan.skipped)
 
+    def probe_inputs(self) -> tuple:
+        """The leading arguments of head_fit's fit_linear_probe and fit_head_on_features."""
+        return (
+            self.model,
+            self.train_data,
+            self.val_data,
+            self.augmenter,
+            self.device,
+            self.cfg,
+            self.spec,
+        )
+
     def checkpoint(self, ema: Any, state: LoopState) -> Checkpoint:
         return checkpoint_payload(
             self.model,
@@ -645,13 +657,7 @@ def fit_lbfgs_head(
     if not world.is_main:
         return LoopState()
     state, ema = fit_head_on_features(
-        job.model,
-        job.train_data,
-        job.val_data,
-        job.augmenter,
-        job.device,
-        job.cfg,
-        job.spec,
+        *job.probe_inputs(),
         reporter,
         job.cv_groups,
     )
@@ -1108,13 +1114,7 @@ def linear_probe_first(job: TrainingJob, reporter: Reporter, world: World = SING
     started = time.perf_counter()
     reporter.note("LP-FT: fitting the head on frozen features first (L-BFGS), then fine-tuning")
     fit, balance = fit_linear_probe(
-        job.model,
-        job.train_data,
-        job.val_data,
-        job.augmenter,
-        job.device,
-        job.cfg,
-        job.spec,
+        *job.probe_inputs(),
         reporter,
         balance=job.cfg.train.balance,
         temper=job.cfg.train.lp_ft_temper_head,
@@ -1159,13 +1159,7 @@ def resolve_balance(job: TrainingJob, reporter: Reporter) -> str:
     classifier = job.model.get_classifier()
     kept = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
     _, method = fit_linear_probe(
-        job.model,
-        job.train_data,
-        job.val_data,
-        job.augmenter,
-        job.device,
-        job.cfg,
-        job.spec,
+        *job.probe_inputs(),
         NullReporter(),
         balance=choice,
     )
