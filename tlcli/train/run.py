@@ -860,7 +860,7 @@ def fine_tune_lr_mults(job: TrainingJob, reporter: Reporter) -> dict[str, float]
     scaled = cfg.optim.lr * cfg.train.lp_ft_lr_scale
     head, backbone = scaled * cfg.train.lp_ft_head_lr_mult, scaled * cfg.optim.backbone_lr_mult
     reporter.note(
-        f"LP-FT fine-tune: head LR {head:.2g}, backbone LR {backbone:.2g}, label smoothing "
+        f"LP-FT: fine-tuning at head LR {head:.2g}, backbone LR {backbone:.2g}, label smoothing "
         f"{cfg.train.lp_ft_label_smoothing:g} (the probe was fit without)"
     )
     return lr_mults
