@@ -186,7 +186,7 @@ def report(
                     if test
                     else "-",
                     f"{r['best_epoch']} ({r['best_weights']})",
-                    f"{r['wall_seconds']:.0f}",
+                    fmt(r["wall_seconds"], 0),
                 ]
             )
     header = [
