@@ -51,15 +51,11 @@ def signals_from(
     )
 
 
-def auto_strategy(
-    cfg: Config,
-    scan: FolderScan,
-    train_samples: list[Sample],
-    model: Any,
-    spec: Any,
-    reporter: Reporter,
-) -> tuple[Config, list[str]]:
-    """finetune --strategy auto: the quick measurement, then follow the decision."""
+def quick_signals(
+    cfg: Config, scan: FolderScan, train_samples: list[Sample], model: Any, reporter: Reporter
+) -> tuple[Similarity | None, Signals]:
+    """The quick budget's similarity probes (none for a random-init model) and the decision's
+    signals: what auto, recommend quick and the race's prior all decide from."""
     stage_names = tuple(s.name for s in model_stages(model)[:-1])
     similarity = None
     if cfg.model.pretrained:
@@ -75,7 +71,20 @@ def auto_strategy(
             max_pixels=cfg.data.max_pixels,
             classes=scan.classes,
         )
-    rec = decide(signals_from(scan, train_samples, similarity, stage_names))
+    return similarity, signals_from(scan, train_samples, similarity, stage_names)
+
+
+def auto_strategy(
+    cfg: Config,
+    scan: FolderScan,
+    train_samples: list[Sample],
+    model: Any,
+    spec: Any,
+    reporter: Reporter,
+) -> tuple[Config, list[str]]:
+    """finetune --strategy auto: the quick measurement, then follow the decision."""
+    _, signals = quick_signals(cfg, scan, train_samples, model, reporter)
+    rec = decide(signals)
     cfg = apply_recommendation(cfg, rec)
     plan = rec.strategy + (
         f" with {cfg.strategy.trainable_stages} stages" if rec.strategy == "partial" else ""

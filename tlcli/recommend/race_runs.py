@@ -31,7 +31,7 @@ from tlcli.errors import Interrupted
 from tlcli.interrupt import interrupted_word
 from tlcli.models import create_model, data_spec_of, pick_device
 from tlcli.recommend.decide import Recommendation, best_earlier_stage, decide, stages_after
-from tlcli.recommend.measure import BUDGETS, Similarity, measure_similarity, to_plain
+from tlcli.recommend.measure import Similarity, to_plain
 from tlcli.recommend.race import (
     HEAD_ONLY,
     PARTIAL_STAGES,
@@ -240,28 +240,12 @@ def quick_measurement(
     data_dir: Path, cfg: Config, reporter: Reporter
 ) -> tuple[Similarity | None, Recommendation, Any, int, int]:
     """recommend's quick probes and decision: the race's prior and its earlier-stage plan."""
-    from tlcli.recommend.advise import signals_from
+    from tlcli.recommend.advise import quick_signals
 
     scan = scan_data(data_dir, cfg.data.max_pixels)
     train, val = train_val_samples(scan, cfg.data.val_split, cfg.train.seed)
     model = create_model(cfg.model.name, 2, pretrained=False)
-    stage_names = tuple(s.name for s in model_stages(model)[:-1])
-    similarity = None
-    if cfg.model.pretrained:
-        similarity = measure_similarity(
-            cfg.model.name,
-            train,
-            len(scan.classes),
-            BUDGETS["quick"],
-            reporter,
-            cfg.train.seed,
-            resolve_workers(cfg.data.workers),
-            cfg.data.cache,
-            cfg.data.max_pixels,
-            True,
-            scan.classes,
-        )
-    signals = signals_from(scan, train, similarity, stage_names)
+    similarity, signals = quick_signals(cfg, scan, train, model, reporter)
     return similarity, decide(signals), signals, len(train), len(val)
 
 
