@@ -1,12 +1,14 @@
 """Opt-in experiment tracking: MLflow or TensorBoard, as one hook object for finetune.
 
-The loop knows nothing of trackers: finetune calls three hooks, the same for every backend
-(the first of the loop's hooks; event names as a contract, as Ultralytics' callbacks):
+The loop knows nothing of trackers: a tracker is the last of the loop's epoch hooks
+(train.loop.EpochHook), and finetune calls the other two; the same for every backend (event
+names as a contract, as Ultralytics' callbacks):
 
     on_run_start(config, plan, run_dir)   the resolved config (as params) and the plan with
                                           its reasons (the recommendation)
-    on_epoch_end(row)                     every epoch's metrics (the metrics.csv row)
-    on_run_end(summary, artifacts)        the result, curves.png, report.html, best.pt's path
+    on_epoch_end(state, improved)         every epoch's metrics (the metrics.csv row); never
+                                          stops the run
+    on_run_end(summary, artifacts)        the RunSummary, curves.png, report.html, best.pt
 
 Used as a context manager: leaving it on an exception ends the run as failed (killed on
 Ctrl-C). Under torchrun only rank 0 gets a real tracker. The libraries are optional extras,
@@ -21,9 +23,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlcli.errors import ConfigError, Interrupted
+
+if TYPE_CHECKING:
+    from tlcli.train.loop import LoopState
+    from tlcli.train.summary import RunSummary
 
 # Backend -> (module to import, the extra that installs it).
 BACKENDS = {"mlflow": ("mlflow", "mlflow"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -107,32 +113,36 @@ class Tracker:
     def on_run_start(self, config: Mapping[str, Any], plan: Mapping[str, Any], run_dir: Path):
         pass
 
-    def on_epoch_end(self, row: Mapping[str, Any]) -> None:
+    def on_epoch_end(self, state: LoopState, improved: bool) -> None:
+        self.log_row(state.history[-1])
+
+    def log_row(self, row: Mapping[str, Any]) -> None:
         epoch = int(row["epoch"])
         if epoch not in self.logged_epochs:
             self.logged_epochs.add(epoch)
             self.log_epoch(epoch, epoch_metrics(row))
 
-    def on_run_end(self, summary: Mapping[str, Any], artifacts: Mapping[str, Path]) -> None:
+    def on_run_end(self, summary: RunSummary, artifacts: Mapping[str, Path]) -> None:
         # Epochs not seen live (the one-pass L-BFGS head, epochs before a --resume) go now.
-        for row in summary.get("history") or []:
-            self.on_epoch_end(row)
+        for row in summary.history:
+            self.log_row(row)
         self.finish(summary, artifacts)
         self.close("FINISHED")
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
-    def finish(self, summary: Mapping[str, Any], artifacts: Mapping[str, Path]) -> None:
+    def finish(self, summary: RunSummary, artifacts: Mapping[str, Path]) -> None:
         pass
 
     def close(self, status: str) -> None:
         pass
 
 
-def result_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+def result_metrics(summary: RunSummary) -> dict[str, float]:
     keys = ("val_acc", "best_epoch", "epochs_run", "seconds", "probe_val_acc", "gain_over_probe")
-    return {f"final/{k}": float(summary[k]) for k in keys if summary.get(k) is not None}
+    values = {k: getattr(summary, k) for k in keys}
+    return {f"final/{k}": float(v) for k, v in values.items() if v is not None}
 
 
 class MlflowTracker(Tracker):
@@ -250,7 +260,7 @@ class TensorBoardTracker(Tracker):
         for summary_proto in hparams(self.config, final):
             self.writer.file_writer.add_summary(summary_proto)
         for key, value in final.items():
-            self.writer.add_scalar(key, value, int(summary.get("epochs_run") or 0))
+            self.writer.add_scalar(key, value, summary.epochs_run)
         curves = artifacts.get("curves")
         if curves is not None and Path(curves).is_file():
             with Image.open(curves) as img:

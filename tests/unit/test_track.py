@@ -3,6 +3,7 @@ TensorBoard's event reader."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 from tlcli.cli import app
 from tlcli.errors import EXIT_CONFIG, Interrupted
 from tlcli.track import Tracker, Tracking, flatten, open_tracker
+from tlcli.train.loop import LoopState
+from tlcli.train.summary import RunSummary
 
 runner = CliRunner()
 TINY_RUN = [
@@ -114,10 +117,12 @@ class Recording(Tracker):
 def test_hooks_log_each_epoch_once_and_a_failed_run_ends_failed():
     tracker = Recording()
     row = {"epoch": 1, "val_acc": 0.5, "ema_val_acc": None, "lr": 1e-3}
-    tracker.on_epoch_end(row)
+    assert tracker.on_epoch_end(LoopState(epoch=1, history=[row]), improved=True) is None
     # At the end the history is replayed: epochs seen live are not logged twice, others are
     # (the one-pass L-BFGS head, epochs before a --resume).
-    tracker.on_run_end({"history": [{"epoch": 0, "val_acc": 0.4}, row]}, {})
+    nothing = {f.name: None for f in dataclasses.fields(RunSummary)}
+    summary = RunSummary(**{**nothing, "history": [{"epoch": 0, "val_acc": 0.4}, row]})
+    tracker.on_run_end(summary, {})
     assert [e for e, _ in tracker.epochs] == [1, 0]
     assert tracker.epochs[0][1] == {"val_acc": 0.5, "lr": 1e-3}  # None: not measured
     assert tracker.closed == ["FINISHED"]

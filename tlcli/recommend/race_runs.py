@@ -45,6 +45,8 @@ from tlcli.recommend.race import (
 )
 from tlcli.strategy import model_stages, plan_for_model
 from tlcli.train.progress import NullReporter, Reporter
+from tlcli.train.rundir import RunDir
+from tlcli.train.summary import RunSummary
 
 RACE_FOLDER = "race"
 RACE_FILE = "race.json"
@@ -366,9 +368,9 @@ def continue_winner(
     write_text_atomically(
         root / "config.yaml", yaml.safe_dump(config_to_dict(restored), sort_keys=False)
     )
-    info = json.loads((root / "run.json").read_text())
-    info["strategy_reasons"] = [f"race winner: {report['winner']}", *report["notes"]]
-    write_text_atomically(root / "run.json", json.dumps(info, indent=1))
+    run = RunDir(root)
+    reasons = [f"race winner: {report['winner']}", *report["notes"]]
+    run.write_info(dataclasses.replace(run.read_info(), strategy_reasons=reasons))
     write_text_atomically(root / RACE_FILE, json.dumps(report, indent=1))
     trained = next(p for p in report["plans"] if p["name"] == report["winner"])["epochs_trained"]
     if report["winner"] == HEAD_ONLY or trained >= cfg.train.epochs:
@@ -394,13 +396,13 @@ def finetune_with_race(
         root, epochs = continue_winner(paths.root, winner_dir, cfg, report)
     finally:
         release_claim(paths.root, claim)
+    run = RunDir(root)
     if epochs is None:  # head-only (or trained to the end in the race): the moved run's own
-        text = (root / "summary.json").read_text().replace(str(winner_dir), str(root))
-        summary = json.loads(text)
+        text = run.summary.read_text().replace(str(winner_dir), str(root))
+        summary = RunSummary.from_dict(json.loads(text))
     else:
-        summary = finetune(
-            None, cfg, resume=root, reporter=reporter, tracking=tracking, epochs=epochs
-        )
-    summary["race"] = report
-    write_text_atomically(root / "summary.json", json.dumps(summary, indent=1))
-    return summary
+        done = finetune(None, cfg, resume=root, reporter=reporter, tracking=tracking, epochs=epochs)
+        summary = RunSummary.from_dict(done)
+    summary = dataclasses.replace(summary, race=report)
+    run.write_summary(summary)
+    return summary.to_dict()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,7 +66,6 @@ class LoopSetup:
     schedule: Any  # ScheduleConfig
     label_smoothing: float
     clip_grad_norm: float
-    patience: int
     monitor_every: int
     ratio_params: dict[str, list[nn.Parameter]]  # {"head": [...], "backbone": [...]}
     head_warmup_epochs: int = 0  # two-phase recipe: backbone frozen for these first epochs
@@ -281,13 +280,60 @@ def train_one_epoch(setup: LoopSetup, state: LoopState, reporter: Reporter) -> d
     }
 
 
+class EpochHook(Protocol):
+    """Called after every epoch, in list order (Lightning's callbacks): return why training
+    should stop (a one-line note), or None. The loop sets state.stopped_early as soon as one
+    does, so a hook later in the list (the checkpoint) saves the stop."""
+
+    def on_epoch_end(self, state: LoopState, improved: bool) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop after `patience` epochs without a val gain (0: never)."""
+
+    patience: int
+
+    def on_epoch_end(self, state: LoopState, improved: bool) -> str | None:
+        if not self.patience or state.epochs_since_best < self.patience:
+            return None
+        return (
+            f"early stop: no val gain for {self.patience} epochs "
+            f"(best {state.best_acc:.4f} at epoch {state.best_epoch})"
+        )
+
+
+def record_epoch(state: LoopState, row: dict[str, Any]) -> bool:
+    """Add an epoch's row to the state and track the best; True when val improved."""
+    state.epoch += 1
+    state.history.append(row)
+    best_now = max(row["val_acc"], row["ema_val_acc"] or -1.0)
+    if best_now <= state.best_acc:
+        state.epochs_since_best += 1
+        return False
+    state.best_acc, state.best_epoch = best_now, state.epoch
+    ema_better = row["ema_val_acc"] is not None and row["ema_val_acc"] > row["val_acc"]
+    state.best_weights = "ema" if ema_better else "raw"
+    state.epochs_since_best = 0
+    return True
+
+
+def call_hooks(hooks: Sequence[EpochHook], state: LoopState, improved: bool) -> list[str]:
+    """Every hook in order, once an epoch's row is in state.history; the reasons to stop
+    (state.stopped_early is set at the first, before the later hooks see the state)."""
+    stops = []
+    for hook in hooks:
+        stop = hook.on_epoch_end(state, improved)
+        if stop:
+            state.stopped_early = True
+            stops.append(stop)
+    return stops
+
+
 def run_epochs(
-    setup: LoopSetup,
-    state: LoopState,
-    reporter: Reporter,
-    on_epoch_end: Callable[[LoopState, bool], None],
-) -> Iterator[dict[str, Any]]:
-    """Train until setup.epochs (or early stop); on_epoch_end(state, improved) checkpoints."""
+    setup: LoopSetup, state: LoopState, reporter: Reporter, hooks: Sequence[EpochHook]
+) -> None:
+    """Train until setup.epochs, or until a hook stops it (EpochHook)."""
     warned: set[str] = set()
     while state.epoch < setup.epochs and not state.stopped_early:
         started = time.perf_counter()
@@ -300,21 +346,8 @@ def run_epochs(
                 setup, setup.ema.module, reporter, "val-ema"
             )
         row["seconds"] = time.perf_counter() - started
-        state.epoch += 1
-        state.history.append(row)
-        best_now = max(row["val_acc"], row["ema_val_acc"] or -1.0)
-        improved = best_now > state.best_acc
-        if improved:
-            state.best_acc, state.best_epoch = best_now, state.epoch
-            ema_better = row["ema_val_acc"] is not None and row["ema_val_acc"] > row["val_acc"]
-            state.best_weights = "ema" if ema_better else "raw"
-            state.epochs_since_best = 0
-        else:
-            state.epochs_since_best += 1
-        if setup.patience and state.epochs_since_best >= setup.patience:
-            state.stopped_early = True
-        # Checkpoint before reporting: a Ctrl-C while the row is shown keeps the finished epoch.
-        on_epoch_end(state, improved)
+        # The hooks (the checkpoint) before reporting: a Ctrl-C then keeps the epoch.
+        stops = call_hooks(hooks, state, record_epoch(state, row))
         reporter.epoch(row)
         diagnoses = (
             diagnose_gap(state.history),
@@ -325,9 +358,5 @@ def run_epochs(
             if kind and kind not in warned:  # each kind once per run: a warning, not a log
                 warned.add(kind)
                 reporter.note(message, "warning")
-        if state.stopped_early:
-            reporter.note(
-                f"early stop: no val gain for {setup.patience} epochs "
-                f"(best {state.best_acc:.4f} at epoch {state.best_epoch})"
-            )
-        yield row
+        for stop in stops:
+            reporter.note(stop)

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,14 @@ from tlcli.train.distributed import (
     rank_device,
     wrap_model,
 )
-from tlcli.train.loop import LoopSetup, LoopState, run_epochs
+from tlcli.train.loop import (
+    EarlyStopping,
+    EpochHook,
+    LoopSetup,
+    LoopState,
+    call_hooks,
+    run_epochs,
+)
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
 from tlcli.train.rundir import (
@@ -97,6 +104,7 @@ from tlcli.train.rundir import (
     claim_run_to_resume,
     create_run_dir,
 )
+from tlcli.train.summary import RunSummary
 
 # --strategy auto: measure the data, return the config to follow and the reasons. Given by the
 # caller (recommend.advise.auto_strategy): train is below recommend and never imports it.
@@ -512,59 +520,61 @@ def finetune(
     tracking: Tracking | None = None,
     epochs: int | None = None,
     choose_strategy: StrategyChooser | None = None,
+    hooks: Sequence[EpochHook] = (),
 ) -> dict[str, Any]:
-    """Train a classifier on an image folder; returns the run summary (also summary.json).
+    """Train a classifier on an image folder; returns summary.json's dict (a RunSummary's
+    to_dict(), as `finetune --json` prints it).
 
     resume: a run dir to continue with its own config.yaml (cfg is not used then); with
     epochs, to that many epochs (see resume_plan). Under torchrun, each process trains its
     share of every batch (DDP); rank 0 alone writes files, reports and logs to the tracker
     (tracking: MLflow or TensorBoard, opt-in). choose_strategy: needed for --strategy auto
-    (recommend.advise.auto_strategy)."""
+    (recommend.advise.auto_strategy). hooks: more epoch-end hooks (train.loop.EpochHook, e.g.
+    tune's pruning), run after early stopping and before the checkpoint."""
     world = init_world(cfg.train.device)
     try:
         # The run dir's claim (claims) is let go when the run ends.
         with open_tracker(tracking, world.is_main) as tracker, contextlib.ExitStack() as claims:
             main_reporter = reporter if world.is_main else None
-            return _finetune(
-                world,
-                data_dir,
-                cfg,
-                out,
-                resume,
-                main_reporter,
-                tracker,
-                claims,
-                epochs,
-                choose_strategy,
-            )
+            request = RunRequest(data_dir, cfg, out, resume, epochs, choose_strategy, hooks)
+            return _finetune(world, request, main_reporter, tracker, claims).to_dict()
     finally:
         close_world(world)
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What finetune() was asked for: a new run of data_dir into out (None: a default run
+    dir), or resume, a run dir to continue (to epochs); see finetune."""
+
+    data_dir: Path | None
+    cfg: Config
+    out: Path | None = None
+    resume: Path | None = None
+    epochs: int | None = None
+    choose_strategy: StrategyChooser | None = None
+    hooks: Sequence[EpochHook] = ()
+
+
 def _finetune(
     world: World,
-    data_dir: Path | None,
-    cfg: Config,
-    out: Path | None,
-    resume: Path | None,
+    request: RunRequest,
     reporter: Reporter | None,
     tracker: Tracker,
     claims: contextlib.ExitStack,
-    epochs: int | None = None,
-    choose_strategy: StrategyChooser | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Open or create the run dir, prepare the job, fit the head or train the epochs, then
     the results (calibration, metrics, summary, report)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    last = None
-    if resume is not None:
-        paths, cfg, data_dir, last = open_run_to_resume(Path(resume), epochs, world, claims)
+    data_dir, cfg, epochs, last = request.data_dir, request.cfg, request.epochs, None
+    if request.resume is not None:
+        paths, cfg, data_dir, last = open_run_to_resume(Path(request.resume), epochs, world, claims)
     else:
         if data_dir is None:
             raise DataError("give a DATA_DIR (or --resume RUN_DIR)")
-        paths = new_run_dir(out, data_dir, world, claims)
-    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world, choose_strategy)
+        paths = new_run_dir(request.out, data_dir, world, claims)
+    job = prepare_job(data_dir, cfg, reporter, last, paths.split, world, request.choose_strategy)
     if world.is_main:
         write_run_files(job, paths, last, epochs)
     cfg, plan = job.cfg, job.plan
@@ -577,9 +587,9 @@ def _finetune(
     if lbfgs_head:
         state = fit_lbfgs_head(job, paths, reporter, world)
     else:
-        state = _train_epochs(job, paths, last, reporter, world, tracker)
+        state = _train_epochs(job, paths, last, reporter, world, tracker, request.hooks)
     try:
-        return finish_run(job, paths, state, reporter, world, tracker, lbfgs_head, started)
+        return finish_run(job, paths, state, reporter, world, tracker, lbfgs_head, started, reasons)
     except KeyboardInterrupt:
         if lbfgs_head:
             raise Interrupted(
@@ -675,11 +685,14 @@ def finish_run(
     tracker: Tracker,
     lbfgs_head: bool,
     started: float,
-) -> dict[str, Any]:
+    reasons: list[str],
+) -> RunSummary:
     """After training: temperature scaling, metrics, curves, summary.json and the report;
-    last, last.pt is marked finalized, so a run stopped before that redoes these on resume."""
+    last, last.pt is marked finalized, so a run stopped before that redoes these on resume.
+    reasons: why the strategy was chosen (every rank has them: none reads run.json here)."""
     cfg, plan = job.cfg, job.plan
-    calibration: dict[str, Any] = {"temperature": 1.0}
+    calibration: dict[str, Any] = {"temperature": 1.0, "val_ece_before": None}
+    calibration["val_ece_after"] = None
     if world.is_main and cfg.train.calibrate:
         calibration = calibrate_best(job, paths, reporter, also_last=lbfgs_head)
     if world.is_main:
@@ -688,35 +701,35 @@ def finish_run(
 
         if state.history:
             plot_training_curves(state.history, paths.curves)
-    summary = {
-        "run_dir": str(paths.root),
-        "data_dir": str(job.data_dir),
-        "model": cfg.model.name,
-        "strategy": plan.strategy,
-        "trainable_stages": plan.trainable_stages,
-        "strategy_reasons": paths.read_info().strategy_reasons,
-        "classes": job.classes,
-        "num_train": len(job.train_data),
-        "num_val": len(job.val_data),
-        "split_groups_kept_together": job.split_groups,
-        "cv": state.history[-1].get("cv") if state.history else None,
-        "val_acc": state.best_acc,
-        "best_epoch": state.best_epoch,
-        "best_weights": state.best_weights,
+    summary = RunSummary(
+        run_dir=str(paths.root),
+        data_dir=str(job.data_dir),
+        model=cfg.model.name,
+        strategy=plan.strategy,
+        trainable_stages=plan.trainable_stages,
+        strategy_reasons=reasons,
+        classes=job.classes,
+        num_train=len(job.train_data),
+        num_val=len(job.val_data),
+        split_groups_kept_together=job.split_groups,
+        cv=state.history[-1].get("cv") if state.history else None,
+        val_acc=state.best_acc,
+        best_epoch=state.best_epoch,
+        best_weights=state.best_weights,
         **probe_summary(state.history, state.best_acc, lbfgs_head),
-        "averages": state.averages,
+        averages=state.averages,
         **selection_note(plan.strategy, lbfgs_head, cfg, job.data_dir, paths.best),
-        "balance": state.balance,
+        balance=state.balance,
         **calibration,
-        "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early,
-        "trainable_params": plan.trainable_params,
-        "total_params": plan.total_params,
-        "device": str(job.device),
-        "world_size": world.size,
-        "seconds": round(time.perf_counter() - started, 2),
-        "skipped": [dataclasses.asdict(s) for s in job.skipped],
-        "paths": {
+        epochs_run=state.epoch,
+        stopped_early=state.stopped_early,
+        trainable_params=plan.trainable_params,
+        total_params=plan.total_params,
+        device=str(job.device),
+        world_size=world.size,
+        seconds=round(time.perf_counter() - started, 2),
+        skipped=[dataclasses.asdict(s) for s in job.skipped],
+        paths={
             "best": str(paths.best),
             "last": str(paths.last),
             "metrics": str(paths.metrics),
@@ -724,9 +737,9 @@ def finish_run(
             "config": str(paths.config),
             "report": str(paths.root / REPORT_FILE),
         },
-        "plan": plan.to_dict(),
-        "history": state.history,
-    }
+        plan=plan.to_dict(),
+        history=state.history,
+    )
     if world.is_main:
         paths.write_summary(summary)
         write_finetune_report(paths.root)  # from summary.json, as `tlcli report` rebuilds it
@@ -794,9 +807,11 @@ def _train_epochs(
     reporter: Reporter,
     world: World = SINGLE,
     tracker: Tracker | None = None,
+    hooks: Sequence[EpochHook] = (),
 ) -> LoopState:
     """The epoch loop of partial/full (and head-only by epochs): LP-FT's probe or the
-    resumed state first, then run_epochs with the checkpoint hook, then weight averages."""
+    resumed state first, then run_epochs with its hooks (early stopping, the caller's hooks,
+    checkpoints, tracking: in that order, so last.pt records a stop), then weight averages."""
     from timm.utils import ModelEmaV3
 
     cfg, model = job.cfg, job.model
@@ -811,18 +826,20 @@ def _train_epochs(
         state, probe, swa = resumed_state(last, optimizer, ema, swa)
         reporter.note(f"resuming {paths.root} after epoch {state.epoch} of {cfg.train.epochs}")
     setup = loop_setup(job, optimizer, ema, state, lr_mults, lp_ft, world)
-    hook = EpochCheckpoints(
-        job, paths, optimizer, ema, probe, swa, world, tracker or Tracker(), state.epoch
-    )
+    hook = EpochCheckpoints(job, paths, optimizer, ema, probe, swa, world, state.epoch)
+    epoch_hooks = [EarlyStopping(cfg.train.patience), *hooks, hook, tracker or Tracker()]
     with stop_messages(paths, cfg, hook):
+        if last is None and state.history:  # LP-FT: the probe is epoch 0 (tracked; a trial
+            others = [h for h in epoch_hooks if h is not hook]  # may be pruned on it)
+            for stop in call_hooks(others, state, improved=True):
+                reporter.note(stop)
         if last is None and world.is_main:
             hook.save_last(state)  # epoch 0: a run killed before its first epoch can resume
             if state.history:  # LP-FT: the probe alone is the first candidate for best.pt
                 save_checkpoint(paths.best, job.checkpoint(ema, state))
         elif world.is_main and not paths.best.is_file():
             restore_best(job, paths, ema, state, probe)
-        for _ in run_epochs(setup, state, reporter, hook.on_epoch_end):
-            pass
+        run_epochs(setup, state, reporter, epoch_hooks)
     try:
         if world.is_main:  # after the last epoch; a resume of a run stopped here redoes it
             try_weight_averages(job, paths, setup, state, ema, probe, swa, reporter)
@@ -908,7 +925,6 @@ def loop_setup(
         schedule=cfg.schedule,
         label_smoothing=cfg.train.lp_ft_label_smoothing if lp_ft else cfg.optim.label_smoothing,
         clip_grad_norm=cfg.optim.clip_grad_norm,
-        patience=cfg.train.patience,
         monitor_every=cfg.train.monitor_every,
         ratio_params={
             "head": [p for n, p in trained if n in head_names],
@@ -930,8 +946,9 @@ def loop_setup(
 
 @dataclass
 class EpochCheckpoints:
-    """The loop's epoch-end hook: the SWA mean, best.pt when val improved, last.pt (with the
-    optimizer, RNGs, probe and SWA state, so a resume is bit-exact), metrics.csv, tracking."""
+    """The loop's checkpoint hook: the SWA mean, best.pt when val improved, last.pt (with the
+    optimizer, RNGs, probe and SWA state, so a resume is bit-exact), metrics.csv. It never
+    stops the run."""
 
     job: TrainingJob
     paths: RunPaths
@@ -940,7 +957,6 @@ class EpochCheckpoints:
     probe: dict[str, torch.Tensor] | None
     swa: dict[str, Any]
     world: World
-    tracker: Tracker
     saved_epoch: int = 0  # what last.pt holds, for the messages
 
     def save_last(self, current: LoopState) -> None:
@@ -955,9 +971,9 @@ class EpochCheckpoints:
         save_checkpoint(self.paths.last, payload)
         self.saved_epoch = current.epoch
 
-    def on_epoch_end(self, current: LoopState, improved: bool) -> None:
+    def on_epoch_end(self, current: LoopState, improved: bool) -> str | None:
         if not self.world.is_main:  # one writer
-            return
+            return None
         if swa_window(self.job.cfg, current.epoch):
             self.swa["state"] = running_average(
                 self.swa["state"], self.swa["count"], self.job.model.state_dict()
@@ -967,7 +983,7 @@ class EpochCheckpoints:
             save_checkpoint(self.paths.best, self.job.checkpoint(self.ema, current))
         self.save_last(current)
         write_metrics(self.paths.metrics, current.history)
-        self.tracker.on_epoch_end(current.history[-1])
+        return None
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from tlcli.atomic import (
     write_text_atomically,
 )
 from tlcli.errors import RunDirError
+from tlcli.train.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class RunDir:
     def write_info(self, info: RunInfo) -> None:
         write_text_atomically(self.run_info, json.dumps(info.to_dict(), indent=1))
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_text_atomically(self.summary, json.dumps(summary, indent=1))
+    def write_summary(self, summary: RunSummary) -> None:
+        write_text_atomically(self.summary, json.dumps(summary.to_dict(), indent=1))
 
 
 @dataclass(frozen=True)

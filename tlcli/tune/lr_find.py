@@ -251,7 +251,6 @@ def range_test_setup(job: TrainingJob) -> LoopSetup:
         schedule=cfg.schedule,
         label_smoothing=cfg.optim.label_smoothing,
         clip_grad_norm=cfg.optim.clip_grad_norm,
-        patience=0,
         monitor_every=cfg.train.monitor_every,
         ratio_params={},
         amp_dtype=amp_dtype_for(job.device, cfg.train.amp),

@@ -24,9 +24,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -45,6 +45,9 @@ from tlcli.tune.space import (
     sample_config,
     space_to_dict,
 )
+
+if TYPE_CHECKING:
+    from tlcli.train.loop import LoopState
 
 # Coarse trials: with the default 1 warmup epoch, 2 epochs are a warmup and a short cosine
 # decay, the shape of the final run in miniature; the median pruner can stop a trial after 1.
@@ -270,10 +273,10 @@ def first_difference(saved: Any, given: Any, where: str = "") -> str | None:
 
 
 class TrialReporter:
-    """Passes progress on; reports each epoch's val accuracy to Optuna and prunes."""
+    """Passes a trial's progress on (OptunaPruning decides; this only reports)."""
 
-    def __init__(self, trial: Any, last_step: int, outer: Reporter):
-        self.trial, self.last_step, self.outer = trial, last_step, outer
+    def __init__(self, trial: Any, outer: Reporter):
+        self.trial, self.outer = trial, outer
         self.epochs_run = 0
         self.open_tasks: set[str] = set()
 
@@ -298,14 +301,42 @@ class TrialReporter:
             self.outer.note(f"trial {self.trial.number}: {message}", level)
 
     def epoch(self, row: dict[str, Any]) -> None:
-        import optuna
-
         self.outer.epoch(row)
         self.epochs_run = row["epoch"]
-        value = max(row["val_acc"], row.get("ema_val_acc") or -1.0)
-        self.trial.report(value, row["epoch"])
+
+
+@dataclass
+class OptunaPruning:
+    """The loop's pruning hook (as Optuna's PyTorchLightningPruningCallback): each epoch's
+    best val accuracy goes to the trial, and a trial the pruner stops ends its run early;
+    check_pruned() then raises TrialPruned, after the run has written its results."""
+
+    trial: Any
+    last_step: int  # the trial's last epoch: a finished trial is never pruned
+    pruned: str | None = None
+    reported: set[int] = field(default_factory=set)
+
+    def report(self, row: dict[str, Any]) -> None:
+        if row["epoch"] not in self.reported:
+            self.reported.add(row["epoch"])
+            self.trial.report(max(row["val_acc"], row.get("ema_val_acc") or -1.0), row["epoch"])
+
+    def on_epoch_end(self, state: LoopState, improved: bool) -> str | None:
+        row = state.history[-1]
+        self.report(row)
         if row["epoch"] < self.last_step and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+            self.pruned = f"pruned after epoch {row['epoch']}"
+        return self.pruned
+
+    def check_pruned(self, history: list[dict[str, Any]]) -> None:
+        """After the run: rows no epoch reported (the one-pass L-BFGS head's) go to the
+        trial too; a pruned trial raises TrialPruned."""
+        import optuna
+
+        for row in history:
+            self.report(row)
+        if self.pruned:
+            raise optuna.TrialPruned(self.pruned)
 
 
 def _stale_trial_callback_keyword() -> str:
@@ -656,17 +687,16 @@ class TrialRunner:
         head_only_fit = (
             trial_cfg.strategy.name == "head-only" and trial_cfg.strategy.head_fit == "lbfgs"
         )
-        trial_reporter = TrialReporter(
-            trial, 1 if head_only_fit else self.epochs_per_trial, self.reporter
-        )
-        summary = self.finetune_trial(trial, trial_cfg, trial_reporter)
+        trial_reporter = TrialReporter(trial, self.reporter)
+        pruning = OptunaPruning(trial, 1 if head_only_fit else self.epochs_per_trial)
+        summary = self.finetune_trial(trial, trial_cfg, trial_reporter, pruning)
         val_loss = best_epoch_val_loss(summary)
         if val_loss is not None:
             trial.set_user_attr("val_loss", float(val_loss))  # breaks ties in best_trial
         return float(summary["val_acc"])
 
     def finetune_trial(
-        self, trial: Any, trial_cfg: Config, trial_reporter: TrialReporter
+        self, trial: Any, trial_cfg: Config, trial_reporter: TrialReporter, pruning: OptunaPruning
     ) -> dict[str, Any]:
         import optuna
 
@@ -675,13 +705,16 @@ class TrialRunner:
 
         trial_dir = self.paths.trials / f"{trial.number:04d}"
         try:
-            return finetune(
+            summary = finetune(
                 self.data_dir,
                 trial_cfg,
                 trial_dir,
                 reporter=trial_reporter,
                 choose_strategy=auto_strategy,
+                hooks=[pruning],
             )
+            pruning.check_pruned(summary["history"])
+            return summary
         except optuna.TrialPruned as exc:
             trial.set_user_attr("note", str(exc))
             raise
