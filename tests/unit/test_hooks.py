@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from corpus import make_image_folder
+from test_recipe import TINY as RECIPE_TINY
 
 from tlcli.config import load_config
 from tlcli.train.checkpoint import Checkpoint, load_checkpoint
@@ -17,16 +18,7 @@ from tlcli.train.loop import EarlyStopping, LoopState, call_hooks
 from tlcli.train.run import finetune
 from tlcli.tune.search import OptunaPruning
 
-TINY = [
-    "model.pretrained=false",
-    "model.name=test_resnet",
-    "data.image_size=64",
-    "data.batch_size=8",
-    "data.workers=1",
-    "train.device=cpu",
-    "train.epochs=3",
-    "strategy.name=full",
-]
+TINY = [*RECIPE_TINY, "train.epochs=3", "strategy.name=full"]  # later sets win
 
 
 @dataclass

@@ -27,7 +27,8 @@ from tlcli.config import Config
 from tlcli.data.batches import batch_indices, gather, sorted_labels
 from tlcli.errors import ConfigError
 from tlcli.strategy import set_train_mode
-from tlcli.train.loop import LoopSetup, train_step
+from tlcli.train.distributed import SINGLE
+from tlcli.train.loop import LoopSetup, LoopState, train_step
 from tlcli.train.optim import create_optimizer
 from tlcli.train.progress import NullReporter, Reporter
 
@@ -232,30 +233,12 @@ def plot_path(out: Path | None, default_name: str = "lr_find.png") -> Path:
 
 
 def range_test_setup(job: TrainingJob) -> LoopSetup:
-    """The training loop's setup for a prepared job, with a fresh optimizer (as finetune's)."""
-    from tlcli.train.run import amp_dtype_for
+    """The training loop's setup for a prepared job (run.loop_setup, as finetune's), from the
+    zero head with a fresh optimizer at the plan's LR multipliers."""
+    from tlcli.train.run import loop_setup
 
-    cfg = job.cfg
-    return LoopSetup(
-        model=job.model,
-        optimizer=create_optimizer(job.model, job.lr_mults, cfg.optim),
-        augmenter=job.augmenter,
-        device=job.device,
-        train_pixels=job.train_data.pixels,
-        train_labels=job.train_data.labels,
-        val_pixels=job.val_data.pixels,
-        val_labels=job.val_data.labels,
-        epochs=1,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.train.seed,
-        schedule=cfg.schedule,
-        label_smoothing=cfg.optim.label_smoothing,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        monitor_every=cfg.train.monitor_every,
-        ratio_params={},
-        amp_dtype=amp_dtype_for(job.device, cfg.train.amp),
-        channels_last=cfg.train.channels_last,
-    )
+    optimizer = create_optimizer(job.model, job.lr_mults, job.cfg.optim)
+    return loop_setup(job, optimizer, None, LoopState(), job.lr_mults, False, SINGLE)
 
 
 def find_lr(
