@@ -56,7 +56,7 @@ def timed_finetune(data_dir: Path, cfg: Any, out: Path) -> dict[str, Any]:
 
 def prewarm_decode_cache(data_dir: Path, cfg: Any) -> float:
     """Decode train and val once into the shared uint8 cache; returns the seconds it took."""
-    from tlcli.train.progress import NullReporter
+    from tlcli.progress import NullReporter
     from tlcli.train.run import prepare_job
 
     started = time.perf_counter()

@@ -45,6 +45,7 @@ from tlcli.errors import CheckpointError, DataError, printable
 from tlcli.metrics import classification_report, expected_calibration_error
 from tlcli.models import DataSpec, pick_device
 from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
+from tlcli.progress import NullReporter, Reporter
 from tlcli.train.calibration import temperature_of, uncalibrated_probabilities, with_temperature
 from tlcli.train.checkpoint import (
     Checkpoint,
@@ -54,7 +55,6 @@ from tlcli.train.checkpoint import (
     load_checkpoint,
 )
 from tlcli.train.loop import predict_logits
-from tlcli.train.progress import NullReporter, Reporter
 
 # Without --split: a held-out test set first; val picked the checkpoint, so it flatters it.
 AUTO_SPLIT_ORDER = ("test", "val")

@@ -49,7 +49,7 @@ from tlcli.evaluate import (
 )
 from tlcli.onnx_model import metadata_props, open_session, with_metadata, write_metadata
 from tlcli.onnx_model import preprocessing_of as onnx_preprocessing_of
-from tlcli.train.progress import NullReporter, Reporter
+from tlcli.progress import NullReporter, Reporter
 
 # Opset 17 (onnxruntime >= 1.14) has every op timm CNNs need; newer runtimes read it too.
 DEFAULT_OPSET = 17

@@ -33,7 +33,7 @@ def shown(text: object) -> str:
 
 
 class RichReporter:
-    """Implements tlcli.train.progress.Reporter with transient Rich bars on stderr."""
+    """Implements tlcli.progress.Reporter with transient Rich bars on stderr."""
 
     def __init__(self, console: Console):
         self.console = console

@@ -22,7 +22,7 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import RowView, cache_root, decode_images
 from tlcli.data.scan import Sample, scan_image_folder
 from tlcli.models import create_model, data_spec_of
-from tlcli.train.progress import NullReporter
+from tlcli.progress import NullReporter
 
 SIZE = 20  # decoded square side: tiny, so decoding is instant
 IMAGE_SIZE = 16  # model input for the feature cache tests

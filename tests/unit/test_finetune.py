@@ -27,9 +27,9 @@ from tlcli.errors import (
     Interrupted,
 )
 from tlcli.models import create_model
+from tlcli.progress import NullReporter
 from tlcli.strategy import model_stages
 from tlcli.train.checkpoint import build_model, load_checkpoint
-from tlcli.train.progress import NullReporter
 from tlcli.train.run import finetune
 
 # Tiny and fast: random init (no downloads), 64 px inputs, 8 images per batch, one process.

@@ -22,7 +22,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "tlcli"
 # entry for the module itself says otherwise).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Plumbing every layer may use: errors and exit codes, atomic writes and output guards,
-    # stop signals, the progress protocol (train/progress.py until it moves out of train/).
+    # stop signals, the progress protocol (the Reporter every layer reports through).
     (
         "errors/atomic/progress",
         (
@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tlcli.atomic",
             "tlcli.interrupt",
             "tlcli.runtime",
-            "tlcli.train.progress",
+            "tlcli.progress",
         ),
     ),
     # choices.py: every choice list, declared once (imports nothing of tlcli's).

@@ -135,8 +135,8 @@ def test_cached_features_take_the_current_labels(tmp_path):
     from tlcli.data.augment import PRESETS, BatchAugmenter
     from tlcli.data.cache import DecodedImages
     from tlcli.models import data_spec_of
+    from tlcli.progress import NullReporter
     from tlcli.train.head_fit import cached_features
-    from tlcli.train.progress import NullReporter
 
     folder = make_image_folder(tmp_path / "data", {"a": 3, "b": 3})
     paths = sorted(folder.rglob("*.png"))

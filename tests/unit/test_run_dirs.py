@@ -146,7 +146,7 @@ def stopped_run(data, tmp_path_factory) -> Path:
     that resume it resume a copy)."""
     from tlcli.config import load_config
     from tlcli.errors import Interrupted
-    from tlcli.train.progress import NullReporter
+    from tlcli.progress import NullReporter
     from tlcli.train.run import finetune
 
     class StopAfterFirst(NullReporter):

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from tlcli.cli import app
 from tlcli.config import Config, apply_overrides, load_config
 from tlcli.errors import EXIT_CONFIG, EXIT_RUN_DIR, ConfigError
-from tlcli.train.progress import NullReporter
+from tlcli.progress import NullReporter
 from tlcli.train.run import prepare_job
 from tlcli.tune.lr_find import (
     DIVERGE_FACTOR,

@@ -13,6 +13,7 @@ from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan, Sample
 from tlcli.data.split import train_val_samples
 from tlcli.errors import ModelError
+from tlcli.progress import NullReporter, Reporter
 from tlcli.recommend.decide import Recommendation, Signals, apply_recommendation, decide
 from tlcli.recommend.measure import (
     BUDGETS,
@@ -23,7 +24,6 @@ from tlcli.recommend.measure import (
     to_plain,
 )
 from tlcli.strategy import model_stages
-from tlcli.train.progress import NullReporter, Reporter
 
 
 def signals_from(

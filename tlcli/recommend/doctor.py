@@ -31,10 +31,10 @@ from tlcli.data.manifest import scan_data
 from tlcli.data.scan import FolderScan
 from tlcli.errors import ConfigError, DataError
 from tlcli.models import create_model, data_spec_of, pick_device
+from tlcli.progress import NullReporter, Reporter
 from tlcli.recommend.contact_sheet import Tile, draw_contact_sheet
 from tlcli.recommend.measure import hashed_duplicate_groups
 from tlcli.train.head_fit import cached_features, out_of_fold_probabilities
-from tlcli.train.progress import NullReporter, Reporter
 from tlcli.train.run import decode_split, report_skipped
 
 DEFAULT_FOLDS = 5

@@ -27,10 +27,10 @@ from tlcli.data.duplicates import duplicate_groups
 from tlcli.data.scan import FolderScan, Sample, no_readable_images
 from tlcli.errors import DataError
 from tlcli.models import create_model, data_spec_of
+from tlcli.progress import Reporter
 from tlcli.recommend.logme import logme_score
 from tlcli.recommend.probes import MIN_FOLDS, head_confidence, knn_accuracy, probe_accuracy
 from tlcli.strategy import model_stages
-from tlcli.train.progress import Reporter
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tlcli.data.split import load_split, train_val_samples
 from tlcli.errors import Interrupted
 from tlcli.interrupt import interrupted_word
 from tlcli.models import create_model, data_spec_of, pick_device
+from tlcli.progress import NullReporter, Reporter
 from tlcli.recommend.decide import Recommendation, best_earlier_stage, decide, stages_after
 from tlcli.recommend.measure import Similarity, to_plain
 from tlcli.recommend.race import (
@@ -44,7 +45,6 @@ from tlcli.recommend.race import (
     rung_epochs,
 )
 from tlcli.strategy import model_stages, plan_for_model
-from tlcli.train.progress import NullReporter, Reporter
 from tlcli.train.rundir import RunDir
 from tlcli.train.summary import RunSummary
 

@@ -28,6 +28,7 @@ from tlcli.data.augment import BatchAugmenter
 from tlcli.data.batches import batch_indices, gather
 from tlcli.data.cache import DecodedImages, cache_root, files_fingerprint, unwritable_reason
 from tlcli.models import DataSpec
+from tlcli.progress import Reporter
 from tlcli.train.balance import (
     AUTO_CANDIDATES,
     LossBalance,
@@ -38,7 +39,6 @@ from tlcli.train.balance import (
 )
 from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, top1
-from tlcli.train.progress import Reporter
 
 # L2 strengths tried on the validation split (per-sample mean loss + wd/2 ||W||^2); the
 # range spans "almost unregularised" to "strongly shrunk" for standardized features.

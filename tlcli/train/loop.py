@@ -22,12 +22,12 @@ from torch import nn
 
 from tlcli.data.augment import BatchAugmenter, to_device
 from tlcli.data.batches import batch_indices, prefetched, sorted_labels
+from tlcli.progress import Reporter
 from tlcli.strategy import set_train_mode
 from tlcli.train.balance import LossBalance
 from tlcli.train.distributed import SINGLE, World, shard_batches, sum_over_ranks, unwrap
 from tlcli.train.monitor import UpdateRatioMeter, diagnose_gap, diagnose_update_ratio
 from tlcli.train.optim import lr_factor, set_lr
-from tlcli.train.progress import Reporter
 
 # Distinct streams for data order and augmentation per epoch, reproducible on resume.
 EPOCH_SEED_STRIDE = 1_000_003

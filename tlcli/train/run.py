@@ -55,6 +55,7 @@ from tlcli.models import (
     data_spec_of,
     pick_device,
 )
+from tlcli.progress import NullReporter, Reporter
 from tlcli.report import REPORT_FILE, write_finetune_report
 from tlcli.strategy import FreezePlan, StagePlan, apply_plan, plan_for_model
 from tlcli.track import Tracker, Tracking, open_tracker
@@ -97,7 +98,6 @@ from tlcli.train.loop import (
     run_epochs,
 )
 from tlcli.train.optim import create_optimizer
-from tlcli.train.progress import NullReporter, Reporter
 from tlcli.train.rundir import (
     RunDir,
     RunInfo,

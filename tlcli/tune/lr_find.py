@@ -26,11 +26,11 @@ from tlcli.atomic import check_new_file
 from tlcli.config import Config
 from tlcli.data.batches import batch_indices, gather, sorted_labels
 from tlcli.errors import ConfigError
+from tlcli.progress import NullReporter, Reporter
 from tlcli.strategy import set_train_mode
 from tlcli.train.distributed import SINGLE
 from tlcli.train.loop import LoopSetup, LoopState, train_step
 from tlcli.train.optim import create_optimizer
-from tlcli.train.progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
     from tlcli.train.run import TrainingJob

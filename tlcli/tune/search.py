@@ -36,7 +36,7 @@ from tlcli.config import Config, apply_overrides, config_from_dict, config_to_di
 from tlcli.data.manifest import is_manifest
 from tlcli.errors import ConfigError, Interrupted, RunDirError, TlcliError, TrainingDiverged
 from tlcli.interrupt import interrupted_word
-from tlcli.train.progress import NullReporter, Reporter
+from tlcli.progress import NullReporter, Reporter
 from tlcli.tune.space import (
     ParamSpec,
     baseline_params,
