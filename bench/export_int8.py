@@ -34,8 +34,8 @@ def head_only_run(data_dir: Path, model: str, out: Path) -> Path:
 
 
 def export_int8(ckpt: Path, out: Path, calibration: int, latency_runs: int) -> dict[str, Any]:
-    from tlcli.evaluate import load_for_inference
     from tlcli.export import export_model
+    from tlcli.inference import load_for_inference
 
     load = measure.load_average()
     started = time.perf_counter()
@@ -55,7 +55,8 @@ def predict_parity(ckpt: Path, onnx_file: Path, photos: Path) -> dict[str, Any]:
     """predict on the checkpoint vs on the .onnx alone: labels and max probability difference."""
     import numpy as np
 
-    from tlcli.evaluate import load_models, predict_files
+    from tlcli.inference import load_models
+    from tlcli.predict import predict_files
 
     by_ckpt = predict_files(load_models([ckpt]), [photos], device="cpu")
     by_onnx = predict_files(load_models([onnx_file]), [photos], device="cpu")

@@ -66,7 +66,7 @@ def augmented_batches(loaded, samples, batch: int) -> list[np.ndarray]:
 
     from tlcli.data.augment import PRESETS, BatchAugmenter
     from tlcli.data.cache import decode_images
-    from tlcli.evaluate import MAX_PIXELS
+    from tlcli.inference import MAX_PIXELS
 
     spec = loaded.spec
     decoded = decode_images(
@@ -240,8 +240,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
-    from tlcli.evaluate import load_for_inference
     from tlcli.export import export_model, run_split_samples
+    from tlcli.inference import load_for_inference
 
     loaded = load_for_inference(args.run / "best.pt")
     splits = run_split_samples(loaded)

@@ -463,7 +463,7 @@ def make_checkpoint(path: Path, classes: tuple[str, ...] = ("blue", "red")) -> P
     fraction of the time of a finetune run."""
     import timm
 
-    from tlcli.train.checkpoint import save_checkpoint
+    from tlcli.checkpoint import save_checkpoint
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
     save_checkpoint(

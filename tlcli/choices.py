@@ -107,6 +107,8 @@ WEIGHT_CHOICES_INFO = (
     Choice("ema", "the EMA weights"),
     Choice("raw", "the raw weights"),
 )
+# The WiSE-FT mixes tried after LP-FT (train/averaging.py); a best.pt may hold any of them.
+WISE_FT_ALPHAS = (0.25, 0.5, 0.75)  # weight of the fine-tuned end; 0 is the probe, 1 the end
 EXPORT_FORMAT_CHOICES = (
     Choice("onnx", "ONNX, checked with onnxruntime"),
     Choice("torchscript", "TorchScript, checked with torch.jit"),

@@ -550,6 +550,15 @@ def doctor(
     run_command(body)
 
 
+EvalSplitOpt = Annotated[
+    EvalSplit,
+    typer.Option(
+        help="Which folder of a DATA_DIR with train/val/test: auto = test, else val, else "
+        "all; all = every image. A folder of class folders is always used whole."
+    ),
+]
+
+
 @app.command()
 def evaluate(
     paths: Annotated[
@@ -561,13 +570,7 @@ def evaluate(
             show_default=False,
         ),
     ],
-    split: Annotated[
-        EvalSplit,
-        typer.Option(
-            help="Which folder of a DATA_DIR with train/val/test: auto = test, else val, else "
-            "all; all = every image. A folder of class folders is always used whole."
-        ),
-    ] = EvalSplit.auto,
+    split: EvalSplitOpt = EvalSplit.auto,
     tta: TtaOpt = False,
     weights: WeightsOpt = Weights.best,
     batch_size: EvalBatchOpt = 64,
@@ -597,7 +600,8 @@ def evaluate(
 
     def body() -> None:
         from tlcli.atomic import check_new_dir
-        from tlcli.evaluate import evaluate_models, load_models, write_report_dir
+        from tlcli.evaluate import evaluate_models, write_report_dir
+        from tlcli.inference import load_models
         from tlcli.render import RichReporter, evaluation_tables, shown
 
         if len(paths) < 2:
@@ -695,7 +699,8 @@ def predict(
 
     def body() -> None:
         from tlcli.atomic import check_new_file
-        from tlcli.evaluate import load_models, predict_files, write_prediction_csv
+        from tlcli.inference import load_models
+        from tlcli.predict import predict_files, write_prediction_csv
         from tlcli.render import RichReporter, prediction_table, shown
 
         check_option_ranges(
@@ -790,8 +795,8 @@ def export(
 
     def body() -> None:
         from tlcli.atomic import check_new_file
-        from tlcli.evaluate import load_for_inference
         from tlcli.export import export_model, sidecar_path
+        from tlcli.inference import load_for_inference
         from tlcli.render import RichReporter, export_table, quantization_table
 
         if out is None:

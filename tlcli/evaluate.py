@@ -1,11 +1,8 @@
-"""Evaluate, ensemble and predict from tlcli checkpoints alone: no network, no config file.
+"""Evaluate checkpoints on a labelled folder or manifest, and write the report.
 
-One path turns checkpoint(s) + images into probabilities: each checkpoint rebuilds its model
-(`build_model`), images are decoded by the same cache and center crop as finetune's
-validation (so `evaluate --split val` reproduces finetune's val accuracy to the image), and
-several checkpoints average their softmax probabilities: the lecture's model ensembles and
-checkpoint ensembles. `evaluate` scores them on a labelled folder, `predict` ranks labels for
-arbitrary files.
+The models and their probabilities come from inference.py (`load_models`,
+`predict_probabilities`); here: which images to score (the split, the model's class index),
+the metrics per model and of their ensemble, and the report dir (JSON, CSV, figures, HTML).
 """
 
 from __future__ import annotations
@@ -13,307 +10,39 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.torch_version import TorchVersion
 
-from tlcli.atomic import check_new_dir, check_new_file, write_text_atomically
+from tlcli.atomic import check_new_dir, write_text_atomically
 from tlcli.choices import EVAL_SPLITS as SPLIT_CHOICES
-from tlcli.choices import WEIGHT_CHOICES
-from tlcli.config import DEFAULT_MAX_PIXELS
-from tlcli.data.augment import PRESETS, BatchAugmenter
-from tlcli.data.cache import DecodedImages, RowView, decode_images, resolve_workers
 from tlcli.data.manifest import is_manifest, manifest_entries
 from tlcli.data.scan import (
     Sample,
     Skipped,
     detect_layout,
-    identify_image,
     no_readable_images,
     scan_class_folders,
 )
 from tlcli.errors import CheckpointError, DataError, printable
-from tlcli.metrics import classification_report, expected_calibration_error
-from tlcli.models import DataSpec, pick_device
-from tlcli.onnx_model import OnnxClassifier, is_onnx_path, open_session, read_contract
-from tlcli.progress import NullReporter, Reporter
-from tlcli.train.calibration import temperature_of, uncalibrated_probabilities, with_temperature
-from tlcli.train.checkpoint import (
-    Checkpoint,
-    build_model,
-    checked_classes,
-    checked_data_spec,
-    load_checkpoint,
+from tlcli.inference import (
+    DEFAULT_BATCH_SIZE,
+    MAX_PIXELS,
+    LoadedModel,
+    Predictions,
+    predict_probabilities,
 )
-from tlcli.train.loop import predict_logits
+from tlcli.metrics import classification_report, expected_calibration_error
+from tlcli.progress import NullReporter, Reporter
+from tlcli.train.calibration import uncalibrated_probabilities
 
 # Without --split: a held-out test set first; val picked the checkpoint, so it flatters it.
 AUTO_SPLIT_ORDER = ("test", "val")
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_TOP_K = 5
 ENSEMBLE = "ensemble"
-# Same limit as training (PIL's decompression-bomb threshold), so the same files are refused.
-MAX_PIXELS = DEFAULT_MAX_PIXELS
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint rebuilt for inference, with what it needs to preprocess images."""
-
-    path: Path
-    name: str  # short label for tables: RUN/best.pt
-    model: nn.Module
-    weights: str  # "raw" or "ema": the weights actually loaded
-    weights_note: str  # why those weights, for the report
-    classes: list[str]
-    spec: DataSpec
-    architecture: str
-    trained_val_acc: float | None
-    # The checkpoint's calibration temperature (1.0 when it has none), applied inside `model`
-    # (logits / T). An ONNX model keeps 1.0 here: its graph divides its logits itself.
-    temperature: float = 1.0
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "checkpoint": str(self.path),
-            "architecture": self.architecture,
-            "input_size": self.spec.input_size,
-            "weights": self.weights,
-            "weights_note": self.weights_note,
-            "trained_val_acc": self.trained_val_acc,
-            "temperature": self.temperature,
-        }
-
-
-def _short_name(path: Path) -> str:
-    # best.pt / last.pt say nothing alone: the run dir is the useful part of the name.
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-
-
-def _weights_note(ckpt: Checkpoint, requested: str, used: str) -> str:
-    has_ema = ckpt.ema_state_dict is not None
-    if requested != "best":
-        return f"{used} weights (--weights {requested})"
-    averaged = ckpt.best_weights
-    if isinstance(averaged, str) and averaged not in ("raw", "ema"):  # swa, wise-ft 0.5
-        return f"{averaged} weights: the average scored higher on val than every epoch"
-    if not has_ema:
-        return "raw weights (the run kept no EMA)"
-    if used == "ema":
-        return "EMA weights: they scored higher on val than the raw ones during training"
-    # A tie keeps the raw weights (train.loop picks EMA only when strictly better).
-    return "raw weights: the EMA ones scored no higher on val during training"
-
-
-def load_for_inference(path: Path, weights: str = "best", name: str | None = None) -> LoadedModel:
-    """Load a tlcli checkpoint safely (weights_only, never runs pickled code) and rebuild it.
-
-    A `.onnx` file written by `tlcli export` loads too: onnxruntime runs it, and its
-    metadata gives the classes and preprocessing (no checkpoint needed).
-    """
-    if weights not in WEIGHT_CHOICES:
-        raise CheckpointError(f"--weights {weights!r}: expected one of {', '.join(WEIGHT_CHOICES)}")
-    path = Path(path)
-    if is_onnx_path(path):
-        return load_onnx_for_inference(path, weights, name)
-    with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
-        # torch warns about pickle protocols before refusing a foreign file: keep one line.
-        warnings.simplefilter("ignore")
-        # Checkpoints record torch.__version__, a str subclass that weights_only refuses by
-        # default; allowing that one harmless class keeps every other global refused.
-        payload = load_checkpoint(path)
-    ckpt = Checkpoint.from_payload(payload)
-    classes = checked_classes(ckpt.classes, path)
-    spec = checked_data_spec(ckpt.data, path)
-    if weights == "ema" and ckpt.ema_state_dict is None:
-        raise CheckpointError(
-            f"--weights ema: {path} has no EMA weights; use --weights best, or finetune with --ema"
-        )
-    temperature = temperature_of(payload, path)
-    model, used = build_model(payload, weights, path)
-    architecture = ckpt.architecture  # checked by build_model
-    model = with_temperature(model, temperature)  # evaluate, predict and export all see it
-    val_acc = ckpt.best_val_acc
-    if val_acc is not None and not (isinstance(val_acc, int | float) and 0 <= val_acc <= 1):
-        raise CheckpointError(
-            f"{path} is damaged or was not written by tlcli: its best_val_acc is not an "
-            "accuracy; use best.pt or last.pt from a tlcli run dir"
-        )
-    return LoadedModel(
-        path=path,
-        name=name or _short_name(path),
-        model=model,
-        weights=used,
-        weights_note=_weights_note(ckpt, weights, used),
-        classes=classes,
-        spec=spec,
-        architecture=architecture,
-        trained_val_acc=None if val_acc is None else float(val_acc),
-        temperature=temperature,
-    )
-
-
-def load_onnx_for_inference(
-    path: Path, weights: str = "best", name: str | None = None
-) -> LoadedModel:
-    """An exported .onnx as a LoadedModel: its session, and the contract in its metadata."""
-    session = open_session(path)
-    contract = read_contract(session, path)
-    if weights != "best" and weights != contract.weights:
-        raise CheckpointError(
-            f"--weights {weights}: {path} holds the {contract.weights} weights it was exported "
-            "with; leave out --weights, or export the checkpoint with --weights "
-            f"{weights}"
-        )
-    quantized = "" if contract.quantization == "none" else f", {contract.quantization}"
-    return LoadedModel(
-        path=path,
-        name=name or _short_name(path),
-        model=OnnxClassifier(session),
-        weights=contract.weights,
-        weights_note=f"ONNX export of the {contract.weights} weights{quantized}, run by "
-        f"onnxruntime (tlcli {contract.version})",
-        classes=contract.classes,
-        spec=contract.spec,
-        architecture=contract.architecture,
-        trained_val_acc=contract.trained_val_acc,
-    )
-
-
-def load_models(paths: Sequence[Path], weights: str = "best") -> list[LoadedModel]:
-    """Load every checkpoint; an ensemble needs the same classes (any order) in each."""
-    if not paths:
-        raise CheckpointError("no checkpoint given; pass a best.pt from a tlcli run dir")
-    names: list[str] = []
-    for path in paths:
-        base = _short_name(Path(path))
-        names.append(base if base not in names else f"{base}#{len(names) + 1}")
-    models = [load_for_inference(p, weights, n) for p, n in zip(paths, names, strict=True)]
-    first = models[0]
-    for other in models[1:]:
-        if set(other.classes) != set(first.classes) or len(other.classes) != len(first.classes):
-            raise CheckpointError(
-                f"{other.path} knows classes {', '.join(other.classes)} but {first.path} knows "
-                f"{', '.join(first.classes)}; ensemble checkpoints trained on the same classes"
-            )
-    return models
-
-
-class _Probabilities(nn.Module):
-    """Softmax on top of a classifier, so predict_logits' flip view averages probabilities."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x).float(), dim=-1)
-
-
-@dataclass
-class Predictions:
-    """Softmax probabilities per model (columns in `classes` order) for the decoded files."""
-
-    classes: list[str]
-    paths: list[Path]
-    labels: np.ndarray  # the samples' labels, for the files that decoded
-    member_probs: dict[str, np.ndarray]
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def ensemble_probs(self) -> np.ndarray:
-        """Mean of the members' softmax probabilities (one member: its own)."""
-        return np.mean(np.stack(list(self.member_probs.values())), axis=0)
-
-
-def predict_probabilities(
-    models: Sequence[LoadedModel],
-    samples: Sequence[Sample],
-    device: str = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    tta: bool = False,
-    workers: int = -1,
-    disk_cache: bool = True,
-    reporter: Reporter | None = None,
-) -> Predictions:
-    """Decode samples per distinct preprocessing and run every model on them (eval transform).
-
-    tta adds the horizontally flipped view and averages the two softmax outputs.
-    """
-    reporter = reporter or NullReporter()
-    torch_device = pick_device(device)
-    classes = list(models[0].classes)
-    decoded: dict[tuple[int, str], DecodedImages] = {}
-    for loaded in models:
-        key = (loaded.spec.cache_size, loaded.spec.interpolation)
-        if key not in decoded:
-            reporter.start("decode", len(samples), "decode images")
-            decoded[key] = decode_images(
-                samples,
-                key[0],
-                key[1],
-                MAX_PIXELS,
-                resolve_workers(workers),
-                disk_cache,
-                lambda n: reporter.advance("decode", n),
-            )
-            reporter.finish("decode")
-            if decoded[key].cache_note:
-                reporter.note(decoded[key].cache_note, "warning")
-            if decoded[key].streamed:
-                reporter.note(f"streaming the images from their files ({decoded[key].streamed})")
-    # A file that fails to decode fails at every size; intersect anyway to stay aligned.
-    kept = set.intersection(*({str(p) for p in d.paths} for d in decoded.values()))
-    first = next(iter(decoded.values()))
-    order = [i for i, p in enumerate(first.paths) if str(p) in kept]
-    paths = [first.paths[i] for i in order]
-    labels = first.labels[order]
-    skipped = list(first.skipped)
-    if not paths:  # nothing decoded: no model runs, the caller says so in one line
-        empty = np.zeros((0, len(classes)))
-        return Predictions(classes, [], labels, {m.name: empty for m in models}, skipped)
-
-    member_probs: dict[str, np.ndarray] = {}
-    for loaded in models:
-        data = decoded[(loaded.spec.cache_size, loaded.spec.interpolation)]
-        rows = {str(p): i for i, p in enumerate(data.paths)}
-        pixels = data.pixels
-        if len(data.paths) != len(paths):
-            pixels = RowView(pixels, [rows[str(p)] for p in paths])
-        augmenter = BatchAugmenter(
-            PRESETS["none"], loaded.spec.input_size, loaded.spec.mean, loaded.spec.std, len(classes)
-        )
-        wrapped = _Probabilities(loaded.model).to(torch_device)
-        task = f"predict-{loaded.name}"
-        reporter.start(task, len(paths), f"predict {loaded.name}" + (" (+flip)" if tta else ""))
-        probs = predict_logits(
-            wrapped,
-            pixels,
-            augmenter,
-            torch_device,
-            batch_size,
-            on_batch=lambda n, task=task: reporter.advance(task, n),
-            hflip=tta,
-        )
-        reporter.finish(task)
-        wrapped.to("cpu")
-        column = [loaded.classes.index(c) for c in classes]
-        member_probs[loaded.name] = probs.numpy().astype(np.float64)[:, column]
-    return Predictions(classes, paths, labels, member_probs, skipped)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluate: a labelled folder
 
 
 def select_eval_folders(root: Path, split: str = "auto") -> tuple[str, list[Path], list[str]]:
@@ -611,128 +340,3 @@ def write_report_dir(evaluation: Evaluation, out: Path) -> dict[str, str]:
     files["report"].write_text(json.dumps({**report, "files": written}, indent=1))
     write_evaluate_report(out)  # from report.json, as `tlcli report` rebuilds it
     return written
-
-
-# ---------------------------------------------------------------------------------------------
-# predict: any files
-
-
-def collect_image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
-    """Files given, every file under folders given (recursively, hidden ones left out) and
-    every row of manifests given (.csv/.jsonl, in row order), that look like images by
-    content; everything else is reported as skipped. A manifest row that cannot be used at
-    all (missing file, empty label, ...) is a DataError naming the row, as for finetune."""
-    candidates: list[Path] = []
-    skipped: list[Skipped] = []
-    for item in inputs:
-        item = Path(item)
-        if is_manifest(item) and item.is_file():
-            entries, unreadable = manifest_entries(item, MAX_PIXELS)[:2]
-            candidates += [image for _, image, _ in entries]
-            skipped += unreadable
-        elif item.is_dir():
-            for dirpath, dirnames, filenames in os.walk(item, followlinks=False):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                candidates += [
-                    Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".")
-                ]
-        elif item.is_file():
-            candidates.append(item)
-        else:
-            skipped.append(Skipped(str(item), "no such file or folder"))
-    files: list[Path] = []
-    seen: set[str] = set()
-    for path in candidates:
-        key = os.path.abspath(path)
-        if key in seen:
-            continue
-        seen.add(key)
-        reason = identify_image(path, MAX_PIXELS)
-        if reason is None:
-            files.append(path)
-        else:
-            skipped.append(Skipped(str(path), reason))
-    return files, skipped
-
-
-def top_k_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
-    """Per row, the k most probable classes with their probabilities, most probable first."""
-    k = min(k, len(classes))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [
-        [{"class": classes[j], "probability": float(row[j])} for j in idx]
-        for row, idx in zip(probs, order, strict=True)
-    ]
-
-
-@dataclass
-class FilePredictions:
-    """predict's result: the JSON-ready report and the ensemble's probabilities per file."""
-
-    report: dict[str, Any]
-    probs: np.ndarray
-
-
-def predict_files(
-    models: Sequence[LoadedModel],
-    inputs: Sequence[Path],
-    top_k: int = DEFAULT_TOP_K,
-    tta: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
-    reporter: Reporter | None = None,
-) -> FilePredictions:
-    """Top-k labels for image files and folders; unreadable files are reported, not fatal."""
-    reporter = reporter or NullReporter()
-    if top_k < 1:
-        raise DataError(f"--top-k {top_k}: expected 1 or more")
-    files, skipped = collect_image_files(inputs)
-    # One-off files: decoded in RAM, not written to the decode cache.
-    preds = predict_probabilities(
-        models,
-        [Sample(p, 0) for p in files],
-        device,
-        batch_size,
-        tta,
-        workers=1,
-        disk_cache=False,
-        reporter=reporter,
-    )
-    skipped += preds.skipped
-    for item in skipped:
-        reporter.note(f"skipped {item.path}: {item.reason}", "warning")
-    if not preds.paths:
-        raise no_readable_images(", ".join(map(str, inputs)), len(skipped))
-    probs = preds.ensemble_probs
-    ranked = top_k_labels(probs, preds.classes, top_k)
-    members = {name: p.argmax(1) for name, p in preds.member_probs.items()}
-    predictions = []
-    for i, path in enumerate(preds.paths):
-        entry: dict[str, Any] = {
-            "path": str(path),
-            "label": ranked[i][0]["class"],
-            "confidence": ranked[i][0]["probability"],
-            "top_k": ranked[i],
-        }
-        if len(members) > 1:
-            entry["members"] = {n: preds.classes[int(m[i])] for n, m in members.items()}
-        predictions.append(entry)
-    report = {
-        "models": [m.describe() for m in models],
-        "combine": "mean of softmax probabilities" if len(models) > 1 else None,
-        "classes": preds.classes,
-        "tta": "hflip" if tta else None,
-        "predictions": predictions,
-        "skipped": [asdict(s) for s in skipped],
-    }
-    return FilePredictions(report, probs)
-
-
-def write_prediction_csv(result: FilePredictions, path: Path, force: bool = False) -> Path:
-    """predict --csv: path, label, confidence, then one probability column per class."""
-    check_new_file(path, force)
-    rows = [
-        {"path": p["path"], "label": p["label"], "confidence": f"{p['confidence']:.6f}"}
-        for p in result.report["predictions"]
-    ]
-    return write_predictions_csv(path, rows, result.probs, result.report["classes"])

@@ -40,15 +40,15 @@ from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import decode_images
 from tlcli.data.scan import Sample, no_readable_images
 from tlcli.errors import DataError, ModelError, ResourceError, disk_error_of
-from tlcli.evaluate import (
+from tlcli.inference import (
     MAX_PIXELS,
     LoadedModel,
-    collect_image_files,
     load_for_inference,
     predict_probabilities,
 )
 from tlcli.onnx_model import metadata_props, open_session, with_metadata, write_metadata
 from tlcli.onnx_model import preprocessing_of as onnx_preprocessing_of
+from tlcli.predict import collect_image_files
 from tlcli.progress import NullReporter, Reporter
 
 # Opset 17 (onnxruntime >= 1.14) has every op timm CNNs need; newer runtimes read it too.
@@ -352,7 +352,7 @@ def export_model(  # noqa: PLR0913 (a factory: keyword options with defaults)
 ) -> dict[str, Any]:
     """Write `out` and `<out>.json` after the parity check; returns the sidecar's content.
 
-    loaded: from `tlcli.evaluate.load_for_inference`.
+    loaded: from `tlcli.inference.load_for_inference`.
     quantize="int8": `out` is the int8 model, quantized from the parity-checked fp32 one,
     which is kept as `fp32_path(out)`; the result's "quantization" compares the two.
     """

@@ -23,10 +23,10 @@ from tlcli.data.batches import batch_indices
 from tlcli.data.cache import DecodedImages
 from tlcli.data.scan import Sample
 from tlcli.data.split import stratified_split
+from tlcli.inference import predict_logits
 from tlcli.progress import NullReporter
 from tlcli.train.distributed import World, shard_batches
 from tlcli.train.head_fit import extract_features
-from tlcli.train.loop import predict_logits
 
 SIZES = st.integers(1, 300)
 BATCH_SIZES = st.integers(1, 64)

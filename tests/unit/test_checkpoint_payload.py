@@ -1,4 +1,4 @@
-"""train.checkpoint.Checkpoint is the one reader and writer of best.pt and last.pt payloads:
+"""tlcli.checkpoint.Checkpoint is the one reader and writer of best.pt and last.pt payloads:
 what finetune writes reads back into it and out again unchanged, and no other module of
 tlcli/ spells a checkpoint-only key."""
 
@@ -12,11 +12,11 @@ import torch
 from corpus import make_image_folder
 from typer.testing import CliRunner
 
+from tlcli.checkpoint import FORMAT, Checkpoint, TrainState, load_checkpoint
 from tlcli.cli import app
-from tlcli.train.checkpoint import FORMAT, Checkpoint, TrainState, load_checkpoint
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "tlcli"
-HOME = "train/checkpoint.py"
+HOME = "checkpoint.py"
 # Keys only a checkpoint has (classes, plan, temperature, ... are summary.json, split.json
 # and ONNX metadata keys too).
 CHECKPOINT_ONLY_KEYS = {
@@ -99,5 +99,5 @@ def test_checkpoint_only_keys_are_spelled_in_one_module():
         for path in PACKAGE_ROOT.rglob("*.py")
     }
     elsewhere = {name: keys for name, keys in spelled.items() if keys and name != HOME}
-    assert not elsewhere, f"read or write these through train.checkpoint.Checkpoint: {elsewhere}"
+    assert not elsewhere, f"read or write these through tlcli.checkpoint.Checkpoint: {elsewhere}"
     assert spelled[HOME] == CHECKPOINT_ONLY_KEYS

@@ -15,6 +15,7 @@ from PIL import Image
 from torch.torch_version import TorchVersion
 from typer.testing import CliRunner
 
+from tlcli.checkpoint import save_checkpoint
 from tlcli.cli import app
 from tlcli.config import Config, apply_overrides
 from tlcli.data.augment import PRESETS, BatchAugmenter
@@ -26,16 +27,10 @@ from tlcli.errors import (
     DataError,
     ModelError,
 )
-from tlcli.evaluate import (
-    _Probabilities,
-    evaluate_models,
-    load_models,
-    predict_files,
-    select_eval_folders,
-)
+from tlcli.evaluate import evaluate_models, select_eval_folders
 from tlcli.export import export_model, sidecar_path
-from tlcli.train.checkpoint import save_checkpoint
-from tlcli.train.loop import predict_logits
+from tlcli.inference import _Probabilities, load_models, predict_logits
+from tlcli.predict import predict_files
 from tlcli.train.run import finetune
 
 CLASSES = ("a", "b", "c")

@@ -27,9 +27,9 @@ import torch
 from corpus import make_image_folder, tree_digest
 from typer.testing import CliRunner
 
+from tlcli.checkpoint import save_checkpoint
 from tlcli.cli import app
 from tlcli.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, EXIT_TERMINATED, ResourceError
-from tlcli.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = REPO / "tests" / "fault_driver.py"

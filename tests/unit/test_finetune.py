@@ -16,6 +16,7 @@ import torch
 from corpus import SKIPPED_AT_DECODE
 from typer.testing import CliRunner
 
+from tlcli.checkpoint import load_checkpoint
 from tlcli.cli import app
 from tlcli.config import load_config
 from tlcli.errors import (
@@ -26,10 +27,10 @@ from tlcli.errors import (
     EXIT_RUN_DIR,
     Interrupted,
 )
+from tlcli.inference import build_model
 from tlcli.models import create_model
 from tlcli.progress import NullReporter
 from tlcli.strategy import model_stages
-from tlcli.train.checkpoint import build_model, load_checkpoint
 from tlcli.train.run import finetune
 
 # Tiny and fast: random init (no downloads), 64 px inputs, 8 images per batch, one process.

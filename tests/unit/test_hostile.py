@@ -427,12 +427,12 @@ ERROR_MEANINGS = {
 
 def raise_in_command(monkeypatch, exc: BaseException) -> None:
     """evaluate's first library call raises exc: the CLI alone turns it into an exit code."""
-    import tlcli.evaluate
+    import tlcli.inference
 
     def load_models(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(tlcli.evaluate, "load_models", load_models)
+    monkeypatch.setattr(tlcli.inference, "load_models", load_models)
 
 
 def test_every_error_class_exits_with_the_readme_code(tmp_path, monkeypatch):
@@ -466,9 +466,9 @@ def test_every_error_class_exits_with_the_readme_code(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    import tlcli.evaluate
+    import tlcli.inference
 
-    monkeypatch.setattr(tlcli.evaluate, "load_models", terminated)
+    monkeypatch.setattr(tlcli.inference, "load_models", terminated)
     result = runner.invoke(app, list(map(str, args)))
     assert "terminated (SIGTERM" in table.get(result.exit_code, ""), result.exit_code
     assert set(table) == {0, 1, 2, 3, 4, 5, 6, 7, 130, 143}

@@ -39,13 +39,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("tlcli.data",)),
     ("models", ("tlcli.models",)),
     ("strategy", ("tlcli.strategy",)),
+    # The checkpoint payload format and its checks: training writes it, inference reads it.
+    ("checkpoint", ("tlcli.checkpoint",)),
     # A model's outputs as numbers, figures and pages; below train because finetune draws
-    # its curves and writes report.html. onnx_model runs an exported model.
-    ("inference", ("tlcli.onnx_model", "tlcli.metrics", "tlcli.plots", "tlcli.report")),
+    # its curves and writes report.html, and validates with inference.predict_logits.
+    # inference runs a checkpoint (build_model) or an export (onnx_model) on images.
+    (
+        "inference",
+        ("tlcli.inference", "tlcli.onnx_model", "tlcli.metrics", "tlcli.plots", "tlcli.report"),
+    ),
     # track.py is finetune's tracking hook (MLflow, TensorBoard).
     ("train", ("tlcli.train", "tlcli.track")),
     ("recommend", ("tlcli.recommend",)),
-    ("evaluate/predict/export", ("tlcli.evaluate", "tlcli.export")),
+    ("evaluate/predict/export", ("tlcli.evaluate", "tlcli.predict", "tlcli.export")),
     ("tune", ("tlcli.tune",)),
     ("render", ("tlcli.render",)),
     ("cli", ("tlcli.cli", "tlcli.__main__")),

@@ -20,9 +20,10 @@ from tlcli import __version__
 from tlcli.cli import app
 from tlcli.config import Config, apply_overrides
 from tlcli.errors import EXIT_CHECKPOINT, EXIT_DATA, EXIT_MODEL, CheckpointError
-from tlcli.evaluate import load_for_inference, load_models, predict_files
 from tlcli.export import export_model, fp32_path, quantize_int8, sidecar_path
+from tlcli.inference import load_for_inference, load_models
 from tlcli.onnx_model import open_session, read_contract
+from tlcli.predict import predict_files
 from tlcli.train.run import finetune
 
 pytest.importorskip("onnxruntime")

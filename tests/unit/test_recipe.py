@@ -10,15 +10,15 @@ import pytest
 import torch
 from corpus import make_image_folder
 
+from tlcli.checkpoint import load_checkpoint, save_checkpoint, temperature_of
 from tlcli.config import load_config
 from tlcli.data.split import load_split
 from tlcli.errors import CheckpointError
-from tlcli.evaluate import load_for_inference
+from tlcli.inference import build_model, load_for_inference
 from tlcli.metrics import expected_calibration_error
 from tlcli.train.averaging import Candidate, interpolate, pick_average, running_average
 from tlcli.train.balance import loss_balance
-from tlcli.train.calibration import fit_temperature, temperature_of, uncalibrated_probabilities
-from tlcli.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from tlcli.train.calibration import fit_temperature, uncalibrated_probabilities
 from tlcli.train.loop import freeze_norm_stats
 from tlcli.train.run import finetune, lp_ft_lr_mults
 

@@ -222,8 +222,8 @@ class RaceRuns:
         return [int(y) for y in self.val.labels]
 
     def predict(self, run: Path) -> list[int]:
-        from tlcli.train.checkpoint import build_model, load_checkpoint
-        from tlcli.train.loop import predict_logits
+        from tlcli.checkpoint import load_checkpoint
+        from tlcli.inference import build_model, predict_logits
 
         val = self.val_images(run)
         ckpt = load_checkpoint(run / "best.pt")

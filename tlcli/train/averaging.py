@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlcli.choices import WISE_FT_ALPHAS
 from tlcli.data.augment import BatchAugmenter, to_device
 from tlcli.data.batches import batch_indices, read_batch
 
-WISE_FT_ALPHAS = (0.25, 0.5, 0.75)  # weight of the fine-tuned end; 0 is the probe, 1 the end
 # Train images forwarded to re-estimate BatchNorm statistics (the first of a fixed shuffle):
 # enough for a stable mean and variance per channel, a fraction of an epoch's cost.
 BN_RECOMPUTE_IMAGES = 512

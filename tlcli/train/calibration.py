@@ -3,27 +3,23 @@
 Fine-tuned networks are overconfident; dividing the logits by a T > 1 fit by L-BFGS on the
 validation NLL makes their probabilities mean what they say, and never changes a top-1
 label (argmax is invariant under a positive scale). T lives in the checkpoint (`temperature`,
-a float; 1.0 when absent, so older checkpoints load) and is applied inside the loaded model,
-so evaluate, predict and the exported graph all see the calibrated logits.
+a float; 1.0 when absent, so older checkpoints load) and is applied inside the loaded model
+(`inference.with_temperature`), so evaluate, predict and the exported graph all see the
+calibrated logits.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tlcli.errors import CheckpointError
-from tlcli.train.checkpoint import Checkpoint
+from tlcli.checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE
 
-# T is searched as log T from 1.0; outside this range the fit says more about the split
-# (a handful of val images, all right or all wrong) than about the model.
-MIN_TEMPERATURE = 0.05
-MAX_TEMPERATURE = 20.0
+# T is searched as log T from 1.0, inside MIN_TEMPERATURE..MAX_TEMPERATURE (tlcli/checkpoint.py
+# refuses a checkpoint whose T is outside them).
 LBFGS_MAX_ITER = 100
 
 
@@ -52,40 +48,6 @@ def softening_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     leaves an under-confident or perfectly separating one as it is (sharpening it would make
     the few confident mistakes of the fine-tune's augmented images weigh more)."""
     return max(1.0, fit_temperature(logits, labels))
-
-
-class TemperatureScaled(nn.Module):
-    """model(x) / T: a plain division, so it exports to ONNX and TorchScript as one op."""
-
-    def __init__(self, model: nn.Module, temperature: float):
-        super().__init__()
-        self.model = model
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) / self.temperature
-
-
-def temperature_of(ckpt: dict[str, Any], path: Any) -> float:
-    """The checkpoint's temperature, 1.0 when it has none; refuses anything but a T > 0."""
-    value = Checkpoint.from_payload(ckpt).temperature
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CheckpointError(
-            f"{path} is damaged: its temperature {value!r} is not a number; "
-            "use best.pt or last.pt from a tlcli run dir"
-        )
-    if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
-        raise CheckpointError(
-            f"{path} is damaged: temperature {value} is outside "
-            f"{MIN_TEMPERATURE}..{MAX_TEMPERATURE}; use best.pt or last.pt from a tlcli run dir"
-        )
-    return float(value)
-
-
-def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
-    return model if temperature == 1.0 else TemperatureScaled(model, temperature).eval()
 
 
 def uncalibrated_probabilities(probs: np.ndarray, temperature: float) -> np.ndarray:

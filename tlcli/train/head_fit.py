@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlcli.checkpoint import save_atomically
 from tlcli.config import Config
 from tlcli.data.augment import BatchAugmenter
 from tlcli.data.batches import batch_indices, gather
@@ -37,7 +38,6 @@ from tlcli.train.balance import (
     loss_balance,
     needs_balance,
 )
-from tlcli.train.checkpoint import save_atomically
 from tlcli.train.loop import LoopState, top1
 
 # L2 strengths tried on the validation split (per-sample mean loss + wd/2 ||W||^2); the

@@ -8,7 +8,6 @@ saved in `last`, so a resumed run continues exactly as an uninterrupted one woul
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from torch import nn
 
 from tlcli.data.augment import BatchAugmenter, to_device
 from tlcli.data.batches import batch_indices, prefetched, sorted_labels
+from tlcli.inference import autocast, predict_logits
 from tlcli.progress import Reporter
 from tlcli.strategy import set_train_mode
 from tlcli.train.balance import LossBalance
@@ -85,12 +85,6 @@ def freeze_norm_stats(model: nn.Module) -> None:
             module.eval()
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def loss_fn(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -110,32 +104,6 @@ def loss_fn(
         sample_weight = targets @ weight  # a mixed image: the mix of its classes' weights
         return (per_sample * sample_weight).sum() / sample_weight.sum()
     return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    pixels: np.ndarray,
-    augmenter: BatchAugmenter,
-    device: torch.device,
-    batch_size: int,
-    amp_dtype: torch.dtype | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    hflip: bool = False,
-) -> torch.Tensor:
-    """Logits (N, C) in input order with the eval transform; hflip averages a flipped view."""
-    model.eval()
-    outputs = []
-    for idx, batch in prefetched(pixels, batch_indices(len(pixels), batch_size, None), device):
-        x = augmenter.center_crop(to_device(batch, device))
-        with autocast(device, amp_dtype):
-            logits = model(x).float()
-            if hflip:
-                logits = (logits + model(x.flip(-1)).float()) / 2
-        outputs.append(logits.cpu())
-        if on_batch is not None:
-            on_batch(len(idx))
-    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def evaluate_split(

@@ -24,6 +24,13 @@ from tlcli.atomic import (
     release_claim,
     write_text_atomically,
 )
+from tlcli.checkpoint import (
+    Checkpoint,
+    TrainState,
+    checkpoint_metrics,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tlcli.config import Config, apply_overrides, config_from_dict, config_to_dict
 from tlcli.data.augment import PRESETS, BatchAugmenter
 from tlcli.data.cache import DecodedImages, decode_images, resolve_workers
@@ -67,15 +74,10 @@ from tlcli.train.averaging import (
     score_averages,
 )
 from tlcli.train.checkpoint import (
-    Checkpoint,
-    TrainState,
-    checkpoint_metrics,
     cpu_state,
     library_versions,
-    load_checkpoint,
     remove_stale_temp_files,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
 )
@@ -1188,10 +1190,9 @@ def calibrate_best(
     job: TrainingJob, paths: RunPaths, reporter: Reporter, also_last: bool = False
 ) -> dict[str, Any]:
     """Temperature scaling of best.pt's weights on the val split; T goes into best.pt."""
+    from tlcli.inference import build_model, predict_logits
     from tlcli.metrics import expected_calibration_error
     from tlcli.train.calibration import fit_temperature
-    from tlcli.train.checkpoint import build_model
-    from tlcli.train.loop import predict_logits
 
     payload = load_checkpoint(paths.best)
     model, _ = build_model(payload)
