@@ -9,16 +9,22 @@ inference.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from tlcli.atomic import check_new_file
 from tlcli.data.manifest import is_manifest, manifest_entries
-from tlcli.data.scan import Sample, Skipped, identify_image, no_readable_images
+from tlcli.data.scan import (
+    Sample,
+    Skipped,
+    identify_image,
+    image_files_under,
+    no_readable_images,
+)
 from tlcli.errors import DataError
 from tlcli.evaluate import write_predictions_csv
 from tlcli.inference import (
@@ -30,44 +36,52 @@ from tlcli.inference import (
 from tlcli.progress import NullReporter, Reporter
 
 DEFAULT_TOP_K = 5
+T = TypeVar("T")
 
 
 def collect_image_files(inputs: Sequence[Path]) -> tuple[list[Path], list[Skipped]]:
-    """Files given, every file under folders given (recursively, hidden ones left out) and
-    every row of manifests given (.csv/.jsonl, in row order), that look like images by
-    content; everything else is reported as skipped. A manifest row that cannot be used at
-    all (missing file, empty label, ...) is a DataError naming the row, as for finetune."""
-    candidates: list[Path] = []
+    """The images of files given (by content), of folders given (data/scan.py's walk, the one
+    finetune's scan makes: recursive, hidden files and `__MACOSX` left out, links to folders
+    and broken links named, image extensions only) and of manifests given (.csv/.jsonl, in
+    row order); everything else is reported as skipped, each path once. A manifest row that
+    cannot be used at all (missing file, empty label, ...) is a DataError naming the row, as
+    for finetune."""
+    found: list[Path] = []
     skipped: list[Skipped] = []
     for item in inputs:
         item = Path(item)
         if is_manifest(item) and item.is_file():
             entries, unreadable = manifest_entries(item, MAX_PIXELS)[:2]
-            candidates += [image for _, image, _ in entries]
+            found += [image for _, image, _ in entries]
             skipped += unreadable
         elif item.is_dir():
-            for dirpath, dirnames, filenames in os.walk(item, followlinks=False):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                candidates += [
-                    Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".")
-                ]
+            found += image_files_under(item, MAX_PIXELS, skipped)
         elif item.is_file():
-            candidates.append(item)
+            reason = identify_image(item, MAX_PIXELS)
+            if reason is None:
+                found.append(item)
+            else:
+                skipped.append(Skipped(str(item), reason))
         else:
             skipped.append(Skipped(str(item), "no such file or folder"))
-    files: list[Path] = []
+    files = first_of_each(found, str)
+    used = {os.path.abspath(f) for f in files}  # a file given by name is used, not skipped
+    unique = first_of_each(skipped, lambda s: s.path)
+    passed_over = [s for s in unique if os.path.abspath(s.path) not in used]
+    return files, passed_over
+
+
+def first_of_each(items: Sequence[T], path_of: Callable[[T], str]) -> list[T]:
+    """items in order, without a repeat of a path already seen (a file given twice, or a
+    folder and a file in it)."""
     seen: set[str] = set()
-    for path in candidates:
-        key = os.path.abspath(path)
-        if key in seen:
-            continue
-        seen.add(key)
-        reason = identify_image(path, MAX_PIXELS)
-        if reason is None:
-            files.append(path)
-        else:
-            skipped.append(Skipped(str(path), reason))
-    return files, skipped
+    kept = []
+    for item in items:
+        key = os.path.abspath(path_of(item))
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept
 
 
 def top_k_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict[str, Any]]]:

@@ -169,6 +169,31 @@ def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
     return files
 
 
+def image_files_under(
+    folder: Path,
+    max_pixels: int,
+    skipped: list[Skipped],
+    on_file: Callable[[], None] | None = None,
+) -> list[Path]:
+    """The usable images below folder, in a stable order: the walk's rules (hidden files and
+    `__MACOSX` left out, links to folders not followed), an image extension, then the header.
+    Every file passed over but hidden ones is added to skipped with its reason. A class
+    folder's images (the scan) and a folder given to predict are found by this one walk."""
+    images: list[Path] = []
+    for path in _walk_files(folder, skipped):
+        if on_file is not None:
+            on_file()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(str(path), f"not an image file (extension {path.suffix!r})"))
+            continue
+        reason = identify_image(path, max_pixels)
+        if reason is None:
+            images.append(path)
+        else:
+            skipped.append(Skipped(str(path), reason))
+    return images
+
+
 def _scan_class_folders(
     folder: Path,
     max_pixels: int,
@@ -180,19 +205,7 @@ def _scan_class_folders(
         if _links_back(class_dir, folder):
             skipped.append(Skipped(str(class_dir), LOOP_REASON))
             continue
-        images: list[Path] = []
-        for path in _walk_files(class_dir, skipped):
-            if on_file is not None:
-                on_file()
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(Skipped(str(path), f"not an image file (extension {path.suffix!r})"))
-                continue
-            reason = identify_image(path, max_pixels)
-            if reason is None:
-                images.append(path)
-            else:
-                skipped.append(Skipped(str(path), reason))
-        found[class_dir.name] = images
+        found[class_dir.name] = image_files_under(class_dir, max_pixels, skipped, on_file)
     return found
 
 
