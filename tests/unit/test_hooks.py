@@ -12,8 +12,8 @@ import pytest
 from corpus import make_image_folder
 from test_recipe import TINY as RECIPE_TINY
 
+from tlcli.checkpoint import Checkpoint, load_checkpoint
 from tlcli.config import load_config
-from tlcli.train.checkpoint import Checkpoint, load_checkpoint
 from tlcli.train.loop import EarlyStopping, LoopState, call_hooks
 from tlcli.train.run import finetune
 from tlcli.tune.search import OptunaPruning
