@@ -4,7 +4,7 @@ and read back with every entry checked before it is used.
 Loading uses `torch.load(weights_only=True)`, so a file that needs code to unpickle (a
 malicious pickle, a whole pickled model) is refused before anything in it runs. This is the
 only module that knows the payload's key strings: training fills a `Checkpoint`
-(train/checkpoint.py has its run-state helpers), inference rebuilds a model from one
+(train/run_state.py has its run-state helpers), inference rebuilds a model from one
 (`inference.build_model`, on `checked_model_entry`).
 """
 

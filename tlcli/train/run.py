@@ -73,14 +73,6 @@ from tlcli.train.averaging import (
     running_average,
     score_averages,
 )
-from tlcli.train.checkpoint import (
-    cpu_state,
-    library_versions,
-    remove_stale_temp_files,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
 from tlcli.train.distributed import (
     SINGLE,
     World,
@@ -100,6 +92,14 @@ from tlcli.train.loop import (
     run_epochs,
 )
 from tlcli.train.optim import create_optimizer
+from tlcli.train.run_state import (
+    cpu_state,
+    library_versions,
+    remove_stale_temp_files,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from tlcli.train.rundir import (
     RunDir,
     RunInfo,
