@@ -875,7 +875,8 @@ def lr_find(
     with the chosen strategy (frozen stages stay frozen; the backbone gets lr x
     backbone_lr_mult), and stops when the smoothed loss explodes. Suggests the valley and
     the steepest-descent LR and plots loss vs LR. Model and optimizer are restored after:
-    nothing is trained or saved but the plot.
+    nothing is trained or saved but the plot. It starts from the zero head, as
+    --set train.lp_ft=false trains (LP-FT fine-tunes from a fitted probe).
 
       tlcli lr-find ../shared/data/hymenoptera_data --strategy partial
         --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
