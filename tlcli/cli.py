@@ -871,12 +871,13 @@ def lr_find(
 ) -> None:
     """The LR range test: find a learning rate before training (Smith 2017, fastai).
 
-    Trains with the LR growing from --start-lr to --end-lr over up to --num-iter batches,
-    with the chosen strategy (frozen stages stay frozen; the backbone gets lr x
-    backbone_lr_mult), and stops when the smoothed loss explodes. Suggests the valley and
-    the steepest-descent LR and plots loss vs LR. Model and optimizer are restored after:
-    nothing is trained or saved but the plot. It starts from the zero head, as
-    --set train.lp_ft=false trains (LP-FT fine-tunes from a fitted probe).
+    Trains with the LR growing from --start-lr to --end-lr over up to
+    --num-iter batches, with the chosen strategy (frozen stages stay frozen;
+    the backbone gets lr x backbone_lr_mult), and stops when the smoothed loss
+    explodes. Suggests the valley and the steepest-descent LR and plots loss
+    vs LR. Model and optimizer are restored after: nothing is trained or saved
+    but the plot. It starts from the zero head, as --set train.lp_ft=false
+    trains (LP-FT fine-tunes from a fitted probe).
 
       tlcli lr-find ../shared/data/hymenoptera_data --strategy partial
         --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
