@@ -6,6 +6,7 @@ and tables go to stderr; with --json, stdout carries only the JSON document.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -317,7 +318,8 @@ def finetune(
     summary.json and curves.png. Example (offline, with local weights):
 
       tlcli finetune ../shared/data/hymenoptera_data
-        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k --out runs/ants
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
+        --out runs/ants
     """
 
     def body() -> None:
@@ -459,7 +461,13 @@ def recommend(
 
     Measures: images per class and imbalance; exact/near duplicates and train/val leakage;
     a linear and a kNN probe on frozen features (what head-only would reach), LogME, probes
-    on earlier stages, and the original head's confidence.
+    on earlier stages, and the original head's confidence. --budget race also trains the
+    candidate plans briefly and keeps the best (its cost is printed first).
+
+      tlcli recommend ../shared/data/hymenoptera_data
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
+
+      tlcli recommend DATA --budget race --json
     """
 
     def body() -> None:
@@ -987,12 +995,15 @@ def tune(
     (use it as: tlcli finetune DATA_DIR --config OUT/best.yaml).
 
       tlcli tune ../shared/data/hymenoptera_data --trials 12 --strategy partial
-        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k --out runs/tune-ants
+        --model local-dir:../shared/weights/tf_efficientnet_lite0.in1k
+        --out runs/tune-ants
 
     Two workers on one study (each adds its own --trials, each with its own --out):
 
-      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants --out runs/w1
-      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants --out runs/w2
+      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants
+        --out runs/w1
+      tlcli tune DATA --trials 6 --storage sqlite:////shared/tune.db --study ants
+        --out runs/w2
     """
 
     def body() -> None:
@@ -1094,6 +1105,33 @@ def raise_usage(message: str) -> None:
     from tlcli.errors import ConfigError
 
     raise ConfigError(message)
+
+
+def reflowed(doc: str) -> str:
+    """A command's docstring as --help shows it (Rich markup): the lines of each prose
+    paragraph joined, so the terminal wraps them at its own width (Typer keeps a docstring's
+    line breaks, which leave ragged lines at 80 columns); indented lines (the examples) kept
+    as written. Text in brackets is escaped, so pip install 'tlcli[onnx]' shows as written.
+    Each example line starts with an empty style tag: Typer's cleandoc of the text would
+    otherwise strip the examples' common indent when no prose line follows them."""
+    from rich.markup import escape
+
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in escape(paragraph).split("\n"):
+            if line.startswith(" "):
+                lines.append(f"[not bold]{line}[/not bold]")
+            elif lines and not lines[-1].startswith("["):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+for _command in app.registered_commands:
+    _command.help = reflowed(inspect.getdoc(_command.callback) or "")
 
 
 def main() -> None:
