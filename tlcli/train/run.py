@@ -693,8 +693,11 @@ def finish_run(
     last, last.pt is marked finalized, so a run stopped before that redoes these on resume.
     reasons: why the strategy was chosen (every rank has them: none reads run.json here)."""
     cfg, plan = job.cfg, job.plan
-    calibration: dict[str, Any] = {"temperature": 1.0, "val_ece_before": None}
-    calibration["val_ece_after"] = None
+    calibration: dict[str, Any] = {
+        "temperature": 1.0,
+        "val_ece_before": None,
+        "val_ece_after": None,
+    }
     if world.is_main and cfg.train.calibrate:
         calibration = calibrate_best(job, paths, reporter, also_last=lbfgs_head)
     if world.is_main:
